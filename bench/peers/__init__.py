@@ -1,0 +1,62 @@
+"""Peers that edgeinfer is benchmarked against, side by side on one machine.
+
+Each peer module (llama_cpp, ort_genai, optimum_ort) has `available() -> (ok, reason)` and
+`run(prompt_lens, gen_len, repeat, threads, workdir) -> list[PeerResult]`. Peers live under
+bench/.peers/, made by bench/setup_peers.sh; derived models are made once in `workdir`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent
+PEERS = BENCH / ".peers"
+SETUP_HINT = "run bash bench/setup_peers.sh"
+
+# DeepSeek-R1-Distill-Qwen-1.5B shape, as transformers' Qwen2Config arguments (random weights are enough to time it).
+TARGET_SHAPE = dict(
+    hidden_size=1536,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    head_dim=128,
+    intermediate_size=8960,
+    vocab_size=151936,
+    tie_word_embeddings=False,
+    rope_theta=10000.0,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-6,
+    bos_token_id=151643,
+    eos_token_id=151643,
+)
+
+
+class PeerNotInstalled(RuntimeError):
+    """A peer is missing here; the message says how to install it."""
+
+
+@dataclass
+class PeerResult:
+    system: str
+    weights: str
+    file_bytes: int
+    test: str  # "pp128", "tg64": llama-bench's names
+    tokens_per_s: float  # median over the repeats
+    tokens_per_s_min: float
+    tokens_per_s_max: float
+    ttft_ms: float | None
+    notes: str = ""
+
+
+def result(system: str, weights: str, file_bytes: int, test: str, rates: list[float],
+           ttft_ms: list[float] | None = None, notes: str = "") -> PeerResult:
+    """Summarize the per-run rates of one test (median, min, max)."""
+    ttft = statistics.median(ttft_ms) if ttft_ms else None
+    return PeerResult(system, weights, file_bytes, test, statistics.median(rates), min(rates), max(rates), ttft, notes)
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of the model files (graph and external weights) under an exported folder."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.name.endswith((".onnx", ".onnx.data", ".onnx_data")))

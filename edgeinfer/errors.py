@@ -1,0 +1,29 @@
+"""One error family. Every message says what is wrong and what to do about it."""
+
+
+class EdgeInferError(Exception):
+    """Base of every error edgeinfer raises on purpose."""
+
+
+class SourceError(EdgeInferError):
+    """A weights source (folder, GGUF, preset, hub id) cannot be read or is not supported."""
+
+
+class ExportError(EdgeInferError):
+    """An export cannot be written (existing output, disk full, bad options)."""
+
+
+class PackageError(EdgeInferError):
+    """An exported package is missing, corrupt, or does not fit the request."""
+
+
+class BackendError(EdgeInferError):
+    """A backend is unknown, not available here, or cannot run the package."""
+
+
+class GenerationError(EdgeInferError):
+    """Generation cannot go on (empty prompt, context full, bad token ids)."""
+
+
+class SamplingError(EdgeInferError, ValueError):
+    """A sampling parameter is out of range."""

@@ -1,0 +1,174 @@
+"""The CPU/CUDA graph: dynamic shapes and onnxruntime's fastest contrib ops.
+
+One layer is SkipSimplifiedLayerNorm -> MatMulNBits(q|k|v) -> GroupQueryAttention (rotary inside, past and
+present sharing one preallocated buffer) -> MatMulNBits(o) -> SkipSimplifiedLayerNorm -> MatMulNBits(gate|up)
+-> SiLU * up -> MatMulNBits(down). Fusing q|k|v and gate|up gives two large matmuls instead of five small ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from onnx import TensorProto
+from tqdm import tqdm
+
+from ..architecture import ArchSpec
+from .onnx_writer import GraphWriter
+from .options import ExportOptions
+from .quantize import quantize_4bit
+from .sources import WeightSource
+
+MS = "com.microsoft"
+_ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
+
+
+def io_names(spec: ArchSpec) -> dict[str, list[str]]:
+    past = [f"past_key_values.{i}.{kv}" for i in range(spec.num_layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(spec.num_layers) for kv in ("key", "value")]
+    return {
+        "inputs": ["input_ids", "seqlens_k", "total_sequence_length", *past],
+        "outputs": ["logits", *present],
+    }
+
+
+def rotary_tables(spec: ArchSpec, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin of [length, head_dim / 2], the non-interleaved (GPT-NeoX) rotary that HF Qwen2/Llama use."""
+    inv_freq = 1.0 / (spec.rope_theta ** (np.arange(0, spec.head_dim, 2, dtype=np.float64) / spec.head_dim))
+    angles = np.outer(np.arange(length, dtype=np.float64), inv_freq)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+class DynamicDecoderGraph:
+    def __init__(self, writer: GraphWriter, source: WeightSource, options: ExportOptions):
+        self.w = writer
+        self.source = source
+        self.spec = source.spec
+        self.options = options
+        self.dtype = np.dtype(options.activation_dtype)
+        self.onnx_type = _ONNX_TYPES[options.activation_dtype]
+
+    # -- weights --------------------------------------------------------------------------------------------
+    def _weights(self, names: list[str]) -> np.ndarray:
+        return np.concatenate([self.source.tensor(n) for n in names], axis=0)
+
+    def linear(self, x: str, name: str, weight_names: list[str], bias_names: list[str] = (), quantize: bool = True) -> str:
+        weight = self._weights(weight_names)  # [N, K]
+        bias = self._weights(bias_names).astype(self.dtype) if bias_names else None
+        n, k = weight.shape
+        if self.options.precision == "w4a16" and quantize:
+            q = quantize_4bit(weight, self.options.block_size, self.options.symmetric)
+            inputs = [
+                x,
+                self.w.initializer(f"{name}.qweight", q.packed),
+                self.w.initializer(f"{name}.scales", q.scales.astype(self.dtype).reshape(-1)),
+                self.w.initializer(f"{name}.qzeros", q.zero_points.reshape(-1)) if q.zero_points is not None else "",
+                "",
+                self.w.initializer(f"{name}.bias", bias) if bias is not None else "",
+            ]
+            while inputs[-1] == "":
+                inputs.pop()
+            return self.w.node(
+                "MatMulNBits", inputs, name=name, domain=MS, K=k, N=n, bits=4,
+                block_size=self.options.block_size, accuracy_level=self.options.accuracy_level,
+            )[0]
+        stored = np.float16 if self.options.precision == "fp16" else self.dtype
+        w = self.w.initializer(f"{name}.weight", weight.T.astype(stored))
+        if np.dtype(stored) != self.dtype:
+            w = self.w.node("Cast", [w], name=f"{name}/cast", to=self.onnx_type)[0]
+        y = self.w.node("MatMul", [x, w], name=name)[0]
+        if bias is not None:
+            y = self.w.node("Add", [y, self.w.initializer(f"{name}.bias", bias)], name=f"{name}/bias")[0]
+        return y
+
+    def norm_weight(self, hf_name: str) -> str:
+        return self.w.initializer(hf_name, self.source.tensor(hf_name).astype(self.dtype))
+
+    def embedding(self, input_ids: str) -> str:
+        table = self.source.tensor("model.embed_tokens.weight")  # [V, H]
+        if self.options.precision == "w4a16" and self.options.quantize_embeddings:
+            q = quantize_4bit(table, self.options.block_size, self.options.symmetric)
+            inputs = [
+                self.w.initializer("embed.qweight", q.packed.reshape(q.packed.shape[0], -1)),
+                input_ids,
+                self.w.initializer("embed.scales", q.scales.astype(self.dtype)),
+            ]
+            if q.zero_points is not None:
+                inputs.append(self.w.initializer("embed.qzeros", q.zero_points))
+            return self.w.node(
+                "GatherBlockQuantized", inputs, name="embed", domain=MS,
+                bits=4, block_size=self.options.block_size, gather_axis=0, quantize_axis=1,
+            )[0]
+        stored = np.float16 if self.options.precision == "fp16" else self.dtype
+        out = self.w.node("Gather", [self.w.initializer("embed.weight", table.astype(stored)), input_ids], name="embed")[0]
+        if np.dtype(stored) != self.dtype:
+            out = self.w.node("Cast", [out], name="embed/cast", to=self.onnx_type)[0]
+        return out
+
+    # -- graph ----------------------------------------------------------------------------------------------
+    def build(self, progress: bool = True) -> None:
+        spec, w, t = self.spec, self.w, self.onnx_type
+        names = io_names(spec)
+        kv_shape = ["batch_size", spec.num_kv_heads, "max_sequence_length", spec.head_dim]
+        input_ids = w.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
+        seqlens_k = w.input("seqlens_k", TensorProto.INT32, ["batch_size"])
+        total_len = w.input("total_sequence_length", TensorProto.INT32, [])
+        w.output("logits", t, ["batch_size", "logits_length", spec.vocab_size])
+        cos, sin = rotary_tables(spec, self.options.context_length)
+        cos = w.initializer("rotary.cos", cos.astype(self.dtype))
+        sin = w.initializer("rotary.sin", sin.astype(self.dtype))
+
+        hidden = self.embedding(input_ids)
+        residual, layer_out = hidden, None
+        eps = spec.rms_norm_eps
+        for i in tqdm(range(spec.num_layers), desc="layers", unit="layer", disable=not progress, leave=False):
+            p = f"model.layers.{i}."
+            past_k, past_v = (w.input(names["inputs"][3 + 2 * i + j], t, kv_shape) for j in (0, 1))
+            ln = self.norm_weight(p + "input_layernorm.weight")
+            if layer_out is None:
+                normed = w.node("SimplifiedLayerNormalization", [residual, ln], name=f"{p}input_norm", axis=-1, epsilon=eps, stash_type=1)[0]
+            else:
+                normed, residual = self._skip_norm(layer_out, residual, ln, f"{p}input_norm")
+            qkv = self.linear(
+                normed, f"{p}qkv_proj", [p + f"self_attn.{x}_proj.weight" for x in "qkv"],
+                [p + f"self_attn.{x}_proj.bias" for x in "qkv"] if spec.qkv_bias else [],
+            )
+            present_k, present_v = f"present.{i}.key", f"present.{i}.value"
+            attn = w.node(
+                "GroupQueryAttention", [qkv, "", "", past_k, past_v, seqlens_k, total_len, cos, sin],
+                [f"{p}attn/out", present_k, present_v], name=f"{p}attn", domain=MS,
+                num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads, do_rotary=1, rotary_interleaved=0,
+                scale=1.0 / math.sqrt(spec.head_dim),
+            )[0]
+            w.output(present_k, t, kv_shape)
+            w.output(present_v, t, kv_shape)
+            o = self.linear(attn, f"{p}o_proj", [p + "self_attn.o_proj.weight"])
+            normed, residual = self._skip_norm(o, residual, self.norm_weight(p + "post_attention_layernorm.weight"), f"{p}post_norm")
+            gate_up = self.linear(normed, f"{p}gate_up_proj", [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"])
+            gate, up = w.node("Split", [gate_up], 2, name=f"{p}mlp/split", axis=-1, num_outputs=2)
+            silu = w.node("Mul", [gate, w.node("Sigmoid", [gate], name=f"{p}mlp/sigmoid")[0]], name=f"{p}mlp/silu")[0]
+            layer_out = self.linear(w.node("Mul", [silu, up], name=f"{p}mlp/gated")[0], f"{p}down_proj", [p + "mlp.down_proj.weight"])
+
+        normed, _ = self._skip_norm(layer_out, residual, self.norm_weight("model.norm.weight"), "final_norm")
+        if not self.options.all_logits:
+            # Only the last position's logits are needed to sample: skips a [S, vocab] matmul in prefill.
+            normed = w.node(
+                "Slice", [normed, w.constant("last.start", [-1]), w.constant("last.end", [np.iinfo(np.int64).max]), w.constant("last.axis", [1])],
+                name="last_position",
+            )[0]
+        head = "model.embed_tokens.weight" if spec.tie_word_embeddings else "lm_head.weight"
+        logits = self.linear(normed, "lm_head", [head], quantize=self.options.quantize_lm_head)
+        w.nodes.append(_identity(logits, "logits"))
+
+    def _skip_norm(self, x: str, residual: str, weight: str, name: str) -> tuple[str, str]:
+        out = self.w.node(
+            "SkipSimplifiedLayerNormalization", [x, residual, weight], [f"{name}/out", "", "", f"{name}/residual"],
+            name=name, domain=MS, epsilon=self.spec.rms_norm_eps,
+        )
+        return out[0], out[3]
+
+
+def _identity(src: str, dst: str):
+    from onnx import helper
+
+    return helper.make_node("Identity", [src], [dst], name=f"{dst}/identity")

@@ -1,0 +1,103 @@
+"""`edgeinfer export`: weights source -> graph(s) -> package on disk, atomically."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..errors import ExportError
+from ..package import MANIFEST, Manifest, describe_files
+from .atomic import raise_disk_error, staging_dir
+from .onnx_writer import GraphWriter
+from .options import ExportOptions
+from .sources import TokenizerFiles, WeightSource, open_source
+
+
+def export(source: str | WeightSource, out: str | Path, options: ExportOptions = ExportOptions(),
+           force: bool = False, progress: bool = True) -> Manifest:
+    """Export SOURCE to a package folder OUT; returns its manifest."""
+    out = Path(out)
+    weights = open_source(source) if isinstance(source, str) else source
+    spec = weights.spec
+    if options.context_length > spec.max_position_embeddings:
+        raise ExportError(
+            f"context {options.context_length} exceeds the model's {spec.max_position_embeddings} positions: "
+            f"pass --context {spec.max_position_embeddings} or less"
+        )
+    started = time.perf_counter()
+    try:
+        with staging_dir(out, force) as tmp:
+            graphs = _build_graphs(weights, options, tmp, progress)
+            tokenizer = weights.tokenizer()
+            _write_tokenizer(tmp, tokenizer)
+            manifest = Manifest(
+                architecture=spec.to_dict(),
+                precision=options.precision,
+                target=options.target,
+                graph_flavour=options.graph_flavour,
+                context_length=options.context_length,
+                activation_dtype=options.activation_dtype,
+                kv_cache={
+                    "layout": "BNSH",
+                    "dtype": graphs.pop("kv_dtype"),
+                    "num_layers": spec.num_layers,
+                    "num_kv_heads": spec.num_kv_heads,
+                    "head_dim": spec.head_dim,
+                    "length": options.context_length,
+                },
+                graphs=graphs,
+                tokenizer={
+                    "bos_token_id": tokenizer.bos_token_id,
+                    "eos_token_ids": tokenizer.eos_token_ids,
+                    "add_bos_token": tokenizer.add_bos_token,
+                    "chat_template": tokenizer.chat_template,
+                    "chat_format": chat_format(tokenizer.chat_template),
+                },
+                export_options=options.to_dict(),
+                source={"description": weights.description, "random_weights": weights.random_weights},
+                edgeinfer_version=__version__,
+            )
+            names = sorted(p.name for p in tmp.iterdir())
+            manifest.files = describe_files(tmp, names)
+            (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    except OSError as exc:
+        raise_disk_error(exc, out)
+    if progress:
+        size = manifest.total_bytes / 2**20
+        print(f"exported {weights.description} -> {out} ({size:.0f} MiB, {time.perf_counter() - started:.1f} s)")
+    return manifest
+
+
+def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, progress: bool) -> dict:
+    if options.graph_flavour == "static":
+        from .static_graph import build_static_graphs
+
+        return build_static_graphs(weights, options, folder, progress)
+    from .dynamic_graph import DynamicDecoderGraph, io_names
+
+    writer = GraphWriter(folder / "model.onnx.data")
+    try:
+        DynamicDecoderGraph(writer, weights, options).build(progress)
+        writer.save(folder / "model.onnx", producer=f"edgeinfer {__version__}")
+    finally:
+        writer.close()
+    return {"decoder": {"file": "model.onnx", **io_names(weights.spec)}, "kv_dtype": options.activation_dtype}
+
+
+def _write_tokenizer(folder: Path, tokenizer: TokenizerFiles) -> None:
+    import json
+
+    (folder / "tokenizer.json").write_text(tokenizer.tokenizer_json, encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(tokenizer.tokenizer_config(), indent=2, ensure_ascii=False), encoding="utf-8"
+    )
+
+
+def chat_format(template: str | None) -> str:
+    """Which conventions the generator applies on top of the template (DeepSeek-R1's <think> handling)."""
+    if template and "<｜Assistant｜>" in template:
+        return "deepseek-r1"
+    if template and "<|im_start|>" in template:
+        return "chatml"
+    return "template" if template else "none"

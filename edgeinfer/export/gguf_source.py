@@ -1,0 +1,114 @@
+"""GGUF files (llama.cpp's format): metadata to ArchSpec, tensors dequantized to float32 one at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..architecture import ArchSpec
+from ..errors import SourceError
+from .sources import TokenizerFiles
+
+# GGUF tensor names -> Hugging Face names ({i} is the layer index).
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_FAMILIES = {"qwen2": "qwen2", "llama": "llama"}
+
+
+def hf_name(gguf_name: str) -> str | None:
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    parts = gguf_name.split(".", 2)
+    if parts[0] == "blk" and len(parts) == 3 and parts[2] in _LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}"
+    return None
+
+
+class GGUFSource:
+    random_weights = False
+
+    def __init__(self, path: Path):
+        import gguf
+
+        try:
+            self.reader = gguf.GGUFReader(path)
+        except Exception as exc:  # gguf raises ValueError, struct.error, IndexError... on a damaged file
+            raise SourceError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}): re-download it") from None
+        self.path = path
+        self.description = f"gguf:{path.resolve()}"
+        arch = self._field("general.architecture")
+        if arch not in _FAMILIES:
+            raise SourceError(f"{path}: GGUF architecture {arch!r} is not supported: edgeinfer exports qwen2 and llama")
+        self.spec = self._spec(arch)
+        self._tensors = {hf_name(t.name): t for t in self.reader.tensors if hf_name(t.name)}
+        missing = [n for n in self.spec.tensor_names() if n not in self._tensors and n != "lm_head.weight"]
+        if missing:
+            raise SourceError(f"{path} lacks {len(missing)} tensors (first: {missing[0]}): the file is incomplete")
+
+    def _field(self, key: str, default=None):
+        field = self.reader.fields.get(key)
+        return default if field is None else field.contents()
+
+    def _spec(self, arch: str) -> ArchSpec:
+        k = lambda name, default=None: self._field(f"{arch}.{name}", default)  # noqa: E731
+        heads = k("attention.head_count")
+        hidden = k("embedding_length")
+        vocab = len(self.reader.fields["tokenizer.ggml.tokens"].data)
+        has_output = any(t.name == "output.weight" for t in self.reader.tensors)
+        return ArchSpec(
+            family=_FAMILIES[arch],
+            hidden_size=hidden,
+            num_layers=k("block_count"),
+            num_heads=heads,
+            num_kv_heads=k("attention.head_count_kv", heads),
+            head_dim=k("attention.key_length", hidden // heads),
+            intermediate_size=k("feed_forward_length"),
+            vocab_size=vocab,
+            rope_theta=float(k("rope.freq_base", 10000.0)),
+            rms_norm_eps=float(k("attention.layer_norm_rms_epsilon", 1e-6)),
+            max_position_embeddings=k("context_length", 4096),
+            tie_word_embeddings=not has_output,
+        )
+
+    def tensor(self, name: str) -> np.ndarray:
+        import gguf
+
+        tensor = self._tensors.get(name) or self._tensors["model.embed_tokens.weight"]
+        try:
+            array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        except (ValueError, NotImplementedError) as exc:
+            raise SourceError(f"{self.path}: cannot dequantize {tensor.name} ({exc}): re-download the file") from None
+        array = np.asarray(array, dtype=np.float32).reshape(self.spec.tensor_shape(name))
+        if self.spec.family == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = self.spec.num_heads if "q_proj" in name else self.spec.num_kv_heads
+            array = _unpermute_rope(array, heads)
+        return array
+
+    def tokenizer(self) -> TokenizerFiles:
+        from .gguf_tokenizer import tokenizer_from_gguf
+
+        return tokenizer_from_gguf(self.reader)
+
+
+def _unpermute_rope(weight: np.ndarray, heads: int) -> np.ndarray:
+    # llama.cpp's converter interleaves each head's rotary halves for Llama; undo it to get HF's layout.
+    rows, cols = weight.shape
+    return weight.reshape(heads, rows // heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)

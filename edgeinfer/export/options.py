@@ -1,0 +1,50 @@
+"""Export options: what a package is built for, in one dataclass that the manifest records."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import ExportError
+
+PRECISIONS = ("w4a16", "fp16", "fp32")
+TARGETS = ("cpu", "cuda", "qnn")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    precision: str = "w4a16"
+    target: str = "cpu"
+    context_length: int = 4096
+    block_size: int = 32  # 4-bit quantization block along the input dimension
+    symmetric: bool = True  # symmetric 4-bit (no zero points), as llama.cpp's Q4_0
+    accuracy_level: int = 4  # MatMulNBits compute type on CPU: 4 = int8 dot products (fastest on AVX2)
+    all_logits: bool = False  # prefill returns logits for every position, not just the last
+    quantize_embeddings: bool = True  # w4a16 only: 4-bit embedding table (GatherBlockQuantized)
+    quantize_lm_head: bool = True  # w4a16 only: 4-bit lm_head
+    prefill_chunk: int = 128  # static graphs (qnn): tokens per prefill run
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.target not in TARGETS:
+            raise ExportError(f"unknown target {self.target!r}: choose one of {', '.join(TARGETS)}")
+        if self.block_size not in (16, 32, 64, 128, 256):
+            raise ExportError(f"block size {self.block_size} is not supported: use 16, 32, 64, 128 or 256")
+        if self.context_length < 16:
+            raise ExportError(f"context length {self.context_length} is too small: use at least 16")
+        if self.target == "qnn" and self.context_length % self.prefill_chunk:
+            raise ExportError(
+                f"context {self.context_length} is not a multiple of the prefill chunk {self.prefill_chunk}: change one"
+            )
+
+    @property
+    def activation_dtype(self) -> str:
+        """Activations are fp16 on GPUs, fp32 on CPUs (their 4-bit kernels compute in fp32/int8 there)."""
+        return "float16" if self.target == "cuda" else "float32"
+
+    @property
+    def graph_flavour(self) -> str:
+        return "static" if self.target == "qnn" else "dynamic"
+
+    def to_dict(self) -> dict:
+        return asdict(self)

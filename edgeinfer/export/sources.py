@@ -1,0 +1,78 @@
+"""Weight sources: everything the exporter can read, behind one small interface.
+
+A source yields float32 tensors under Hugging Face names and layout ([out, in] for linear weights),
+one at a time, so the exporter never holds more than one layer's weights in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..architecture import ArchSpec
+from ..errors import SourceError
+
+
+@dataclass
+class TokenizerFiles:
+    """What a package needs to tokenize and chat: file texts plus the ids generation stops on."""
+
+    tokenizer_json: str
+    chat_template: str | None
+    bos_token_id: int | None
+    eos_token_ids: list[int]
+    add_bos_token: bool = False
+    special_tokens: dict[str, str] = field(default_factory=dict)  # role (bos/eos/pad) -> token text
+
+    def tokenizer_config(self) -> dict:
+        config = {"add_bos_token": self.add_bos_token, "chat_template": self.chat_template}
+        config.update({f"{role}_token": text for role, text in self.special_tokens.items()})
+        return config
+
+
+class WeightSource(Protocol):
+    spec: ArchSpec
+    description: str  # for the manifest: what was exported
+    random_weights: bool
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The float32 tensor under its Hugging Face name."""
+
+    def tokenizer(self) -> TokenizerFiles:
+        """Tokenizer and chat template files for the package."""
+
+
+def open_source(source: str) -> WeightSource:
+    """Pick the reader for SOURCE: `preset:NAME`, a .gguf file, a Hugging Face folder, or a hub id."""
+    from .gguf_source import GGUFSource
+    from .hf_source import HFFolderSource, download_from_hub
+    from .presets import PresetSource
+
+    if source.startswith("preset:"):
+        return PresetSource(source.removeprefix("preset:"))
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise SourceError(f"GGUF file {source} does not exist: check the path")
+        return GGUFSource(path)
+    if path.exists():
+        if path.is_dir():
+            return HFFolderSource(path)
+        raise SourceError(f"{source} is neither a folder nor a .gguf file: pass a Hugging Face folder, a .gguf file or preset:NAME")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/", "~")):
+        return HFFolderSource(download_from_hub(source))
+    raise SourceError(
+        f"source {source} does not exist: pass a Hugging Face folder, a .gguf file, preset:NAME, or a hub id ORG/NAME"
+    )
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"cannot read {path}: {exc}: restore the file from the original checkpoint") from None
