@@ -24,9 +24,7 @@ from ..errors import SourceError
 from .sources import TokenizerFiles
 
 KEY = gguf.Keys.Tokenizer
-
-# llama.cpp's token types (gguf.TokenType).
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+TYPE = gguf.TokenType  # NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED 4, UNUSED 5, BYTE 6
 
 # The split each byte-level vocabulary's merges were learned with, by `tokenizer.ggml.pre`. The
 # regexes are the originals from the models' tokenizer.json, which transformers also uses; llama.cpp
@@ -64,13 +62,11 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader) -> TokenizerFiles:
     """Convert the tokenizer stored in a GGUF's metadata into tokenizer.json text and its settings."""
     kind = _field(reader, KEY.MODEL)
     if kind is None:
-        raise SourceError("The GGUF has no tokenizer (no tokenizer.ggml.model); export from a folder with tokenizer.json.")
+        raise SourceError("the GGUF has no tokenizer.ggml.model: export from a folder that has tokenizer.json")
     tokens = _token_list(reader)
-    types = _field(reader, KEY.TOKEN_TYPE) or [NORMAL] * len(tokens)
+    types = _field(reader, KEY.TOKEN_TYPE) or [TYPE.NORMAL] * len(tokens)
     if len(types) != len(tokens):
-        raise SourceError(
-            f"The GGUF lists {len(tokens)} tokens but {len(types)} token types; the file is damaged: re-convert it."
-        )
+        raise SourceError(f"the GGUF lists {len(tokens)} tokens but {len(types)} token types: re-convert the file")
     ids = _special_ids(reader, len(tokens))
 
     if kind == "gpt2":
@@ -82,8 +78,8 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader) -> TokenizerFiles:
         add_bos = bool(_field(reader, KEY.ADD_BOS, True))
     else:
         raise SourceError(
-            f"GGUF tokenizer type {kind!r} is not supported (only 'gpt2' and 'llama'); "
-            "export from a folder with tokenizer.json instead."
+            f"GGUF tokenizer type {kind!r} is not supported (only 'gpt2' and 'llama'): "
+            "export from a folder that has tokenizer.json"
         )
     _add_typed_tokens(tokenizer, tokens, types)
     add_eos = bool(_field(reader, KEY.ADD_EOS, False))
@@ -113,26 +109,28 @@ def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
     try:
         return field.contents()
     except UnicodeDecodeError as error:
-        raise SourceError(f"GGUF field {key} is not valid UTF-8 ({error}); the file is damaged: re-convert it.") from None
+        raise SourceError(f"GGUF field {key} is not valid UTF-8 ({error}): re-convert the file") from None
 
 
 def _token_list(reader: gguf.GGUFReader) -> list[str]:
     tokens = _field(reader, KEY.LIST)
     if not tokens:
-        raise SourceError("The GGUF has no token list (tokenizer.ggml.tokens); re-convert it with llama.cpp's converter.")
+        raise SourceError("the GGUF has no tokenizer.ggml.tokens: re-convert it with llama.cpp's converter")
     return tokens
 
 
 def _special_ids(reader: gguf.GGUFReader, vocab_size: int) -> dict[str, int]:
     """bos/eos/eot/eom/pad/unk -> id, for the ones the file sets."""
-    keys = {"bos": KEY.BOS_ID, "eos": KEY.EOS_ID, "eot": KEY.EOT_ID, "eom": KEY.EOM_ID, "pad": KEY.PAD_ID, "unk": KEY.UNK_ID}
+    keys = {
+        "bos": KEY.BOS_ID, "eos": KEY.EOS_ID, "eot": KEY.EOT_ID, "eom": KEY.EOM_ID, "pad": KEY.PAD_ID, "unk": KEY.UNK_ID,
+    }
     ids = {}
     for name, key in keys.items():
         value = _field(reader, key)
         if value is None:
             continue
         if not 0 <= value < vocab_size:
-            raise SourceError(f"GGUF {key} is {value}, outside the {vocab_size}-token vocabulary; re-convert the file.")
+            raise SourceError(f"GGUF {key} is {value}, outside the {vocab_size}-token vocabulary: re-convert the file")
         ids[name] = int(value)
     return ids
 
@@ -144,8 +142,8 @@ def _byte_level_tokenizer(reader: gguf.GGUFReader, tokens: list[str], types: lis
     pre = _field(reader, KEY.PRE, "default")
     if pre not in BYTE_LEVEL_SPLITS:
         raise SourceError(
-            f"GGUF pre-tokenizer {pre!r} is not supported (known: {', '.join(sorted(BYTE_LEVEL_SPLITS))}); "
-            "export from a folder with tokenizer.json instead."
+            f"GGUF pre-tokenizer {pre!r} is not supported (known: {', '.join(sorted(BYTE_LEVEL_SPLITS))}): "
+            "export from a folder that has tokenizer.json"
         )
     # Regular tokens are stored in GPT-2's byte alphabet; added ones (control, user-defined) as the
     # plain text they match. Respell any regular token outside the alphabet, as transformers does.
@@ -153,14 +151,14 @@ def _byte_level_tokenizer(reader: gguf.GGUFReader, tokens: list[str], types: lis
     letters = set(alphabet.values())
     spelled = [
         token
-        if kind in (CONTROL, USER_DEFINED) or set(token) <= letters
+        if kind in (TYPE.CONTROL, TYPE.USER_DEFINED) or set(token) <= letters
         else "".join(alphabet[b] for b in token.encode("utf-8"))
         for token, kind in zip(tokens, types)
     ]
     merges = _merges(reader)
     if merges is None:
-        raise SourceError("The GGUF's byte-level tokenizer has no merges (tokenizer.ggml.merges); re-convert it.")
-    tokenizer = Tokenizer(models.BPE(vocab=_vocab(spelled), merges=merges, fuse_unk=False))
+        raise SourceError("the GGUF's byte-level tokenizer has no tokenizer.ggml.merges: re-convert the file")
+    tokenizer = Tokenizer(models.BPE(vocab=_vocab(spelled), merges=merges))
     split = BYTE_LEVEL_SPLITS[pre]
     if split is None:
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -182,17 +180,18 @@ def _sentencepiece_tokenizer(
     architecture = _field(reader, "general.architecture", "")
     if architecture in _SENTENCEPIECE_NOT_SUPPORTED:
         raise SourceError(
-            f"Sentencepiece tokenizers of {architecture!r} GGUFs are not supported; "
-            "export from a folder with tokenizer.json instead."
+            f"sentencepiece tokenizers of {architecture!r} GGUFs are not supported: "
+            "export from a folder that has tokenizer.json"
         )
     merges = _merges(reader)
     if merges is None:
         scores = _field(reader, KEY.SCORES)
         if scores is None:
-            raise SourceError("The GGUF's sentencepiece tokenizer has neither merges nor scores; re-convert it.")
+            raise SourceError("the GGUF's sentencepiece tokenizer has neither merges nor scores: re-convert the file")
         merges = _merges_from_scores(tokens, scores)
     unk = tokens[unk_id] if unk_id is not None else None
-    tokenizer = Tokenizer(models.BPE(vocab=_vocab(tokens), merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    bpe = models.BPE(vocab=_vocab(tokens), merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
+    tokenizer = Tokenizer(bpe)
     # "first" puts the prefix space before the start of the text only, like non-legacy
     # LlamaTokenizer; llama.cpp also puts one after each special token inside the text.
     add_prefix = bool(_field(reader, KEY.ADD_PREFIX, True))
@@ -226,7 +225,7 @@ def _merges(reader: gguf.GGUFReader) -> list[tuple[str, str]] | None:
     for merge in merges:
         left, space, right = merge.partition(" ")
         if not space or not left or not right or " " in right:
-            raise SourceError(f"GGUF merge {merge!r} is not two tokens split by one space; re-convert the file.")
+            raise SourceError(f"GGUF merge {merge!r} is not two tokens split by one space: re-convert the file")
         pairs.append((left, right))
     return pairs
 
@@ -241,11 +240,12 @@ def _merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[st
     score_of = dict(zip(tokens, scores))
     found = []
     for merged, score in score_of.items():
-        pieces = [(merged[:cut], merged[cut:]) for cut in range(1, len(merged))]
-        pieces = sorted(((l, r) for l, r in pieces if l in vocab and r in vocab), key=lambda p: (vocab[p[0]], vocab[p[1]]))
-        found.extend((l, r, score) for l, r in pieces)
+        cuts = [(merged[:cut], merged[cut:]) for cut in range(1, len(merged))]
+        pairs = sorted(((a, b) for a, b in cuts if a in vocab and b in vocab), key=lambda p: (vocab[p[0]], vocab[p[1]]))
+        found.extend((a, b, score) for a, b in pairs)
+    # Stable sort: equal keys keep the order above, as in transformers.
     found.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
-    return [(l, r) for l, r, _ in found]
+    return [(a, b) for a, b, _ in found]
 
 
 def _add_typed_tokens(tokenizer: Tokenizer, tokens: list[str], types: list[int]) -> None:
@@ -254,8 +254,9 @@ def _add_typed_tokens(tokenizer: Tokenizer, tokens: list[str], types: list[int])
     Added tokens are matched whole in the text before BPE runs, as llama.cpp does; without this
     `<|im_start|>` would be cut into pieces.
     """
-    special = [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k in (CONTROL, UNKNOWN)]
-    plain = [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED]
+    special_types = (TYPE.CONTROL, TYPE.UNKNOWN)
+    special = [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k in special_types]
+    plain = [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == TYPE.USER_DEFINED]
     tokenizer.add_special_tokens(special)
     tokenizer.add_tokens(plain)
 

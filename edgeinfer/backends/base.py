@@ -1,0 +1,108 @@
+"""The backend interface: one execution provider, what it needs, and how it presents itself."""
+
+from __future__ import annotations
+
+import platform
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import onnxruntime as ort
+
+from ..errors import BackendError
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""  # why not, when not
+    fix: str = ""  # what to do about it
+
+    def __str__(self) -> str:
+        return "available" if self.ok else f"{self.reason}: {self.fix}" if self.fix else self.reason
+
+
+@dataclass
+class BackendOptions:
+    """Session settings a user may change; each backend fills in its own defaults."""
+
+    threads: int | None = None  # intra-op threads; None = physical cores
+    graph_optimization: str = "all"  # "disable" | "basic" | "extended" | "all"
+    memory_arena: bool = True
+    provider_options: dict[str, str] = field(default_factory=dict)  # passed to the execution provider as is
+    allow_fallback: bool = False  # qnn: let unsupported nodes run on the CPU instead of failing
+    profile: bool = False  # onnxruntime's per-op profiler (writes a JSON trace)
+
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class Backend(ABC):
+    name: str  # registry key and --device value
+    target: str  # the package target it runs
+    graph_flavour: str  # "dynamic" or "static"
+    kv_location: str  # "host" or "device": where the KV cache buffers live
+    ort_device: str = "cpu"  # OrtValue device type for buffers bound to this backend
+
+    @abstractmethod
+    def availability(self) -> Availability:
+        """Whether this backend can run here, and if not, why and the fix."""
+
+    @abstractmethod
+    def device_description(self) -> str:
+        """A human description for bench tables (CPU model and cores, GPU name and memory, NPU/SoC)."""
+
+    @abstractmethod
+    def providers(self, options: BackendOptions) -> list:
+        """The provider list (names or (name, options) pairs) for InferenceSession."""
+
+    def versions(self) -> dict[str, str]:
+        return {"onnxruntime": ort.__version__}
+
+    def session_options(self, options: BackendOptions) -> ort.SessionOptions:
+        so = ort.SessionOptions()
+        if options.graph_optimization not in _OPT_LEVELS:
+            raise BackendError(
+                f"unknown graph optimization {options.graph_optimization!r}: choose one of {', '.join(_OPT_LEVELS)}"
+            )
+        so.graph_optimization_level = _OPT_LEVELS[options.graph_optimization]
+        so.enable_cpu_mem_arena = options.memory_arena
+        so.log_severity_level = 3  # warnings from onnxruntime are noise for an app; errors surface as ours
+        if options.threads:
+            so.intra_op_num_threads = options.threads
+        so.enable_profiling = options.profile
+        return so
+
+    def create_session(self, model_path: str, options: BackendOptions) -> ort.InferenceSession:
+        self.require()
+        try:
+            return ort.InferenceSession(
+                model_path, sess_options=self.session_options(options), providers=self.providers(options)
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types; give one line instead
+            raise BackendError(f"{self.name}: cannot create a session for {model_path}: {_first_line(exc)}") from None
+
+    def require(self) -> None:
+        status = self.availability()
+        if not status.ok:
+            raise BackendError(f"backend {self.name} is not available: {status}")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

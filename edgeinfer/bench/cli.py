@@ -1,0 +1,61 @@
+"""The `edgeinfer bench` command line: arguments in, table on screen, files out."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import EdgeInferError
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda or qnn")
+    p.add_argument("--model", default=None, help="package, or a source to export first (default: the 1.5B preset, random weights)")
+    p.add_argument("--precision", default="w4a16", choices=["w4a16", "fp16", "fp32"], help="when exporting")
+    p.add_argument("--prompt-len", type=_int_list, default=[128, 1024], help="prompt lengths, e.g. 128,1024")
+    p.add_argument("--gen-len", type=int, default=128)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--context", type=int, default=4096, help="context length of the package (when exporting)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-sweep", action="store_true", help="skip decode speed at contexts 128/1024/4096")
+    p.add_argument("--json", type=Path, help="write the full result (raw timings, machine, versions) here")
+    p.add_argument("--csv", type=Path)
+    p.add_argument("--markdown", type=Path)
+    p.add_argument("--plot", type=Path, help="PNG: decode vs context, prefill per prompt length")
+
+
+def run_bench(args) -> None:
+    from ..backends import BackendOptions
+    from .results import csv_text, detail_table, markdown_table, save_json
+    from .runner import bench
+
+    if args.repeat < 1 or args.warmup < 0 or args.gen_len < 2:
+        raise EdgeInferError("--repeat must be >= 1, --warmup >= 0 and --gen-len >= 2")
+    result = bench(
+        args.device, args.model, tuple(args.prompt_len), args.gen_len, args.repeat, args.warmup, args.context,
+        args.precision, sweep=not args.no_sweep, options=BackendOptions(threads=args.threads),
+    )
+    print()
+    print(markdown_table([result]))
+    print()
+    print(detail_table(result))
+    print(f"\nload {result['load_s']:.2f} s (session {result['session_s']:.2f} s), peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB"
+          + (f", peak GPU {result['peak_gpu_mib']:.0f} MiB" if result.get("peak_gpu_mib") else ""))
+    if args.json:
+        save_json(result, args.json)
+    if args.csv:
+        args.csv.write_text(csv_text([result]), encoding="utf-8")
+    if args.markdown:
+        args.markdown.write_text(markdown_table([result]) + "\n\n" + detail_table(result) + "\n", encoding="utf-8")
+    if args.plot:
+        from .plot import plot_result
+
+        plot_result(result, args.plot)

@@ -1,0 +1,105 @@
+"""`edgeinfer bench`: resolve the model (exporting and caching it when needed), measure, and report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from .. import __version__
+from ..backends import BackendOptions, get_backend
+from ..errors import EdgeInferError, PackageError
+from ..export.options import ExportOptions
+from ..export.presets import DEFAULT_PRESET
+from ..package import MANIFEST, load_manifest
+from .machine import describe_machine
+from .memory import PeakMemory
+from .profiler import decode_at_depth, run_test
+from .results import DEFINITIONS, SCHEMA
+
+SWEEP_CONTEXTS = (128, 1024, 4096, 16384)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EDGEINFER_CACHE", Path.home() / ".cache" / "edgeinfer"))
+
+
+def resolve_package(model: str | None, target: str, precision: str, context: int, progress: bool = True) -> Path:
+    """A package path for MODEL: as is if it is one, else exported once into the cache and reused."""
+    if model and (Path(model) / MANIFEST).is_file():
+        return Path(model)
+    source = model or f"preset:{DEFAULT_PRESET}"
+    slug = "".join(c if c.isalnum() or c in "-." else "_" for c in source.removeprefix("preset:"))[-80:]
+    folder = cache_root() / "packages" / f"{slug}-{target}-{precision}-c{context}-v{__version__}"
+    options = ExportOptions(precision=precision, target=target, context_length=context)
+    try:
+        manifest = load_manifest(folder, verify=False)  # sizes checked here; sha256 when the model loads
+        if manifest.export_options == options.to_dict():
+            return folder
+    except PackageError:
+        pass  # missing, stale or damaged: export again
+    from ..export.exporter import export
+
+    if progress:
+        print(f"exporting {source} for {target} ({precision}, context {context}) into the cache {folder}")
+    export(source, folder, options, force=True, progress=progress)
+    return folder
+
+
+def bench(device: str, model: str | None = None, prompt_lens=(128, 1024), gen_len: int = 128, repeat: int = 5,
+          warmup: int = 1, context: int = 4096, precision: str = "w4a16", sweep: bool = True,
+          options: BackendOptions | None = None, progress: bool = True) -> dict:
+    from ..model import load
+
+    backend = get_backend(device)
+    backend.require()
+    options = options or BackendOptions()
+    for p in prompt_lens:
+        if p < 1 or p + gen_len > context:
+            raise EdgeInferError(f"prompt {p} + generation {gen_len} does not fit the context {context}: lower them or raise --context")
+    package = resolve_package(model, backend.target, precision, context, progress)
+    with PeakMemory(gpu=device == "cuda") as memory:
+        loaded = load(package, device=device, options=options)
+        generator = loaded.generator(_greedy())
+        tests = [run_test(generator, p, gen_len, repeat, warmup, progress) for p in prompt_lens]
+        steps = min(32, gen_len)
+        depths = [d for d in SWEEP_CONTEXTS if d + steps <= loaded.context_length] if sweep else []
+        points = [decode_at_depth(generator, d, steps, max(1, min(repeat, 3))) for d in depths]
+    manifest = loaded.manifest
+    return {
+        "schema": SCHEMA,
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "edgeinfer_version": __version__,
+        "device": device,
+        "backend": backend.name,
+        "device_description": backend.device_description(),
+        "machine": describe_machine(),
+        "versions": backend.versions(),
+        "backend_options": asdict(options),
+        "model": {
+            "source": manifest.source["description"],
+            "random_weights": manifest.source["random_weights"],
+            "package": str(package),
+            "precision": manifest.precision,
+            "target": manifest.target,
+            "context_size": manifest.context_length,
+            "file_bytes": manifest.total_bytes,
+            "architecture": manifest.architecture,
+            "export_options": manifest.export_options,
+        },
+        "load_s": loaded.load_s,
+        "session_s": loaded.session_s,
+        "peak_rss_bytes": memory.peak_rss,
+        "peak_gpu_mib": memory.peak_gpu_mib,
+        "settings": {"prompt_lens": list(prompt_lens), "gen_len": gen_len, "repeat": repeat, "warmup": warmup},
+        "tests": [t.to_dict() for t in tests],
+        "sweep": points,
+        "definitions": DEFINITIONS,
+    }
+
+
+def _greedy():
+    from ..sampler import GREEDY
+
+    return GREEDY

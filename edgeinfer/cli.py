@@ -1,0 +1,190 @@
+"""`edgeinfer`: a thin command line over the Python API. Errors print as one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .errors import EdgeInferError
+
+
+def _export(args) -> None:
+    from .export.exporter import export
+    from .export.options import ExportOptions
+
+    options = ExportOptions(
+        precision=args.precision, target=args.target, context_length=args.context, block_size=args.block_size,
+        symmetric=not args.asymmetric, accuracy_level=args.accuracy_level, all_logits=args.all_logits,
+        quantize_embeddings=not args.float_embeddings, prefill_chunk=args.prefill_chunk,
+    )
+    export(args.source, args.output, options, force=args.force)
+    if args.compile:
+        from .model import load
+
+        model = load(args.output, device=args.target, verify=False)
+        print(f"compiled for {args.target} in {model.load_s:.1f} s")
+
+
+def _sampling(args):
+    from .sampler import SamplingParams
+
+    return SamplingParams(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty, seed=args.seed,
+    )
+
+
+def _backend_options(args):
+    from .backends import BackendOptions
+
+    return BackendOptions(threads=args.threads, allow_fallback=getattr(args, "allow_fallback", False))
+
+
+def _run(args) -> None:
+    from .model import GenerationResult, load
+
+    model = load(args.package, device=args.device, options=_backend_options(args))
+    sampling = _sampling(args)
+    result = GenerationResult("", "", "", [], 0, "")
+    pieces = model.stream(args.prompt, args.max_new_tokens, sampling, tuple(args.stop), args.raw, result=result)
+    if args.json:
+        for _ in pieces:
+            pass
+        payload = result.to_dict()
+        payload["timings"]["load_s"] = model.load_s
+        print(json.dumps(payload, ensure_ascii=False))
+        return
+    for piece in pieces:
+        print(piece, end="", flush=True)
+    t = result.timings
+    print(f"\n[{t.prompt_tokens} prompt tokens, TTFT {t.ttft_s * 1000:.0f} ms, {t.new_tokens} new tokens at "
+          f"{t.decode_tokens_per_s:.1f} tok/s, stopped by {result.finish_reason}]", file=sys.stderr)
+
+
+def _chat(args) -> None:
+    from .chat_session import ChatSession
+    from .model import load
+
+    model = load(args.package, device=args.device, options=_backend_options(args))
+    session = ChatSession(model, _sampling(args), args.max_new_tokens)
+    print(f"edgeinfer chat: {args.package} on {args.device} (context {model.context_length}); "
+          "/reset clears history, /quit or Ctrl-D ends", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        if line.strip() in ("/quit", "/exit"):
+            return
+        if line.strip() == "/reset":
+            session.reset()
+            continue
+        if not line.strip():
+            continue
+        for piece in session.send(line):
+            print(piece, end="", flush=True)
+        print()
+
+
+def _devices(args) -> None:
+    from .backends import backend_names, get_backend
+
+    for name in backend_names():
+        backend = get_backend(name)
+        status = backend.availability()
+        detail = backend.device_description() if status.ok else str(status)
+        print(f"{name:6} {'available' if status.ok else 'not available':14} {detail}")
+
+
+def _bench(args) -> None:
+    from .bench.cli import run_bench
+
+    run_bench(args)
+
+
+def _table(args) -> None:
+    from .bench.results import load_results, markdown_table
+
+    print(markdown_table(load_results(args.files)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeinfer", description="On-device LLM runtime: export, run, chat, bench.")
+    parser.add_argument("--version", action="version", version=f"edgeinfer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export a checkpoint to an ONNX package")
+    p.add_argument("source", help="Hugging Face folder, .gguf file, preset:NAME, or hub id ORG/NAME")
+    p.add_argument("-o", "--output", required=True, help="package folder to write")
+    p.add_argument("--precision", default="w4a16", choices=["w4a16", "fp16", "fp32"])
+    p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "qnn"])
+    p.add_argument("--context", type=int, default=4096, help="context length (KV cache size) in tokens")
+    p.add_argument("--block-size", type=int, default=32, help="4-bit quantization block size")
+    p.add_argument("--asymmetric", action="store_true", help="4-bit with zero points (default: symmetric)")
+    p.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4], help="MatMulNBits compute type (4 = int8)")
+    p.add_argument("--all-logits", action="store_true", help="prefill returns logits for every position")
+    p.add_argument("--float-embeddings", action="store_true", help="keep the embedding table in float")
+    p.add_argument("--prefill-chunk", type=int, default=128, help="qnn: tokens per static prefill run")
+    p.add_argument("--compile", action="store_true", help="qnn: also compile the context binaries on this host")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.set_defaults(func=_export)
+
+    def generation_args(p):
+        p.add_argument("--device", default="cpu", help="cpu, cuda or qnn")
+        p.add_argument("--max-new-tokens", type=int, default=512)
+        p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
+        p.add_argument("--top-k", type=int, default=0)
+        p.add_argument("--top-p", type=float, default=0.95)
+        p.add_argument("--min-p", type=float, default=0.0)
+        p.add_argument("--repetition-penalty", type=float, default=1.0)
+        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--threads", type=int, default=None)
+        p.add_argument("--allow-fallback", action="store_true", help="qnn: run unsupported nodes on the CPU")
+
+    p = sub.add_parser("run", help="generate a reply to one prompt")
+    p.add_argument("package")
+    p.add_argument("prompt")
+    generation_args(p)
+    p.add_argument("--raw", action="store_true", help="feed the prompt as the tokenizer encodes it, no chat template")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("chat", help="interactive chat with history")
+    p.add_argument("package")
+    generation_args(p)
+    p.set_defaults(func=_chat)
+
+    p = sub.add_parser("devices", help="list backends and whether they can run here")
+    p.set_defaults(func=_devices)
+
+    from .bench.cli import add_bench_arguments
+
+    p = sub.add_parser("bench", help="measure TTFT, prefill and decode speed; fill the Performance Reference table")
+    add_bench_arguments(p)
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser("table", help="merge bench result JSON files into one reference table")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=_table)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except EdgeInferError as exc:
+        print(f"edgeinfer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nedgeinfer: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
