@@ -86,7 +86,9 @@ class DynamicDecoderGraph:
 
     def embedding(self, input_ids: str) -> str:
         table = self.source.tensor("model.embed_tokens.weight")  # [V, H]
-        if self.options.precision == "w4a16" and self.options.quantize_embeddings:
+        # GatherBlockQuantized needs whole blocks along the hidden size; otherwise the table stays float.
+        whole_blocks = table.shape[1] % self.options.block_size == 0
+        if self.options.precision == "w4a16" and self.options.quantize_embeddings and whole_blocks:
             q = quantize_4bit(table, self.options.block_size, self.options.symmetric)
             inputs = [
                 self.w.initializer("embed.qweight", q.packed.reshape(q.packed.shape[0], -1)),

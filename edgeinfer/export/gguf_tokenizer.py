@@ -59,7 +59,11 @@ _SENTENCEPIECE_NOT_SUPPORTED = ("gemma", "gemma2", "gemma3", "gemma4", "phi3")
 
 
 def tokenizer_from_gguf(reader: gguf.GGUFReader) -> TokenizerFiles:
-    """Convert the tokenizer stored in a GGUF's metadata into tokenizer.json text and its settings."""
+    """Convert the tokenizer stored in a GGUF's metadata into tokenizer.json text and its settings.
+
+    eos_token_ids lists tokenizer.ggml.eos_token_id, then the eot/eom ids when the file sets them;
+    special_tokens maps the roles bos/eos/pad/unk the file sets to their token text.
+    """
     kind = _field(reader, KEY.MODEL)
     if kind is None:
         raise SourceError("the GGUF has no tokenizer.ggml.model: export from a folder that has tokenizer.json")
@@ -121,9 +125,8 @@ def _token_list(reader: gguf.GGUFReader) -> list[str]:
 
 def _special_ids(reader: gguf.GGUFReader, vocab_size: int) -> dict[str, int]:
     """bos/eos/eot/eom/pad/unk -> id, for the ones the file sets."""
-    keys = {
-        "bos": KEY.BOS_ID, "eos": KEY.EOS_ID, "eot": KEY.EOT_ID, "eom": KEY.EOM_ID, "pad": KEY.PAD_ID, "unk": KEY.UNK_ID,
-    }
+    keys = {"bos": KEY.BOS_ID, "eos": KEY.EOS_ID, "eot": KEY.EOT_ID, "eom": KEY.EOM_ID}
+    keys |= {"pad": KEY.PAD_ID, "unk": KEY.UNK_ID}
     ids = {}
     for name, key in keys.items():
         value = _field(reader, key)

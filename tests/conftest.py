@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny random checkpoints (built in seconds with transformers) and packages exported from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeinfer.export.exporter import export
+from edgeinfer.export.options import ExportOptions
+from edgeinfer.export.presets import byte_tokenizer_json
+
+TINY = dict(
+    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+    vocab_size=272, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=False,
+)
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_hf_checkpoint(folder: Path, family: str = "qwen2", seed: int = 0, **overrides) -> Path:
+    """A tiny random transformers model saved as a Hugging Face folder, with a byte-level tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if family == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    model = model_cls(config_cls(**{**TINY, **overrides})).eval()
+    with torch.no_grad():  # larger weights than the default init give peakier, more informative logits
+        for p in model.parameters():
+            p.mul_(3.0) if p.dim() == 2 else None
+    model.save_pretrained(folder)
+    tokenizer_json, ids = byte_tokenizer_json(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    (folder / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+    config = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": CHATML}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def qwen2_dir(tmp_path_factory) -> Path:
+    return make_hf_checkpoint(tmp_path_factory.mktemp("hf") / "qwen2", "qwen2")
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    return make_hf_checkpoint(tmp_path_factory.mktemp("hf") / "llama", "llama")
+
+
+def export_tiny(source, out: Path, **options) -> Path:
+    export(str(source), out, ExportOptions(**{"context_length": 256, **options}), force=True, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def qwen2_fp32(qwen2_dir, tmp_path_factory) -> Path:
+    return export_tiny(qwen2_dir, tmp_path_factory.mktemp("pkg") / "qwen2-fp32", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def qwen2_w4(qwen2_dir, tmp_path_factory) -> Path:
+    return export_tiny(qwen2_dir, tmp_path_factory.mktemp("pkg") / "qwen2-w4", precision="w4a16")
+
+
+@pytest.fixture(scope="session")
+def preset_pkg(tmp_path_factory) -> Path:
+    """The tiny DeepSeek-style preset (byte tokenizer, DeepSeek chat template), W4A16."""
+    return export_tiny("preset:tiny-qwen2", tmp_path_factory.mktemp("pkg") / "tiny-preset")
+
+
+def reference_model(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
+
+
+def reference_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()

@@ -1,0 +1,126 @@
+"""fp32 exports match transformers on the same weights; W4A16 stays close; GGUF and HF folders agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgeinfer.package import load_manifest
+
+from .conftest import export_tiny, reference_logits, reference_model
+
+
+class OrtDecoder:
+    """Drives the exported graph with onnxruntime directly (no edgeinfer runtime), copying the cache each step."""
+
+    def __init__(self, package):
+        self.manifest = load_manifest(package)
+        graph = self.manifest.graphs["decoder"]
+        self.session = ort.InferenceSession(str(package / graph["file"]), providers=["CPUExecutionProvider"])
+        kv = self.manifest.kv_cache
+        shape = (1, kv["num_kv_heads"], kv["length"], kv["head_dim"])
+        self.past = {name: np.zeros(shape, np.float32) for name in graph["inputs"][3:]}
+        self.total = 0
+
+    def __call__(self, ids: list[int]) -> np.ndarray:
+        self.total += len(ids)
+        feeds = {
+            "input_ids": np.array([ids], np.int64),
+            "seqlens_k": np.array([self.total - 1], np.int32),
+            "total_sequence_length": np.array(self.total, np.int32),
+            **self.past,
+        }
+        logits, *present = self.session.run(None, feeds)
+        self.past = dict(zip(self.past, present))
+        return logits[0]
+
+
+def assert_parity(hf_dir, package, steps: int = 20, tolerance: float = 1e-3):
+    ref = reference_model(hf_dir)
+    decoder = OrtDecoder(package)
+    prompt = list(np.random.default_rng(1).integers(0, 256, size=12))
+    logits = decoder(prompt)
+    expected = reference_logits(ref, prompt)
+    assert np.abs(logits - expected).max() <= tolerance  # every prompt position
+    seq = list(prompt)
+    for _ in range(steps):
+        seq.append(int(np.argmax(logits[-1])))
+        logits = decoder([seq[-1]])
+        assert np.abs(logits[-1] - reference_logits(ref, seq)[-1]).max() <= tolerance
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_fp32_export_matches_transformers(family, qwen2_dir, llama_dir, tmp_path):
+    hf_dir = qwen2_dir if family == "qwen2" else llama_dir
+    package = export_tiny(hf_dir, tmp_path / "pkg", precision="fp32", all_logits=True)
+    assert_parity(hf_dir, package)
+
+
+def quantized_reference(hf_dir, block_size: int, symmetric: bool):
+    """transformers' model with every 4-bit tensor replaced by what its quantized form stands for."""
+    import torch
+
+    from edgeinfer.export.quantize import dequantize_4bit, quantize_4bit
+
+    ref = reference_model(hf_dir)
+    with torch.no_grad():
+        for name, param in ref.named_parameters():
+            if param.dim() == 2:
+                q = quantize_4bit(param.numpy(), block_size, symmetric)
+                param.copy_(torch.from_numpy(dequantize_4bit(q, param.shape[1])))
+    return ref
+
+
+@pytest.mark.parametrize("block_size,symmetric", [(32, True), (16, False)])
+def test_w4a16_export_matches_its_dequantized_weights(qwen2_dir, tmp_path, block_size, symmetric):
+    """With fp32 compute (accuracy level 0) the only difference from transformers is the 4-bit rounding itself."""
+    package = export_tiny(qwen2_dir, tmp_path / "pkg", precision="w4a16", all_logits=True,
+                          block_size=block_size, symmetric=symmetric, accuracy_level=0)
+    ref = quantized_reference(qwen2_dir, block_size, symmetric)
+    ids = list(np.random.default_rng(2).integers(0, 256, size=32))
+    assert np.abs(OrtDecoder(package)(ids) - reference_logits(ref, ids)).max() <= 1e-3
+
+
+def test_w4a16_int8_compute_keeps_top1(qwen2_dir, tmp_path):
+    """accuracy level 4 (int8 activations inside MatMulNBits) moves logits a little, not the argmax."""
+    package = export_tiny(qwen2_dir, tmp_path / "pkg", precision="w4a16", all_logits=True, accuracy_level=4)
+    ref = quantized_reference(qwen2_dir, 32, True)
+    ids = list(np.random.default_rng(3).integers(0, 256, size=64))
+    ours, theirs = OrtDecoder(package)(ids), reference_logits(ref, ids)
+    assert np.mean(ours.argmax(-1) == theirs.argmax(-1)) >= 0.9
+
+
+def test_last_position_logits_only_by_default(qwen2_dir, tmp_path):
+    package = export_tiny(qwen2_dir, tmp_path / "pkg", precision="fp32")
+    logits = OrtDecoder(package)([1, 2, 3, 4, 5])
+    assert logits.shape == (1, 272)
+    full = reference_logits(reference_model(qwen2_dir), [1, 2, 3, 4, 5])
+    assert np.abs(logits[0] - full[-1]).max() <= 1e-3
+
+
+@pytest.mark.parametrize("block_size,symmetric", [(32, True), (128, False), (16, False)])
+def test_w4a16_block_sizes_and_zero_points(qwen2_dir, tmp_path, block_size, symmetric):
+    package = export_tiny(qwen2_dir, tmp_path / "pkg", precision="w4a16", block_size=block_size, symmetric=symmetric)
+    manifest = load_manifest(package)
+    assert manifest.export_options["block_size"] == block_size
+    logits = OrtDecoder(package)([5, 6, 7])
+    assert np.isfinite(logits).all()
+
+
+def test_gguf_source_matches_hf_source(qwen2_dir, tmp_path):
+    """A GGUF written from the same weights exports to the same logits as the HF folder (float32 GGUF)."""
+    from .gguf_fixtures import write_gguf_from_hf
+
+    gguf_path = write_gguf_from_hf(qwen2_dir, tmp_path / "tiny.gguf")
+    from_gguf = export_tiny(gguf_path, tmp_path / "from-gguf", precision="fp32", all_logits=True)
+    assert_parity(qwen2_dir, from_gguf, steps=5)
+    assert load_manifest(from_gguf).tokenizer["eos_token_ids"]
+
+
+def test_llama_gguf_unpermutes_rotary_halves(llama_dir, tmp_path):
+    from .gguf_fixtures import write_gguf_from_hf
+
+    gguf_path = write_gguf_from_hf(llama_dir, tmp_path / "tiny-llama.gguf")
+    package = export_tiny(gguf_path, tmp_path / "pkg", precision="fp32", all_logits=True)
+    assert_parity(llama_dir, package, steps=3)
