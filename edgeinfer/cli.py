@@ -48,7 +48,8 @@ def _run(args) -> None:
     model = load(args.package, device=args.device, options=_backend_options(args))
     sampling = _sampling(args)
     result = GenerationResult("", "", "", [], 0, "")
-    pieces = model.stream(args.prompt, args.max_new_tokens, sampling, tuple(args.stop), args.raw, result=result)
+    pieces = model.stream(args.prompt, args.max_new_tokens, sampling, tuple(args.stop), args.raw,
+                          ignore_eos=args.ignore_eos, result=result)
     if args.json:
         for _ in pieces:
             pass
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="feed the prompt as the tokenizer encodes it, no chat template")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    p.add_argument("--ignore-eos", action="store_true", help="generate exactly --max-new-tokens (benchmarking)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("chat", help="interactive chat with history")

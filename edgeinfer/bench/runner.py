@@ -55,10 +55,11 @@ def bench(device: str, model: str | None = None, prompt_lens=(128, 1024), gen_le
     backend = get_backend(device)
     backend.require()
     options = options or BackendOptions()
-    for p in prompt_lens:
-        if p < 1 or p + gen_len > context:
-            raise EdgeInferError(f"prompt {p} + generation {gen_len} does not fit the context {context}: lower them or raise --context")
     package = resolve_package(model, backend.target, precision, context, progress)
+    fits = load_manifest(package, verify=False).context_length
+    for p in prompt_lens:
+        if p < 1 or p + gen_len > fits:
+            raise EdgeInferError(f"prompt {p} + generation {gen_len} does not fit the context {fits}: lower them or raise --context")
     with PeakMemory(gpu=device == "cuda") as memory:
         loaded = load(package, device=device, options=options)
         generator = loaded.generator(_greedy())

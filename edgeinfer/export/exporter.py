@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import ExportError
 from ..package import MANIFEST, Manifest, describe_files
-from .atomic import raise_disk_error, staging_dir
+from .atomic import check_destination, raise_disk_error, staging_dir
 from .onnx_writer import GraphWriter
 from .options import ExportOptions
 from .sources import TokenizerFiles, WeightSource, open_source
@@ -18,6 +18,7 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
            force: bool = False, progress: bool = True) -> Manifest:
     """Export SOURCE to a package folder OUT; returns its manifest."""
     out = Path(out)
+    check_destination(out, force)  # before reading any weights: refusing should be instant
     weights = open_source(source) if isinstance(source, str) else source
     spec = weights.spec
     if options.context_length > spec.max_position_embeddings:

@@ -31,7 +31,7 @@ def _tiny(family: str) -> ArchSpec:
     return ArchSpec(
         family=family, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
         intermediate_size=128, vocab_size=272, rope_theta=10000.0, rms_norm_eps=1e-6,
-        max_position_embeddings=2048,
+        max_position_embeddings=32768,
     )
 
 

@@ -1,0 +1,75 @@
+"""The command line: one-line errors with exit code 2, --json output, devices, and a clean Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edgeinfer.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeinfer.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_run_json_prints_one_object(qwen2_fp32, capsys):
+    assert main(["run", str(qwen2_fp32), "hello", "--raw", "--temperature", "0", "--max-new-tokens", "5", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert len(payload["token_ids"]) <= 5 and isinstance(payload["text"], str)
+    assert payload["timings"]["ttft_s"] > 0 and "load_s" in payload["timings"]
+
+
+def test_run_streams_text(preset_pkg, capsys):
+    assert main(["run", str(preset_pkg), "Hi", "--temperature", "0", "--max-new-tokens", "4"]) == 0
+    captured = capsys.readouterr()
+    assert "TTFT" in captured.err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["export", "/no/such/dir", "-o", "/tmp/x"], "does not exist"),
+    (["run", "/no/such/pkg", "hi"], "does not exist"),
+    (["run", "{pkg}", "hi", "--device", "tpu"], "unknown device"),
+    (["run", "{pkg}", "hi", "--top-p", "2"], "top_p must be"),
+    (["run", "{pkg}", "", "--raw"], "empty"),
+    (["run", "{pkg}", "hi", "--device", "cuda"], "cuda"),
+])
+def test_errors_are_one_line(qwen2_fp32, capsys, args, message):
+    args = [a.replace("{pkg}", str(qwen2_fp32)) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgeinfer: error:") and message in err and "\n" not in err
+
+
+def test_devices_lists_every_backend(capsys):
+    assert main(["devices"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("cpu", "cuda", "qnn"))
+    assert "cpu    available" in out
+
+
+def test_ctrl_c_during_run_exits_cleanly(tmp_path):
+    package = tmp_path / "p"
+    assert run_cli("export", "preset:tiny-qwen2", "-o", str(package), "--context", "2048").returncode == 0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgeinfer.cli", "run", str(package), "Hi", "--max-new-tokens", "2000", "--ignore-eos"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    process.stdout.read(1)  # generation has started
+    os.kill(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def test_export_cli_writes_a_package(tmp_path):
+    result = run_cli("export", "preset:tiny-llama", "-o", str(tmp_path / "p"), "--context", "128")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "p" / "manifest.json").exists()
+    again = run_cli("export", "preset:tiny-llama", "-o", str(tmp_path / "p"))
+    assert again.returncode == 2 and "--force" in again.stderr

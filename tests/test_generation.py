@@ -1,0 +1,162 @@
+"""The generation loop against transformers, the in-place KV cache, and the low-level generator API."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import edgeinfer
+from edgeinfer.errors import GenerationError, PackageError
+from edgeinfer.sampler import GREEDY, SamplingParams
+
+from .conftest import reference_model
+
+
+@pytest.fixture(scope="module")
+def fp32_model(qwen2_fp32):
+    return edgeinfer.load(qwen2_fp32)
+
+
+def test_greedy_tokens_equal_transformers_generate(fp32_model, qwen2_dir):
+    import torch
+
+    ref = reference_model(qwen2_dir)
+    rng = np.random.default_rng(5)
+    for length in (1, 7, 40):
+        prompt = rng.integers(0, 256, size=length).tolist()
+        with torch.no_grad():
+            expected = ref.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False, min_new_tokens=32)
+        gen = fp32_model.generator(GREEDY)
+        gen.append(prompt)
+        ours = []
+        for _ in range(32):
+            ours.append(gen.next_token())
+            gen.append([ours[-1]])
+        assert ours == expected[0, length:].tolist()
+
+
+def test_cache_is_written_in_place(fp32_model):
+    gen = fp32_model.generator(GREEDY)
+    before = [a.copy() for a in gen.runner.cache_arrays()]
+    gen.append([1, 2, 3])
+    after = gen.runner.cache_arrays()
+    assert not np.array_equal(before[0][:, :, :3], after[0][:, :, :3])  # present landed in past's buffer
+    assert np.array_equal(before[0][:, :, 3:], after[0][:, :, 3:])  # nothing beyond the new positions
+
+
+def test_chunked_prefill_equals_one_shot(fp32_model):
+    prompt = list(range(10, 110))
+    one = fp32_model.generator(GREEDY)
+    one.append(prompt)
+    chunked = fp32_model.generator(GREEDY)
+    chunked.prefill_chunk = 16
+    chunked.append(prompt)
+    np.testing.assert_allclose(one.logits, chunked.logits, atol=1e-4)
+
+
+def test_rewind_regenerates_the_same_continuation(fp32_model):
+    def continue_two(gen):
+        tokens = [gen.next_token()]
+        gen.append(tokens)
+        return tokens + [gen.next_token()]
+
+    gen = fp32_model.generator(GREEDY)
+    gen.append([5, 6, 7])
+    first = continue_two(gen)
+    gen.rewind(2)  # forget the third prompt token and what followed, then feed it again
+    gen.append([7])
+    assert continue_two(gen) == first and gen.position == 4
+
+
+def test_context_full_is_a_clear_error(fp32_model):
+    gen = fp32_model.generator(GREEDY)
+    with pytest.raises(GenerationError, match="context"):
+        gen.append(list(range(200)) + list(range(57)))  # 257 > 256
+
+
+def test_generation_stops_at_full_context(fp32_model):
+    result = fp32_model.generate("x" * 250, max_new_tokens=50, sampling=GREEDY, raw=True, ignore_eos=True)
+    assert result.finish_reason == "context"
+    assert result.prompt_tokens + len(result.token_ids) == 256 + 1  # the last token is sampled, never fed
+
+
+def test_out_of_vocabulary_ids_are_refused(fp32_model):
+    gen = fp32_model.generator(GREEDY)
+    with pytest.raises(GenerationError, match="outside the vocabulary"):
+        gen.append([1, 272])
+    with pytest.raises(GenerationError, match="empty"):
+        gen.append([])
+
+
+def test_generate_returns_text_ids_and_timings(fp32_model):
+    result = fp32_model.generate("hello", max_new_tokens=8, sampling=GREEDY, raw=True, ignore_eos=True)
+    assert len(result.token_ids) == 8 and result.finish_reason == "length"
+    t = result.timings
+    assert t.ttft_s >= t.prefill_s > 0 and t.new_tokens == 8 and t.decode_s > 0
+    assert result.text == fp32_model.tokenizer.decode(result.token_ids)
+
+
+def test_stream_pieces_join_to_the_text(fp32_model):
+    pieces = list(fp32_model.stream("hi", max_new_tokens=12, sampling=GREEDY, raw=True, ignore_eos=True))
+    result = fp32_model.generate("hi", max_new_tokens=12, sampling=GREEDY, raw=True, ignore_eos=True)
+    assert "".join(pieces) == result.text
+
+
+def test_seeded_sampling_reproduces(fp32_model):
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=11)
+    a = fp32_model.generate("abc", max_new_tokens=16, sampling=params, raw=True)
+    b = fp32_model.generate("abc", max_new_tokens=16, sampling=params, raw=True)
+    assert a.token_ids == b.token_ids
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_empty_prompt_is_refused(fp32_model, prompt):
+    with pytest.raises(GenerationError, match="empty"):
+        fp32_model.generate(prompt)
+
+
+def test_prompt_longer_than_context_is_refused(fp32_model):
+    with pytest.raises(GenerationError, match="context"):
+        fp32_model.generate("y" * 300, raw=True)
+
+
+def test_generators_on_one_model_are_thread_safe(fp32_model):
+    prompts = [f"prompt {i}" for i in range(6)]
+    expected = {p: fp32_model.generate(p, max_new_tokens=10, sampling=GREEDY, raw=True).token_ids for p in prompts}
+    got, errors = {}, []
+
+    def worker(p):
+        try:
+            got[p] = fp32_model.generate(p, max_new_tokens=10, sampling=GREEDY, raw=True).token_ids
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and got == expected
+
+
+def test_deepseek_preset_generates_and_splits_reasoning(preset_pkg):
+    model = edgeinfer.load(preset_pkg)
+    result = model.generate("Hi", max_new_tokens=6, sampling=GREEDY)
+    assert model.chat_format.opens_thinking
+    assert result.reasoning == result.text.strip()  # no </think> within 6 random tokens: all reasoning
+    assert model.default_sampling().temperature == 0.6 and model.default_sampling().top_p == 0.95
+
+
+def test_package_for_another_target_is_refused(qwen2_fp32, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(qwen2_fp32, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["target"] = "cuda"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match="exported for cuda"):
+        edgeinfer.load(copy, device="cpu")

@@ -1,0 +1,85 @@
+"""The sampler's distributions: top-p keeps exactly the smallest set reaching p, greedy limits, seeds reproduce."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeinfer.errors import SamplingError
+from edgeinfer.sampler import GREEDY, SamplingParams, apply_repetition_penalty, logits_to_probs, sample
+
+
+def softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+LOGITS = np.log(np.array([0.5, 0.2, 0.15, 0.1, 0.05]))
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+    probs = logits_to_probs(LOGITS, SamplingParams(temperature=1.0, top_p=0.7))
+    assert np.count_nonzero(probs) == 2  # 0.5 + 0.2 reaches 0.7
+    assert probs[0] == pytest.approx(0.5 / 0.7)
+    probs = logits_to_probs(LOGITS, SamplingParams(temperature=1.0, top_p=0.71))
+    assert np.count_nonzero(probs) == 3
+
+
+def test_top_p_over_a_large_vocabulary_matches_full_sort():
+    rng = np.random.default_rng(0)
+    for flatness in (0.1, 3.0):  # flat logits force the full-sort path, peaked ones the candidate path
+        logits = rng.standard_normal(151936) * flatness
+        probs = softmax(logits)
+        order = np.argsort(-probs)
+        need = np.searchsorted(np.cumsum(probs[order]), 0.9) + 1
+        got = logits_to_probs(logits, SamplingParams(temperature=1.0, top_p=0.9))
+        assert set(np.flatnonzero(got)) == set(order[:need])
+
+
+def test_top_k_and_min_p():
+    probs = logits_to_probs(LOGITS, SamplingParams(temperature=1.0, top_p=1.0, top_k=3))
+    assert np.flatnonzero(probs).tolist() == [0, 1, 2]
+    probs = logits_to_probs(LOGITS, SamplingParams(temperature=1.0, top_p=1.0, min_p=0.3))
+    assert np.flatnonzero(probs).tolist() == [0, 1, 2]  # >= 0.3 * 0.5
+
+
+def test_temperature_to_zero_approaches_greedy():
+    cold = logits_to_probs(LOGITS, SamplingParams(temperature=0.01, top_p=1.0))
+    assert cold[0] > 0.999
+    assert sample(LOGITS, GREEDY, np.random.default_rng()) == 0
+
+
+def test_temperature_flattens():
+    hot = logits_to_probs(LOGITS, SamplingParams(temperature=2.0, top_p=1.0))
+    assert hot[4] > softmax(LOGITS)[4]
+
+
+def test_seed_reproduces_and_frequencies_match():
+    params = SamplingParams(temperature=1.0, top_p=1.0, seed=7)
+    draw = lambda: [sample(LOGITS, params, np.random.default_rng(7)) for _ in range(1)]  # noqa: E731
+    assert draw() == draw()
+    rng = np.random.default_rng(123)
+    counts = np.bincount([sample(LOGITS, params, rng) for _ in range(20000)], minlength=5) / 20000
+    assert np.abs(counts - softmax(LOGITS)).max() < 0.015
+
+
+def test_repetition_penalty_follows_transformers_rule():
+    logits = np.array([2.0, -2.0, 1.0])
+    out = apply_repetition_penalty(logits, np.array([0, 1]), 2.0)
+    assert out.tolist() == [1.0, -4.0, 1.0]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"temperature": -1}, {"temperature": float("nan")}, {"top_p": 0}, {"top_p": 1.5}, {"top_k": -1},
+    {"min_p": 1.0}, {"repetition_penalty": 0}, {"seed": -3},
+])
+def test_invalid_parameters_are_refused(kwargs):
+    with pytest.raises(SamplingError, match="must be"):
+        SamplingParams(**kwargs)
+
+
+def test_nan_logits_give_a_clear_error():
+    with pytest.raises(SamplingError, match="NaN"):
+        sample(np.array([np.nan, 1.0]), GREEDY, np.random.default_rng())
+    with pytest.raises(SamplingError, match="NaN"):
+        sample(np.array([np.nan, 1.0]), SamplingParams(temperature=1.0), np.random.default_rng())
