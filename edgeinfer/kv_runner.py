@@ -50,8 +50,9 @@ class DynamicRunner:
         kv = self.manifest.kv_cache
         return 2 * kv["num_layers"] * kv["num_kv_heads"] * kv["length"] * kv["head_dim"] * np.dtype(kv["dtype"]).itemsize
 
-    def forward(self, token_ids: np.ndarray, position: int) -> np.ndarray:
-        """Run TOKEN_IDS placed at POSITION..; returns float32 logits of the last one."""
+    def forward(self, token_ids: np.ndarray, position: int, all_rows: bool = False) -> np.ndarray:
+        """Run TOKEN_IDS placed at POSITION..; returns float32 logits of the last one (every one with ALL_ROWS,
+        for packages exported with all_logits)."""
         total = position + len(token_ids)
         if total > self.capacity:
             raise GenerationError(f"context is full ({self.capacity} tokens): start a new conversation or export with a larger --context")
@@ -62,6 +63,8 @@ class DynamicRunner:
         if self.all_logits:
             self._logits = self._bind_logits(len(token_ids))  # one row per token: the shape follows the chunk
         self.session.run_with_iobinding(b, self.run_options)
+        if all_rows:
+            return self._logits[0].astype(np.float32)
         return self._logits[0, -1].astype(np.float32, copy=False)
 
     def _bind_logits(self, rows: int) -> np.ndarray:

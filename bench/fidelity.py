@@ -1,0 +1,96 @@
+"""W4A16 fidelity on real weights: top-1 next-token agreement and perplexity against transformers.
+
+Both sides use the same weights: transformers dequantizes the GGUF to fp32 (its own GGUF loader), edgeinfer
+exports the same GGUF (dequantized by the gguf package) to a W4A16 package. The text is real: Python standard
+library source and the CPython license prose, tokenized with the GGUF's own tokenizer.
+
+    python bench/fidelity.py ../weights/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --positions 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def real_text() -> str:
+    license_path = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "LICENSE.txt"
+    prose = license_path.read_text(encoding="utf-8")[:6000] if license_path.exists() else ""
+    return inspect.getsource(textwrap) + "\n\n" + prose
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def ours_logits(package: Path, ids: list[int], chunk: int = 128) -> np.ndarray:
+    import edgeinfer
+
+    model = edgeinfer.load(package, verify=False)
+    runner = model.engine.new_runner()
+    rows = [runner.forward(np.array(ids[i : i + chunk]), i, all_rows=True) for i in range(0, len(ids), chunk)]
+    return np.concatenate(rows)
+
+
+def reference_logits(gguf: Path, ids: list[int], chunk: int = 256) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), use_cache=False).logits[0]
+    return out.numpy()
+
+
+def report(ours: np.ndarray, ref: np.ndarray, ids: list[int]) -> dict:
+    targets = np.array(ids[1:])
+    nll = lambda logits: -log_softmax(logits[:-1])[np.arange(len(targets)), targets]  # noqa: E731
+    ppl_ours, ppl_ref = float(np.exp(nll(ours).mean())), float(np.exp(nll(ref).mean()))
+    return {
+        "positions": len(ids),
+        "top1_agreement": float(np.mean(ours.argmax(-1) == ref.argmax(-1))),
+        "perplexity_w4a16": ppl_ours,
+        "perplexity_fp32_reference": ppl_ref,
+        "perplexity_delta_pct": 100 * (ppl_ours / ppl_ref - 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("gguf", type=Path)
+    parser.add_argument("--package", type=Path, default=Path("/tmp/edgeinfer-fidelity-w4a16"))
+    parser.add_argument("--positions", type=int, default=1024)
+    parser.add_argument("--block-size", type=int, default=32)
+    parser.add_argument("--accuracy-level", type=int, default=4)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from edgeinfer.export.exporter import export
+    from edgeinfer.export.options import ExportOptions
+    from edgeinfer.tokenizer import TextTokenizer
+
+    options = ExportOptions(precision="w4a16", context_length=max(2048, args.positions), all_logits=True,
+                            block_size=args.block_size, accuracy_level=args.accuracy_level)
+    started = time.perf_counter()
+    export(str(args.gguf), args.package, options, force=True)
+    export_s = time.perf_counter() - started
+    tokenizer = TextTokenizer.from_package(args.package, None, False)
+    ids = tokenizer.encode(real_text())[: args.positions]
+    ours = ours_logits(args.package, ids)
+    ref = reference_logits(args.gguf, ids)
+    result = {"gguf": str(args.gguf), "export_s": export_s, "options": options.to_dict(), **report(ours, ref, ids)}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
