@@ -70,6 +70,10 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=1024)
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--accuracy-level", type=int, default=4)
+    parser.add_argument("--asymmetric", action="store_true")
+    parser.add_argument("--float-embeddings", action="store_true")
+    parser.add_argument("--lm-head-bits", type=int, default=4)
+    parser.add_argument("--reference-cache", type=Path, help="reuse transformers' logits saved here (.npy)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -78,14 +82,21 @@ def main() -> None:
     from edgeinfer.tokenizer import TextTokenizer
 
     options = ExportOptions(precision="w4a16", context_length=max(2048, args.positions), all_logits=True,
-                            block_size=args.block_size, accuracy_level=args.accuracy_level)
+                            block_size=args.block_size, accuracy_level=args.accuracy_level,
+                            symmetric=not args.asymmetric, quantize_embeddings=not args.float_embeddings,
+                            lm_head_bits=args.lm_head_bits)
     started = time.perf_counter()
     export(str(args.gguf), args.package, options, force=True)
     export_s = time.perf_counter() - started
     tokenizer = TextTokenizer.from_package(args.package, None, False)
     ids = tokenizer.encode(real_text())[: args.positions]
     ours = ours_logits(args.package, ids)
-    ref = reference_logits(args.gguf, ids)
+    if args.reference_cache and args.reference_cache.exists():
+        ref = np.load(args.reference_cache)
+    else:
+        ref = reference_logits(args.gguf, ids)
+        if args.reference_cache:
+            np.save(args.reference_cache, ref)
     result = {"gguf": str(args.gguf), "export_s": export_s, "options": options.to_dict(), **report(ours, ref, ids)}
     print(json.dumps(result, indent=2))
     if args.json:

@@ -13,7 +13,7 @@ from datetime import datetime
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import GenerationError
+from .errors import GenerationError, PackageError
 from .tokenizer import TextTokenizer
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -75,7 +75,10 @@ def normalize_messages(prompt_or_messages) -> list[dict]:
 class ChatFormat:
     def __init__(self, tokenizer: TextTokenizer, template: str | None, chat_format: str):
         self.tokenizer = tokenizer
-        self.template = _environment().from_string(template) if template else None
+        try:
+            self.template = _environment().from_string(template) if template else None
+        except jinja2.exceptions.TemplateError as exc:
+            raise PackageError(f"the package's chat template does not parse ({exc}): fix it in the source and re-export") from None
         self.format = chat_format
 
     @property

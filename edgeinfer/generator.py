@@ -50,7 +50,19 @@ class Generator:
         self.rng = np.random.default_rng(sampling.seed)
         self.prefill_chunk = prefill_chunk
         self.tokens: list[int] = []  # everything in the cache, in order
-        self.logits: np.ndarray | None = None  # next-token logits after the last appended token
+        self._logits: np.ndarray | None = None
+        self._pending = False  # the runner holds results for the last appended token, not yet fetched
+
+    @property
+    def logits(self) -> np.ndarray | None:
+        """Next-token logits after the last appended token (fetched from the runner when first asked)."""
+        if self._logits is None and self._pending:
+            self._logits, self._pending = self.runner.last_logits(), False
+        return self._logits
+
+    @logits.setter
+    def logits(self, value: np.ndarray | None) -> None:
+        self._logits, self._pending = value, False
 
     @property
     def capacity(self) -> int:
@@ -75,13 +87,29 @@ class Generator:
             )
         for start in range(0, ids.size, self.prefill_chunk):
             chunk = ids[start : start + self.prefill_chunk]
-            self.logits = self.runner.forward(chunk, self.position)
+            self._feed(chunk)
             self.tokens.extend(int(t) for t in chunk)
+
+    def _feed(self, chunk: np.ndarray) -> None:
+        try:
+            if hasattr(self.runner, "run"):  # the results stay with the runner (on a GPU) until the sampler asks
+                self.runner.run(chunk, self.position)
+                self._logits, self._pending = None, True
+            else:
+                self.logits = self.runner.forward(chunk, self.position)
+        except GenerationError:
+            raise
+        except Exception as exc:  # onnxruntime's own types: one line for the app, not a C++ trace
+            raise GenerationError(f"the model failed to run ({_last_line(exc)}): the package may be damaged, re-export it") from None
 
     def next_token(self) -> int:
         """Sample the next token from the current logits (does not append it)."""
-        if self.logits is None:
+        if self._logits is None and not self._pending:
             raise GenerationError("nothing to sample from: append a prompt first")
+        if self._pending and self.sampling.greedy and self.sampling.repetition_penalty == 1.0:
+            token = self.runner.greedy_token()  # the graph's own argmax, where the package has one
+            if token is not None:
+                return token
         history = np.asarray(self.tokens, dtype=np.int64) if self.sampling.repetition_penalty != 1.0 else None
         return sample(self.logits, self.sampling, self.rng, history)
 
@@ -105,6 +133,11 @@ class Generator:
             raise GenerationError(f"position {position} is outside the {self.capacity}-token context")
         self.tokens = [0] * position
         self.logits = None
+
+
+def _last_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[-1][:300] if lines else type(exc).__name__
 
 
 @dataclass

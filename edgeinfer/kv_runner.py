@@ -3,47 +3,132 @@
 Each layer's past and present are bound to the same preallocated buffer of the package's context length,
 so GroupQueryAttention appends the new keys/values in place: no per-token copy of the cache, and a step's
 cost grows only with attention over the filled part.
+
+On a GPU the cache, the logits and the greedy token stay in device memory; a decode step updates two small
+device buffers in place (the token id and the cache length) and reads back one token id, or the last logits
+row when the sampler needs it. Fixed addresses and shapes let onnxruntime capture the decode step once as a
+CUDA graph and replay it: one launch per token instead of several hundred. Prefill has a new shape each time
+and runs without a graph.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from dataclasses import dataclass
+
 import numpy as np
 import onnxruntime as ort
 
-from .errors import GenerationError
+from .errors import GenerationError, PackageError
+from .export.dynamic_graph import GREEDY_OUTPUT
 from .package import Manifest
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+NO_GRAPH = -1  # onnxruntime's gpu_graph_id for a run that neither captures nor replays a graph
+
+
+@dataclass(frozen=True)
+class BindingPlan:
+    """Where one runner's inputs and outputs live, decided from the manifest and the device alone."""
+
+    device: str  # "cpu" or "cuda": where the cache, the logits and the greedy token live
+    cache: tuple[tuple[str, str], ...]  # (past input, present output) pairs, each bound to one buffer
+    cache_shape: tuple[int, int, int, int]  # [batch 1, kv heads, context length, head dim]
+    cache_dtype: str
+    all_logits: bool  # packages exported with all_logits return one logits row per fed token
+    greedy_output: str | None  # output with the argmax of each row, when the graph has one (cuda packages)
+    fixed_decode_inputs: bool  # decode reads input_ids and seqlens_k from buffers updated in place
+    decode_total_length: int | None  # total_sequence_length of every decode step (fixed: a graph bakes it)
+    graph_capture: bool  # the session captures CUDA graphs: every run must name its graph id
+    decode_graph_id: int | None  # the decode step's graph (None: decode runs without one)
+
+    def run_config(self, decode: bool) -> dict[str, str]:
+        """Run-option entries for a prefill or decode run."""
+        if not self.graph_capture:
+            return {}
+        graph = self.decode_graph_id if decode and self.decode_graph_id is not None else NO_GRAPH
+        return {"gpu_graph_id": str(graph)}
+
+
+def binding_plan(manifest: Manifest, device: str = "cpu", graph_id: int | None = None,
+                 fixed_decode_inputs: bool | None = None) -> BindingPlan:
+    """The plan for DEVICE. GRAPH_ID: the session captures CUDA graphs and this runner's decode step owns
+    graph GRAPH_ID (>= 1; onnxruntime reserves 0). FIXED_DECODE_INPUTS defaults to on for GPUs."""
+    graph = manifest.graphs["decoder"]
+    outputs = set(graph["outputs"])
+    pairs = []
+    for past in graph["inputs"][3:]:
+        present = past.replace("past_key_values.", "present.", 1)
+        if present not in outputs:
+            raise PackageError(f"the decoder has input {past} but no output {present}: re-export the package")
+        pairs.append((past, present))
+    kv = manifest.kv_cache
+    on_device = device != "cpu"
+    if graph_id is not None and (not on_device or graph_id < 1):
+        raise GenerationError(f"CUDA graph id {graph_id} needs a GPU device and a value >= 1 (0 is onnxruntime's own)")
+    all_logits = bool(manifest.export_options.get("all_logits"))
+    fixed = on_device if fixed_decode_inputs is None else fixed_decode_inputs
+    fixed = fixed and not all_logits  # a graph needs fixed output shapes: all_logits packages always run as prefill
+    return BindingPlan(
+        device=device,
+        cache=tuple(pairs),
+        cache_shape=(1, kv["num_kv_heads"], kv["length"], kv["head_dim"]),
+        cache_dtype=kv["dtype"],
+        all_logits=all_logits,
+        greedy_output=GREEDY_OUTPUT if GREEDY_OUTPUT in outputs else None,
+        fixed_decode_inputs=fixed,
+        # GQA reads each row's real length from seqlens_k; total_sequence_length only bounds it, so the
+        # capacity serves every step (onnxruntime-genai feeds its max length the same way under graphs).
+        decode_total_length=manifest.context_length if fixed else None,
+        graph_capture=graph_id is not None,
+        decode_graph_id=graph_id if fixed else None,
+    )
 
 
 class DynamicRunner:
-    """Owns one KV cache; `forward` feeds tokens at the current position and returns the last logits row."""
+    """Owns one KV cache; `forward` feeds tokens at the current position and returns the last logits row.
 
-    def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str = "cpu", device_id: int = 0):
+    `run` + `last_logits` / `greedy_token` split the same work so that a GPU runner copies to the host
+    only what the sampler reads.
+    """
+
+    def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str = "cpu", device_id: int = 0,
+                 plan: BindingPlan | None = None, run_lock: threading.Lock | None = None):
         self.session = session
         self.manifest = manifest
+        self.plan = plan or binding_plan(manifest, device)
+        self.device, self.device_id = self.plan.device, device_id
         self.capacity = manifest.context_length
-        self.all_logits = bool(manifest.export_options.get("all_logits"))
-        graph = manifest.graphs["decoder"]
-        kv = manifest.kv_cache
-        dtype = _NP_DTYPES[kv["dtype"]]
-        shape = [1, kv["num_kv_heads"], kv["length"], kv["head_dim"]]
-        self.binding = session.io_binding()
-        self._cache = []
-        self._host_arrays = []  # keep host buffers alive: their OrtValues wrap this memory without copying
-        for past, present in zip(graph["inputs"][3:], graph["outputs"][1:]):
-            # Zeroed (calloc'd on the host: pages are touched only as the cache fills).
-            zeros = np.zeros(shape, dtype=dtype)
-            buffer = ort.OrtValue.ortvalue_from_numpy(zeros, device, device_id)
-            if device == "cpu":
-                self._host_arrays.append(zeros)
-            self.binding.bind_ortvalue_input(past, buffer)
-            self.binding.bind_ortvalue_output(present, buffer)
-            self._cache.append(buffer)
+        self.all_logits = self.plan.all_logits
         self.vocab_size = manifest.architecture["vocab_size"]
         self.logits_dtype = np.dtype(manifest.activation_dtype)
-        self._logits = self._bind_logits(1)  # last position only: one buffer for every run
-        self.run_options = ort.RunOptions()
+        # A GPU prefills a whole prompt at once (one pass over the weights); None: the generator's default.
+        self.prefill_chunk = self.capacity if self.device != "cpu" else None
+        # Runs that replay CUDA graphs share the session's scratch memory: one at a time.
+        self._lock = run_lock if run_lock is not None else contextlib.nullcontext()
+        self._host_arrays: dict[str, np.ndarray] = {}  # host buffers stay alive: their OrtValues wrap this memory
+
+        dtype = _NP_DTYPES[self.plan.cache_dtype]
+        # Zeroed (calloc'd on the host: pages are touched only as the cache fills).
+        self._cache = [self._buffer(past, np.zeros(self.plan.cache_shape, dtype=dtype)) for past, _ in self.plan.cache]
+        self.binding = session.io_binding()  # prefill, and every run on the CPU path
+        self._decode = session.io_binding() if self.plan.fixed_decode_inputs else None
+        for b in filter(None, (self.binding, self._decode)):
+            for (past, present), buffer in zip(self.plan.cache, self._cache):
+                b.bind_ortvalue_input(past, buffer)
+                b.bind_ortvalue_output(present, buffer)
+        self._bind_outputs(1)  # last position only: one buffer for every run
+        if self._decode is not None:
+            self._ids = self._buffer("input_ids", np.zeros((1, 1), dtype=np.int64))
+            self._seqlens = self._buffer("seqlens_k", np.zeros(1, dtype=np.int32))
+            total = np.array(self.plan.decode_total_length, dtype=np.int32)
+            self._total = self._host_value("total_sequence_length", total)  # GQA reads it on the host
+            self._decode.bind_ortvalue_input("input_ids", self._ids)
+            self._decode.bind_ortvalue_input("seqlens_k", self._seqlens)
+            self._decode.bind_ortvalue_input("total_sequence_length", self._total)
+        self.run_options = _run_options(self.plan.run_config(decode=False))
+        self._decode_options = _run_options(self.plan.run_config(decode=True))
 
     @property
     def cache_bytes(self) -> int:
@@ -53,25 +138,74 @@ class DynamicRunner:
     def forward(self, token_ids: np.ndarray, position: int, all_rows: bool = False) -> np.ndarray:
         """Run TOKEN_IDS placed at POSITION..; returns float32 logits of the last one (every one with ALL_ROWS,
         for packages exported with all_logits)."""
-        total = position + len(token_ids)
+        self.run(token_ids, position)
+        return self.last_logits(all_rows)
+
+    def run(self, token_ids: np.ndarray, position: int) -> None:
+        """Run TOKEN_IDS placed at POSITION..; the results stay where the plan put them."""
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
+        total = position + ids.shape[1]
         if total > self.capacity:
             raise GenerationError(f"context is full ({self.capacity} tokens): start a new conversation or export with a larger --context")
-        b = self.binding
-        b.bind_cpu_input("input_ids", np.asarray(token_ids, dtype=np.int64).reshape(1, -1))
-        b.bind_cpu_input("seqlens_k", np.array([total - 1], dtype=np.int32))
-        b.bind_cpu_input("total_sequence_length", np.array(total, dtype=np.int32))
-        if self.all_logits:
-            self._logits = self._bind_logits(len(token_ids))  # one row per token: the shape follows the chunk
-        self.session.run_with_iobinding(b, self.run_options)
-        if all_rows:
-            return self._logits[0].astype(np.float32)
-        return self._logits[0, -1].astype(np.float32, copy=False)
+        if self._decode is not None and ids.shape[1] == 1 and position > 0:
+            self._ids.update_inplace(ids)
+            self._seqlens.update_inplace(np.array([total - 1], dtype=np.int32))
+            binding, options = self._decode, self._decode_options
+        else:
+            binding, options = self.binding, self.run_options
+            binding.bind_cpu_input("input_ids", ids)
+            binding.bind_cpu_input("seqlens_k", np.array([total - 1], dtype=np.int32))
+            binding.bind_cpu_input("total_sequence_length", np.array(total, dtype=np.int32))
+            if self.all_logits:
+                self._bind_outputs(ids.shape[1])  # one row per token: the shape follows the chunk
+        with self._lock:
+            self.session.run_with_iobinding(binding, options)
 
-    def _bind_logits(self, rows: int) -> np.ndarray:
-        logits = np.empty((1, rows, self.vocab_size), dtype=self.logits_dtype)
-        self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
-        return logits
+    def last_logits(self, all_rows: bool = False) -> np.ndarray:
+        """float32 logits of the last run's last token (every token with ALL_ROWS); a GPU copies them here."""
+        logits = self._logits if self.device == "cpu" else self._logits_value.numpy()
+        if all_rows:
+            return logits[0].astype(np.float32)
+        return logits[0, -1].astype(np.float32, copy=False)
+
+    def greedy_token(self) -> int | None:
+        """The argmax of the last logits row from the graph's own output (one id crosses to the host);
+        None when the package has no such output: sample from `last_logits` instead."""
+        if self._greedy_value is None:
+            return None
+        ids = self._greedy if self.device == "cpu" else self._greedy_value.numpy()
+        return int(ids[0, -1])
 
     def cache_arrays(self) -> list[np.ndarray]:
         """The cache buffers as numpy views (host caches only): for tests and inspection."""
         return [v.numpy() for v in self._cache]
+
+    # -- buffers --------------------------------------------------------------------------------------------
+    def _bind_outputs(self, rows: int) -> None:
+        self._logits = np.empty((1, rows, self.vocab_size), dtype=self.logits_dtype)
+        self._logits_value = self._buffer("logits", self._logits)
+        self._greedy_value = None
+        if self.plan.greedy_output:
+            self._greedy = np.zeros((1, rows), dtype=np.int64)
+            self._greedy_value = self._buffer(self.plan.greedy_output, self._greedy)
+        for b in filter(None, (self.binding, self._decode)):
+            b.bind_ortvalue_output("logits", self._logits_value)
+            if self._greedy_value is not None:
+                b.bind_ortvalue_output(self.plan.greedy_output, self._greedy_value)
+
+    def _buffer(self, name: str, array: np.ndarray) -> ort.OrtValue:
+        """NAME's buffer with ARRAY's contents on the plan's device (a copy); on the host it wraps ARRAY."""
+        if self.device == "cpu":
+            return self._host_value(name, array)
+        return ort.OrtValue.ortvalue_from_numpy(array, self.device, self.device_id)
+
+    def _host_value(self, name: str, array: np.ndarray) -> ort.OrtValue:
+        self._host_arrays[name] = array
+        return ort.OrtValue.ortvalue_from_numpy(array)
+
+
+def _run_options(config: dict[str, str]) -> ort.RunOptions:
+    options = ort.RunOptions()
+    for key, value in config.items():
+        options.add_run_config_entry(key, value)
+    return options

@@ -6,6 +6,9 @@ KV cache, and onnxruntime sessions accept concurrent runs. One generator must no
 
 from __future__ import annotations
 
+import itertools
+import numbers
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,7 +17,7 @@ from pathlib import Path
 from .backends import BackendOptions, get_backend
 from .chat import ChatFormat, Reply, split_reasoning
 from .errors import GenerationError, PackageError
-from .generator import Generator, StopConditions, Timings, run_loop
+from .generator import PREFILL_CHUNK, Generator, StopConditions, Timings, run_loop
 from .package import Manifest, load_manifest
 from .sampler import SamplingParams
 from .tokenizer import TextTokenizer
@@ -60,6 +63,11 @@ class Model:
         self.session_s = time.perf_counter() - session_started  # includes any compile/cache step
         tok = self.manifest.tokenizer
         self.tokenizer = TextTokenizer.from_package(path, tok["bos_token_id"], tok["add_bos_token"])
+        if self.tokenizer.vocab_size > self.spec.vocab_size:  # e.g. tokenizer.json from another model
+            raise PackageError(
+                f"{path}: the tokenizer has {self.tokenizer.vocab_size} tokens, the model {self.spec.vocab_size}: "
+                "the package mixes files of two models, re-export it"
+            )
         self.chat_format = ChatFormat(self.tokenizer, tok["chat_template"], tok["chat_format"])
         self.eos_token_ids = tuple(tok["eos_token_ids"])
         self.load_s = time.perf_counter() - started
@@ -78,7 +86,9 @@ class Model:
 
     def generator(self, sampling: SamplingParams | None = None) -> Generator:
         """A fresh generator with its own KV cache."""
-        return Generator(self.engine.new_runner(), self.spec.vocab_size, sampling or self.default_sampling())
+        runner = self.engine.new_runner()
+        chunk = getattr(runner, "prefill_chunk", None) or PREFILL_CHUNK
+        return Generator(runner, self.spec.vocab_size, sampling or self.default_sampling(), prefill_chunk=chunk)
 
     def encode_prompt(self, prompt_or_messages, raw: bool = False) -> list[int]:
         if raw:
@@ -97,8 +107,11 @@ class Model:
         """Yield text pieces as they are generated. Pass RESULT to receive ids, split text and timings at the end."""
         if isinstance(prompt_or_messages, str) and not prompt_or_messages.strip():
             raise GenerationError("the prompt is empty: pass some text")
-        if max_new_tokens < 1:
-            raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+        stop = (stop,) if isinstance(stop, str) else tuple(stop)  # one string is one stop string, not its letters
+        if not all(isinstance(s, str) and s for s in stop):
+            raise GenerationError(f"stop strings must be non-empty strings, got {stop!r}")
         prompt_ids = self.encode_prompt(prompt_or_messages, raw)
         if len(prompt_ids) >= self.context_length:
             raise GenerationError(
@@ -108,7 +121,6 @@ class Model:
         generator = self.generator(sampling)
         decoder = self.tokenizer.stream_decoder()
         text, ids = [], []
-        stop = tuple(stop)
         stop_hit = []
 
         def check_stop(_token: int) -> bool:
@@ -162,14 +174,64 @@ def _engine(backend, path: Path, manifest: Manifest, options: BackendOptions):
 
 
 class DynamicEngine:
-    """One session over model.onnx; each runner (generator) binds its own cache to it."""
+    """One session over model.onnx; each runner (generator) binds its own cache to it.
+
+    Where the backend captures CUDA graphs, each runner's decode step is its own graph (ids 1, 2, ...) and
+    runs take turns: graph replays share the session's scratch memory.
+    """
 
     def __init__(self, backend, path: Path, manifest: Manifest, options: BackendOptions):
         self.backend = backend
         self.manifest = manifest
-        self.session = backend.create_session(str(path / manifest.graphs["decoder"]["file"]), options)
+        decoder = manifest.graphs.get("decoder")
+        if not isinstance(decoder, dict) or not isinstance(decoder.get("file"), str) or decoder["file"] not in manifest.files:
+            raise PackageError(f"{path}: the manifest names no verified decoder graph: re-export the package")
+        self.session = backend.create_session(str(path / decoder["file"]), options)
+        check_graph(path, self.session, manifest)
+        self.graph_capture = backend.graph_capture(options)
+        self._graph_ids = itertools.count(1)
+        self._run_lock = threading.Lock() if self.graph_capture else None
 
     def new_runner(self):
-        from .kv_runner import DynamicRunner
+        from .kv_runner import DynamicRunner, binding_plan
 
-        return DynamicRunner(self.session, self.manifest, self.backend.ort_device)
+        graph_id = next(self._graph_ids) if self.graph_capture else None
+        plan = binding_plan(self.manifest, self.backend.ort_device, graph_id)
+        return DynamicRunner(self.session, self.manifest, self.backend.ort_device, plan=plan, run_lock=self._run_lock)
+
+
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}
+
+
+def check_graph(path: Path, session, manifest: Manifest) -> None:
+    """The graph must be the one the manifest describes: the runner binds buffers by the manifest's names,
+    shapes and dtypes, and a mismatch would otherwise fail deep inside onnxruntime at the first token."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise PackageError(f"{path}: the graph does not match the manifest: {what}: the package is damaged, re-export it")
+
+    decoder, kv = manifest.graphs["decoder"], manifest.kv_cache
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    listed_in, listed_out = decoder.get("inputs"), decoder.get("outputs")
+    for kind, graph, listed in (("inputs", inputs, listed_in), ("outputs", outputs, listed_out)):
+        need(isinstance(listed, list) and all(isinstance(n, str) for n in listed), f"the manifest lists no {kind} names")
+        only_graph, only_manifest = sorted(set(graph) - set(listed))[:3], sorted(set(listed) - set(graph))[:3]
+        need(not only_graph and not only_manifest, f"{kind} only in the graph {only_graph}, only in the manifest {only_manifest}")
+    need({"input_ids", "seqlens_k", "total_sequence_length"} <= set(inputs) and "logits" in outputs,
+         "input_ids, seqlens_k, total_sequence_length and logits are required")
+    # One past input and one present output per layer for keys, and again for values.
+    past = [n for n in listed_in if n.startswith("past_key_values.")]
+    present = [n for n in listed_out if n.startswith("present.")]
+    need(len(past) == len(present) == 2 * kv["num_layers"], f"{len(past)} cache inputs for {kv['num_layers']} layers")
+    for name in past + present:
+        value = inputs.get(name) or outputs[name]
+        need(len(value.shape) == 4 and value.shape[1] == kv["num_kv_heads"] and value.shape[3] == kv["head_dim"],
+             f"{name} has shape {value.shape}, the manifest says {kv['num_kv_heads']} heads of {kv['head_dim']}")
+        need(value.type == _ORT_TYPES[kv["dtype"]], f"{name} is {value.type}, the manifest says {kv['dtype']}")
+    logits = outputs["logits"]
+    need(logits.shape[-1] == manifest.architecture["vocab_size"],
+         f"logits have {logits.shape[-1]} columns, the manifest says vocab_size {manifest.architecture['vocab_size']}")
+    need(logits.type == _ORT_TYPES[manifest.activation_dtype],
+         f"logits are {logits.type}, the manifest says {manifest.activation_dtype}")

@@ -6,6 +6,7 @@ repetition penalty -> temperature -> top-k -> top-p -> min-p -> draw. Temperatur
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,13 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self):
+        # Types first: a string or None would otherwise fail inside math or numpy with a bare TypeError.
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "top_k", "seed"):
+            value, whole = getattr(self, name), name in ("top_k", "seed")
+            if name == "seed" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
+                raise SamplingError(f"{name} must be {'a whole number' if whole else 'a number'}; got {value!r}")
         checks = [
             (math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be a number >= 0 (0 = greedy)"),
             (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be a whole number >= 0 (0 = off)"),
@@ -49,6 +57,13 @@ class SamplingParams:
 GREEDY = SamplingParams(temperature=0.0, top_p=1.0)
 
 
+def _check_finite(largest) -> None:
+    # argmax lands on the first NaN if there is one, on +inf if any, and on -inf only if all are: one pass
+    # catches a broken model (-inf elsewhere is a legitimate mask).
+    if not math.isfinite(largest):
+        raise SamplingError(f"the model produced NaN or infinite logits (max {largest}): the package is broken, re-export it")
+
+
 def apply_repetition_penalty(logits: np.ndarray, history: np.ndarray, penalty: float) -> np.ndarray:
     """transformers' rule: seen tokens' positive logits are divided by the penalty, negative ones multiplied."""
     if penalty == 1.0 or len(history) == 0:
@@ -63,14 +78,18 @@ def apply_repetition_penalty(logits: np.ndarray, history: np.ndarray, penalty: f
 def logits_to_probs(logits: np.ndarray, params: SamplingParams, history: np.ndarray | None = None) -> np.ndarray:
     """The distribution the next token is drawn from (float64, sums to 1, zeros where filtered out)."""
     logits = np.asarray(logits, dtype=np.float64)
-    if not np.isfinite(logits).any() or np.isnan(logits).any():
-        raise SamplingError("the model produced NaN or no finite logits: the package is broken, re-export it")
-    logits = apply_repetition_penalty(logits, history if history is not None else np.empty(0, np.int64), params.repetition_penalty)
-    if params.greedy:
-        probs = np.zeros_like(logits)
-        probs[int(np.argmax(logits))] = 1.0
-        return probs
-    logits = logits / params.temperature
+    _check_finite(logits[int(np.argmax(logits))])
+    # Extreme settings must not end in NaN (inf - inf): a tiny penalty can push a logit to +inf, clamped here,
+    # and shifting by the max before dividing keeps a tiny temperature from doing the same. Overflow to -inf
+    # is the intended limit, not worth a warning.
+    with np.errstate(over="ignore"):
+        history = history if history is not None else np.empty(0, np.int64)
+        logits = np.minimum(apply_repetition_penalty(logits, history, params.repetition_penalty), np.finfo(np.float64).max)
+        if params.greedy:
+            probs = np.zeros_like(logits)
+            probs[int(np.argmax(logits))] = 1.0
+            return probs
+        logits = (logits - logits.max()) / params.temperature
     if 0 < params.top_k < logits.size:
         kth = np.partition(logits, -params.top_k)[-params.top_k]
         logits = np.where(logits >= kth, logits, -np.inf)
@@ -98,9 +117,9 @@ def _top_p(probs: np.ndarray, p: float) -> np.ndarray:
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator, history: np.ndarray | None = None) -> int:
     if params.greedy and params.repetition_penalty == 1.0:
-        if np.isnan(logits).any():
-            raise SamplingError("the model produced NaN logits: the package is broken, re-export it")
-        return int(np.argmax(logits))
+        best = int(np.argmax(logits))
+        _check_finite(logits[best])
+        return best
     probs = logits_to_probs(logits, params, history)
     if params.greedy:
         return int(np.argmax(probs))

@@ -34,6 +34,12 @@ class TextTokenizer:
         """Token ids of TEXT. With parse_special=False, special-token text is encoded as plain text."""
         if not isinstance(text, str):
             raise GenerationError(f"text must be a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates (e.g. from a JS or Windows app) have no UTF-8 form
+            raise GenerationError(
+                f"the text holds an unpaired surrogate {text[exc.start]!r} at index {exc.start}: pass valid Unicode"
+            ) from None
         tok = self._tok if parse_special else self._plain
         ids = tok.encode(text, add_special_tokens=False).ids
         if (self.add_bos if add_bos is None else add_bos) and self.bos_token_id is not None:

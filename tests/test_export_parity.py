@@ -57,27 +57,27 @@ def test_fp32_export_matches_transformers(family, qwen2_dir, llama_dir, tmp_path
     assert_parity(hf_dir, package)
 
 
-def quantized_reference(hf_dir, block_size: int, symmetric: bool):
+def quantized_reference(hf_dir, block_size: int, symmetric: bool, lm_head_bits: int = 4):
     """transformers' model with every 4-bit tensor replaced by what its quantized form stands for."""
     import torch
 
-    from edgeinfer.export.quantize import dequantize_4bit, quantize_4bit
+    from edgeinfer.export.quantize import dequantize_blocks, quantize_blocks
 
     ref = reference_model(hf_dir)
     with torch.no_grad():
         for name, param in ref.named_parameters():
             if param.dim() == 2:
-                q = quantize_4bit(param.numpy(), block_size, symmetric)
-                param.copy_(torch.from_numpy(dequantize_4bit(q, param.shape[1])))
+                q = quantize_blocks(param.numpy(), block_size, symmetric, lm_head_bits if name == 'lm_head.weight' else 4)
+                param.copy_(torch.from_numpy(dequantize_blocks(q, param.shape[1])))
     return ref
 
 
-@pytest.mark.parametrize("block_size,symmetric", [(32, True), (16, False)])
-def test_w4a16_export_matches_its_dequantized_weights(qwen2_dir, tmp_path, block_size, symmetric):
+@pytest.mark.parametrize("block_size,symmetric,lm_head_bits", [(32, True, 4), (16, False, 4), (32, False, 8)])
+def test_w4a16_export_matches_its_dequantized_weights(qwen2_dir, tmp_path, block_size, symmetric, lm_head_bits):
     """With fp32 compute (accuracy level 0) the only difference from transformers is the 4-bit rounding itself."""
     package = export_tiny(qwen2_dir, tmp_path / "pkg", precision="w4a16", all_logits=True,
-                          block_size=block_size, symmetric=symmetric, accuracy_level=0)
-    ref = quantized_reference(qwen2_dir, block_size, symmetric)
+                          block_size=block_size, symmetric=symmetric, accuracy_level=0, lm_head_bits=lm_head_bits)
+    ref = quantized_reference(qwen2_dir, block_size, symmetric, lm_head_bits)
     ids = list(np.random.default_rng(2).integers(0, 256, size=32))
     assert np.abs(OrtDecoder(package)(ids) - reference_logits(ref, ids)).max() <= 1e-3
 

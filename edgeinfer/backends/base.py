@@ -7,8 +7,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 
-from ..errors import BackendError
+from ..errors import BackendError, PackageError
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ class Backend(ABC):
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": ort.__version__}
 
+    def graph_capture(self, options: BackendOptions) -> bool:
+        """Whether sessions from OPTIONS capture and replay device graphs (each run must then name its graph)."""
+        return False
+
     def session_options(self, options: BackendOptions) -> ort.SessionOptions:
         so = ort.SessionOptions()
         if options.graph_optimization not in _OPT_LEVELS:
@@ -83,6 +88,8 @@ class Backend(ABC):
             return ort.InferenceSession(
                 model_path, sess_options=self.session_options(options), providers=self.providers(options)
             )
+        except (InvalidProtobuf, InvalidGraph, InvalidArgument, NoSuchFile) as exc:  # the file, not the device
+            raise PackageError(f"{model_path} is not a valid model ({_first_line(exc)}): the package is damaged, re-export it") from None
         except Exception as exc:  # onnxruntime raises its own exception types; give one line instead
             raise BackendError(f"{self.name}: cannot create a session for {model_path}: {_first_line(exc)}") from None
 

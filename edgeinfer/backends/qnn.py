@@ -3,21 +3,37 @@
 onnxruntime-qnn 2.x is a plugin: it is registered with onnxruntime at run time and then offered as an
 "EP device"; it does not appear in onnxruntime.get_available_providers(). On x86-64 its HTP backend is a
 simulator with the same graph compiler and numerics as the device.
+
+HTP settings go through BackendOptions.provider_options as QNN names them: backend_type, htp_performance_mode,
+soc_model / htp_arch, enable_htp_fp16_precision, profiling_level. CPU fallback is disabled unless allow_fallback;
+a refused graph names the op types QNN did not take. The first load compiles each graph and writes an EP
+context (X_ctx.onnx + X_ctx_qnn.bin) with a JSON stamp; later loads skip compilation while the stamp matches.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import platform
+import sys
 import threading
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf, NoSuchFile
 
-from ..errors import BackendError
+from ..errors import BackendError, PackageError
 from .base import Availability, Backend, BackendOptions, _first_line
 
 EP_NAME = "QNNExecutionProvider"
 _registered = threading.Lock()
 _DEFAULT_OPTIONS = {"backend_type": "htp", "htp_performance_mode": "burst", "htp_graph_finalization_optimization_mode": "3"}
+# A float graph does not fit the HTP's fp32 path (the simulator fails with QNN_COMMON_ERROR_MEM_ALLOC); in fp16
+# it runs, and QNN wants a SoC model with fp16. 60 is the Snapdragon X Elite that Qualcomm's own recipes target.
+_FLOAT_OPTIONS = {"enable_htp_fp16_precision": "1", "soc_model": "60"}
 
 
 def qnn_ep_devices() -> list:
@@ -35,6 +51,32 @@ def qnn_ep_devices() -> list:
     return [d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]
 
 
+def qnn_build_id() -> str:
+    """The HTP library's exact build (e.g. v2.51.0.260929181845, what EPContext nodes record as ep_sdk_version)."""
+    import ctypes
+
+    class Version(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32), ("patch", ctypes.c_uint32)]
+
+    class Interface(ctypes.Structure):  # the head of QnnInterface_t, up to backendGetBuildId
+        _fields_ = [("backend_id", ctypes.c_uint32), ("provider_name", ctypes.c_char_p), ("core_api", Version),
+                    ("backend_api", Version), ("has_capability", ctypes.c_void_p), ("create", ctypes.c_void_p),
+                    ("set_config", ctypes.c_void_p), ("get_api_version", ctypes.c_void_p), ("get_build_id", ctypes.c_void_p)]
+
+    try:
+        import onnxruntime_qnn
+
+        lib = ctypes.CDLL(str(Path(onnxruntime_qnn.get_library_path()).parent / "libQnnHtp.so"))
+        providers, count = ctypes.POINTER(ctypes.POINTER(Interface))(), ctypes.c_uint32()
+        if lib.QnnInterface_getProviders(ctypes.byref(providers), ctypes.byref(count)) or not count.value:
+            return ""
+        get_build_id = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.POINTER(ctypes.c_char_p))(providers[0].contents.get_build_id)
+        build = ctypes.c_char_p()
+        return build.value.decode() if get_build_id(ctypes.byref(build)) == 0 and build.value else ""
+    except Exception:  # another platform's library name, or a layout change: the package versions still key the cache
+        return ""
+
+
 def qnn_version() -> str:
     try:
         from importlib.metadata import version
@@ -49,6 +91,7 @@ class QNNBackend(Backend):
     target = "qnn"
     graph_flavour = "static"
     kv_location = "host"
+    uses_context_cache = True  # StaticEngine passes a package fingerprint to create_session
 
     def availability(self) -> Availability:
         try:
@@ -72,6 +115,12 @@ class QNNBackend(Backend):
     def provider_options(self, options: BackendOptions) -> dict[str, str]:
         return {**_DEFAULT_OPTIONS, **options.provider_options}
 
+    def package_options(self, precision: str, options: BackendOptions) -> BackendOptions:
+        """Options a package's precision needs (fp32 packages run in fp16 on the HTP); the user's win."""
+        if precision != "fp32":
+            return options
+        return replace(options, provider_options={**_FLOAT_OPTIONS, **options.provider_options})
+
     def providers(self, options: BackendOptions) -> list:
         return []  # added per device in session_options, as plugin EPs require
 
@@ -82,11 +131,121 @@ class QNNBackend(Backend):
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "0" if options.allow_fallback else "1")
         return so
 
-    def create_session(self, model_path: str, options: BackendOptions) -> ort.InferenceSession:
+    def create_session(self, model_path: str, options: BackendOptions, fingerprint: str | None = None) -> ort.InferenceSession:
+        """A session on QNN. With FINGERPRINT (the package files' sha256), the compiled graph is cached as an EP
+        context (X_ctx.onnx + its .bin) and reused while the stamp (package, onnxruntime/QNN builds, provider
+        options) still matches; otherwise it is compiled again and the cache rewritten."""
         self.require()
+        if fingerprint is None:
+            return self._open(model_path, options)
+        cache = ContextCache(Path(model_path), self.cache_stamp(fingerprint, options))
+        if cache.is_current():
+            try:
+                return self._open(str(cache.model), options)
+            except (BackendError, PackageError):
+                pass  # unreadable or refused by this QNN build: compile again below
+        cache.clear()
+        session = self._open(model_path, options, context_file=cache.model)
+        cache.write_stamp()
+        return session
+
+    def cache_stamp(self, fingerprint: str, options: BackendOptions) -> dict:
+        return {
+            "package": fingerprint, "onnxruntime": ort.__version__, "onnxruntime_qnn": qnn_version(),
+            "qnn_build": qnn_build_id(), "provider_options": dict(sorted(self.provider_options(options).items())),
+            "allow_fallback": options.allow_fallback,
+        }
+
+    def _open(self, model_path: str, options: BackendOptions, context_file: Path | None = None) -> ort.InferenceSession:
+        so = self.session_options(options)
+        if context_file is not None:
+            so.add_session_config_entry("ep.context_enable", "1")
+            so.add_session_config_entry("ep.context_file_path", str(context_file))
+            so.add_session_config_entry("ep.context_embed_mode", "0")  # the binary in its own .bin, not in the proto
+        if options.allow_fallback:
+            so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
         try:
-            return ort.InferenceSession(model_path, sess_options=self.session_options(options))
+            session = ort.InferenceSession(model_path, sess_options=so)
+        except (InvalidProtobuf, InvalidGraph, NoSuchFile) as exc:  # the file, not the device
+            raise PackageError(f"{model_path} is not a valid model ({_first_line(exc)}): the package is damaged, re-export it") from None
         except Exception as exc:
             message = _first_line(exc)
-            hint = " (pass allow_fallback / --allow-fallback to run those nodes on the CPU)" if "CPU EP" in message else ""
-            raise BackendError(f"qnn: cannot create a session for {model_path}: {message}{hint}") from None
+            if "fallback" in message.lower() or "CPU EP" in message:
+                rejected = self.rejected_ops(model_path, options)
+                raise BackendError(
+                    f"qnn: {Path(model_path).name} has nodes QNN does not take ({rejected or 'see the onnxruntime log'}): "
+                    "re-export the package, or pass allow_fallback / --allow-fallback to run them on the CPU"
+                ) from None
+            raise BackendError(f"qnn: cannot create a session for {model_path}: {message}") from None
+        if options.allow_fallback:
+            self.last_assignment = node_assignment(session)
+            print(f"qnn: {Path(model_path).name}: {describe_assignment(self.last_assignment)}", file=sys.stderr)
+        return session
+
+    def rejected_ops(self, model_path: str, options: BackendOptions) -> str:
+        """Which op types land on the CPU when fallback is allowed (a second, diagnostic session)."""
+        try:
+            so = self.session_options(BackendOptions(**{**options.__dict__, "allow_fallback": True}))
+            so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+            cpu = node_assignment(ort.InferenceSession(model_path, sess_options=so))["cpu_ops"]
+        except Exception:
+            return ""
+        # With fallback allowed QNN leaves graph-boundary Q/DQ to the CPU on purpose: those are not rejections.
+        real = {op: n for op, n in cpu.items() if op not in ("QuantizeLinear", "DequantizeLinear")} or cpu
+        return ", ".join(f"{op} x{n}" for op, n in sorted(real.items()))
+
+
+def node_assignment(session: ort.InferenceSession) -> dict:
+    """How many nodes each EP took (needs session.record_ep_graph_assignment_info=1)."""
+    counts, cpu = Counter(), Counter()
+    for subgraph in session.get_provider_graph_assignment_info():
+        nodes = subgraph.get_nodes()
+        counts[subgraph.ep_name] += len(nodes)
+        if subgraph.ep_name != EP_NAME:
+            cpu.update(node.op_type for node in nodes)
+    total = sum(counts.values())
+    return {"qnn_nodes": counts[EP_NAME], "total_nodes": total, "qnn_share": counts[EP_NAME] / total if total else 0.0,
+            "cpu_ops": dict(cpu)}
+
+
+def describe_assignment(a: dict) -> str:
+    line = f"{a['qnn_nodes']} of {a['total_nodes']} nodes on QNN ({a['qnn_share']:.0%})"
+    if a["cpu_ops"]:
+        line += "; on the CPU: " + ", ".join(f"{op} x{n}" for op, n in sorted(a["cpu_ops"].items()))
+    return line
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EDGEINFER_CACHE", Path.home() / ".cache" / "edgeinfer"))
+
+
+class ContextCache:
+    """X.onnx -> X_ctx.onnx + X_ctx_qnn.bin + X_ctx.json (the stamp), next to X when that folder is writable,
+    else under $EDGEINFER_CACHE/qnn/<key>/."""
+
+    def __init__(self, source: Path, stamp: dict):
+        self.stamp = stamp
+        folder = source.parent
+        if not os.access(folder, os.W_OK):
+            key = hashlib.sha256(f"{source.resolve()}|{stamp['package']}".encode()).hexdigest()[:16]
+            folder = cache_root() / "qnn" / key
+            folder.mkdir(parents=True, exist_ok=True)
+        self.model = folder / f"{source.stem}_ctx.onnx"
+        self.stamp_file = folder / f"{source.stem}_ctx.json"
+
+    def files(self) -> list[Path]:
+        return [self.model, self.stamp_file, *self.model.parent.glob(f"{self.model.stem}*.bin")]
+
+    def is_current(self) -> bool:
+        try:
+            return self.model.is_file() and json.loads(self.stamp_file.read_text(encoding="utf-8")) == self.stamp
+        except (OSError, ValueError):
+            return False
+
+    def clear(self) -> None:
+        for path in self.files():
+            path.unlink(missing_ok=True)
+
+    def write_stamp(self) -> None:
+        # Written last: a compile that died halfway leaves no stamp, so the next load compiles again.
+        self.stamp_file.write_text(json.dumps(self.stamp, indent=2), encoding="utf-8")

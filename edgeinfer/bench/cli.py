@@ -34,7 +34,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_bench(args) -> None:
     from ..backends import BackendOptions
-    from .results import csv_text, detail_table, markdown_table, save_json
+    from .results import csv_text, detail_table, markdown_table, save_json, write_atomic
     from .runner import bench
 
     if args.repeat < 1 or args.warmup < 0 or args.gen_len < 2:
@@ -52,9 +52,9 @@ def run_bench(args) -> None:
     if args.json:
         save_json(result, args.json)
     if args.csv:
-        args.csv.write_text(csv_text([result]), encoding="utf-8")
+        write_atomic(args.csv, csv_text([result]))
     if args.markdown:
-        args.markdown.write_text(markdown_table([result]) + "\n\n" + detail_table(result) + "\n", encoding="utf-8")
+        write_atomic(args.markdown, markdown_table([result]) + "\n\n" + detail_table(result) + "\n")
     if args.plot:
         from .plot import plot_result
 

@@ -33,12 +33,23 @@ TABLE_COLUMNS = ["Device", "Backend", "Precision", "TTFT", "Prefill", "Decode", 
 
 def save_json(result: dict, path: str | Path) -> None:
     """Write atomically: a bench killed midway never leaves a half-written or clobbered result file."""
+    write_atomic(path, json.dumps(result, indent=2, ensure_ascii=False))
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write a temp file beside PATH, flush it to disk, then rename it over PATH: PATH is old or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # else a power cut right after the rename can leave an empty file
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)  # a full disk or a Ctrl-C must not leave the temp file behind
+        raise
 
 
 def load_results(paths: list[str | Path]) -> list[dict]:

@@ -53,11 +53,13 @@ def _replace(tmp: Path, out: Path) -> None:
 
 
 def _remove_stale(out: Path) -> None:
-    # Temp folders of exports that were killed (their process is gone) are safe to delete.
-    for path in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = path.name.removeprefix(f".{out.name}.tmp-").split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
+    # Temp folders of exports that were killed (their process is gone) are safe to delete, and so is the old
+    # package a --force export set aside just before it was killed: OUT is about to be written anew.
+    for kind in ("tmp", "old"):
+        for path in out.parent.glob(f".{out.name}.{kind}-*"):
+            pid = path.name.removeprefix(f".{out.name}.{kind}-").split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -16,20 +16,28 @@ from tqdm import tqdm
 from ..architecture import ArchSpec
 from .onnx_writer import GraphWriter
 from .options import ExportOptions
-from .quantize import quantize_4bit
+from .quantize import quantize_blocks
 from .sources import WeightSource
 
 MS = "com.microsoft"
 _ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 
 
-def io_names(spec: ArchSpec) -> dict[str, list[str]]:
+GREEDY_OUTPUT = "next_token"  # cuda packages: argmax of each logits row, so greedy decode moves one id to the host
+
+
+def io_names(spec: ArchSpec, greedy_output: bool = False) -> dict[str, list[str]]:
     past = [f"past_key_values.{i}.{kv}" for i in range(spec.num_layers) for kv in ("key", "value")]
     present = [f"present.{i}.{kv}" for i in range(spec.num_layers) for kv in ("key", "value")]
     return {
         "inputs": ["input_ids", "seqlens_k", "total_sequence_length", *past],
-        "outputs": ["logits", *present],
+        "outputs": ["logits", *present, *([GREEDY_OUTPUT] if greedy_output else [])],
     }
+
+
+def has_greedy_output(options: ExportOptions) -> bool:
+    """GPU packages pick the greedy token on the device; CPU packages keep their graph as it was."""
+    return options.target == "cuda"
 
 
 def rotary_tables(spec: ArchSpec, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,12 +60,13 @@ class DynamicDecoderGraph:
     def _weights(self, names: list[str]) -> np.ndarray:
         return np.concatenate([self.source.tensor(n) for n in names], axis=0)
 
-    def linear(self, x: str, name: str, weight_names: list[str], bias_names: list[str] = (), quantize: bool = True) -> str:
+    def linear(self, x: str, name: str, weight_names: list[str], bias_names: list[str] = (), bits: int | None = 4) -> str:
+        """y = x W^T (+ b): MatMulNBits with BITS-bit weights for w4a16 (None keeps this one in float)."""
         weight = self._weights(weight_names)  # [N, K]
         bias = self._weights(bias_names).astype(self.dtype) if bias_names else None
         n, k = weight.shape
-        if self.options.precision == "w4a16" and quantize:
-            q = quantize_4bit(weight, self.options.block_size, self.options.symmetric)
+        if self.options.precision == "w4a16" and bits:
+            q = quantize_blocks(weight, self.options.block_size, self.options.symmetric, bits)
             inputs = [
                 x,
                 self.w.initializer(f"{name}.qweight", q.packed),
@@ -69,7 +78,7 @@ class DynamicDecoderGraph:
             while inputs[-1] == "":
                 inputs.pop()
             return self.w.node(
-                "MatMulNBits", inputs, name=name, domain=MS, K=k, N=n, bits=4,
+                "MatMulNBits", inputs, name=name, domain=MS, K=k, N=n, bits=bits,
                 block_size=self.options.block_size, accuracy_level=self.options.accuracy_level,
             )[0]
         stored = np.float16 if self.options.precision == "fp16" else self.dtype
@@ -89,7 +98,7 @@ class DynamicDecoderGraph:
         # GatherBlockQuantized needs whole blocks along the hidden size; otherwise the table stays float.
         whole_blocks = table.shape[1] % self.options.block_size == 0
         if self.options.precision == "w4a16" and self.options.quantize_embeddings and whole_blocks:
-            q = quantize_4bit(table, self.options.block_size, self.options.symmetric)
+            q = quantize_blocks(table, self.options.block_size, self.options.symmetric)
             inputs = [
                 self.w.initializer("embed.qweight", q.packed.reshape(q.packed.shape[0], -1)),
                 input_ids,
@@ -159,8 +168,11 @@ class DynamicDecoderGraph:
                 name="last_position",
             )[0]
         head = "model.embed_tokens.weight" if spec.tie_word_embeddings else "lm_head.weight"
-        logits = self.linear(normed, "lm_head", [head], quantize=self.options.quantize_lm_head)
+        logits = self.linear(normed, "lm_head", [head], bits=self.options.lm_head_bits or None)
         w.nodes.append(_identity(logits, "logits"))
+        if has_greedy_output(self.options):
+            w.node("ArgMax", [logits], [GREEDY_OUTPUT], name="greedy", axis=-1, keepdims=0)
+            w.output(GREEDY_OUTPUT, TensorProto.INT64, ["batch_size", "logits_length"])
 
     def _skip_norm(self, x: str, residual: str, weight: str, name: str) -> tuple[str, str]:
         out = self.w.node(

@@ -11,7 +11,7 @@ from ..package import MANIFEST, Manifest, describe_files
 from .atomic import check_destination, raise_disk_error, staging_dir
 from .onnx_writer import GraphWriter
 from .options import ExportOptions
-from .sources import TokenizerFiles, WeightSource, open_source
+from .sources import FiniteWeights, TokenizerFiles, WeightSource, open_source
 
 
 def export(source: str | WeightSource, out: str | Path, options: ExportOptions = ExportOptions(),
@@ -19,7 +19,7 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
     """Export SOURCE to a package folder OUT; returns its manifest."""
     out = Path(out)
     check_destination(out, force)  # before reading any weights: refusing should be instant
-    weights = open_source(source) if isinstance(source, str) else source
+    weights = FiniteWeights(open_source(source) if isinstance(source, str) else source)
     spec = weights.spec
     if options.context_length > spec.max_position_embeddings:
         raise ExportError(
@@ -75,7 +75,7 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
         from .static_graph import build_static_graphs
 
         return build_static_graphs(weights, options, folder, progress)
-    from .dynamic_graph import DynamicDecoderGraph, io_names
+    from .dynamic_graph import DynamicDecoderGraph, has_greedy_output, io_names
 
     writer = GraphWriter(folder / "model.onnx.data")
     try:
@@ -83,7 +83,7 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
         writer.save(folder / "model.onnx", producer=f"edgeinfer {__version__}")
     finally:
         writer.close()
-    return {"decoder": {"file": "model.onnx", **io_names(weights.spec)}, "kv_dtype": options.activation_dtype}
+    return {"decoder": {"file": "model.onnx", **io_names(weights.spec, has_greedy_output(options))}, "kv_dtype": options.activation_dtype}
 
 
 def _write_tokenizer(folder: Path, tokenizer: TokenizerFiles) -> None:

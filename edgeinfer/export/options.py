@@ -20,7 +20,7 @@ class ExportOptions:
     accuracy_level: int = 4  # MatMulNBits compute type on CPU: 4 = int8 dot products (fastest on AVX2)
     all_logits: bool = False  # prefill returns logits for every position, not just the last
     quantize_embeddings: bool = True  # w4a16 only: 4-bit embedding table (GatherBlockQuantized)
-    quantize_lm_head: bool = True  # w4a16 only: 4-bit lm_head
+    lm_head_bits: int = 4  # w4a16 only: 4 or 8 (the most sensitive matmul), 0 = keep it float
     prefill_chunk: int = 128  # static graphs (qnn): tokens per prefill run
 
     def __post_init__(self):
@@ -30,6 +30,8 @@ class ExportOptions:
             raise ExportError(f"unknown target {self.target!r}: choose one of {', '.join(TARGETS)}")
         if self.block_size not in (16, 32, 64, 128, 256):
             raise ExportError(f"block size {self.block_size} is not supported: use 16, 32, 64, 128 or 256")
+        if self.lm_head_bits not in (0, 4, 8):
+            raise ExportError(f"lm_head bits {self.lm_head_bits} is not supported: use 4, 8, or 0 for float")
         if self.context_length < 16:
             raise ExportError(f"context length {self.context_length} is too small: use at least 16")
         if self.target == "qnn" and self.context_length % self.prefill_chunk:

@@ -1,54 +1,62 @@
-"""4-bit block quantization with onnxruntime's own C++ packer (the layout MatMulNBits and GatherBlockQuantized read)."""
+"""Block quantization with onnxruntime's own C++ packers: the layout MatMulNBits and GatherBlockQuantized read.
+
+4 bits for the transformer weights; 8 bits where a tensor is too sensitive for 4 (lm_head, optionally).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from onnxruntime.capi._pybind_state import quantize_matmul_4bits
-
+from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
 _ROWS_PER_SLAB = 8192
+_PACKERS = {4: quantize_matmul_4bits, 8: quantize_matmul_8bits}
 
 
 @dataclass(frozen=True)
-class Quantized4Bit:
-    packed: np.ndarray  # uint8 [N, K / block, block / 2]
+class QuantizedBlocks:
+    packed: np.ndarray  # uint8 [N, K / block, block * bits / 8]
     scales: np.ndarray  # float [N, K / block]
-    zero_points: np.ndarray | None  # uint8 [N, ceil(K / block / 2)], None when symmetric (implicit 8)
+    zero_points: np.ndarray | None  # uint8, packed like the weights; None when symmetric (implicit mid-point)
     block_size: int
+    bits: int
 
 
-def quantize_4bit(weight_out_in: np.ndarray, block_size: int, symmetric: bool) -> Quantized4Bit:
+def quantize_blocks(weight_out_in: np.ndarray, block_size: int, symmetric: bool, bits: int = 4) -> QuantizedBlocks:
     """Quantize a [N, K] (out, in) weight along K in blocks; N rows are independent."""
     n, k = weight_out_in.shape
     k_blocks = -(-k // block_size)
     if k_blocks * block_size != k:  # the last block is zero-padded, as onnxruntime's own quantizer does
         weight_out_in = np.pad(weight_out_in, ((0, 0), (0, k_blocks * block_size - k)))
-    packed = np.zeros((n, k_blocks, block_size // 2), dtype=np.uint8)
+    per_byte = 8 // bits
+    packed = np.zeros((n, k_blocks, block_size // per_byte), dtype=np.uint8)
     scales = np.zeros((n, k_blocks), dtype=np.float32)
-    zero_points = np.zeros((n, (k_blocks + 1) // 2), dtype=np.uint8)
+    zero_points = np.zeros((n, -(-k_blocks // per_byte)), dtype=np.uint8)
     # onnxruntime's packer takes the weight as [K, N]; rows are independent, so a slab at a time keeps the
     # transposed copy small (the 151936-row embedding would otherwise need a second full fp32 copy).
     for start in range(0, n, _ROWS_PER_SLAB):
         stop = min(start + _ROWS_PER_SLAB, n)
         weight_kn = np.ascontiguousarray(weight_out_in[start:stop].T, dtype=np.float32)
-        quantize_matmul_4bits(
+        _PACKERS[bits](
             packed[start:stop], weight_kn, scales[start:stop], zero_points[start:stop],
             block_size, stop - start, k_blocks * block_size, symmetric,
         )
-    return Quantized4Bit(packed, scales, None if symmetric else zero_points, block_size)
+    return QuantizedBlocks(packed, scales, None if symmetric else zero_points, block_size, bits)
 
 
-def dequantize_4bit(q: Quantized4Bit, k: int | None = None) -> np.ndarray:
+def _unpack(data: np.ndarray, bits: int) -> np.ndarray:
+    if bits == 8:
+        return data.astype(np.float32)
+    return np.stack([data & 0x0F, data >> 4], axis=-1).reshape(*data.shape[:-1], -1).astype(np.float32)
+
+
+def dequantize_blocks(q: QuantizedBlocks, k: int | None = None) -> np.ndarray:
     """The float weight [N, K] that the quantized form stands for (for tests and fidelity reports)."""
-    low = q.packed & 0x0F
-    high = q.packed >> 4
-    values = np.stack([low, high], axis=-1).reshape(q.packed.shape[0], q.packed.shape[1], -1).astype(np.float32)
+    values = _unpack(q.packed, q.bits)
     if q.zero_points is None:
-        zp = np.full(q.scales.shape, 8.0, dtype=np.float32)
+        zp = np.full(q.scales.shape, 2.0 ** (q.bits - 1), dtype=np.float32)
     else:
-        zp = np.stack([q.zero_points & 0x0F, q.zero_points >> 4], axis=-1).reshape(q.scales.shape[0], -1)
-        zp = zp[:, : q.scales.shape[1]].astype(np.float32)
+        zp = _unpack(q.zero_points, q.bits)[:, : q.scales.shape[1]]
     full = ((values - zp[..., None]) * q.scales[..., None]).reshape(q.packed.shape[0], -1)
     return full[:, :k] if k else full

@@ -47,6 +47,29 @@ class WeightSource(Protocol):
         """Tokenizer and chat template files for the package."""
 
 
+class FiniteWeights:
+    """A source whose tensors are checked on the way to the exporter: NaN or inf in a checkpoint would
+    otherwise become a package that quietly generates noise (4-bit quantization turns them into -inf or
+    zero logits, which the sampler cannot tell from real ones)."""
+
+    def __init__(self, source: WeightSource):
+        self.source = source
+        self.spec, self.description, self.random_weights = source.spec, source.description, source.random_weights
+
+    def tensor(self, name: str) -> np.ndarray:
+        array = self.source.tensor(name)
+        # min and max carry NaN and inf through without a temporary as large as the tensor.
+        if array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):
+            raise SourceError(
+                f"{self.description}: tensor {name} holds NaN or inf values: the checkpoint is damaged, "
+                "restore or re-download it"
+            )
+        return array
+
+    def tokenizer(self) -> TokenizerFiles:
+        return self.source.tokenizer()
+
+
 def open_source(source: str) -> WeightSource:
     """Pick the reader for SOURCE: `preset:NAME`, a .gguf file, a Hugging Face folder, or a hub id."""
     from .gguf_source import GGUFSource

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# edgeinfer's CUDA backend vs onnxruntime-genai-cuda on the lent H100, in two back-to-back device calls.
+#
+# Here, once (all three folders are git-ignored):
+#   bash bench/cuda_h100.sh pack          wheels -> .gpuwhl/pack.part00..03 (58 MB each at most)
+# Then, with the machine kept warm between the calls (it is given back 30 s after each):
+#   run(carry=[".carry"], "bash bench/cuda_h100.sh start")   .carry = part00 + the gguf wheel: starts the exports
+#   run(carry=[".carry"], "mkdir -p /root/w && cp .carry/* /root/w/")      .carry = part01, then part02
+#   run(carry=[".carry"], "bash bench/cuda_h100.sh run 2>&1 | tee $OUT/log.txt")   .carry = part03: the rest
+# Results land in $OUT (edgeinfer bench JSON with and without CUDA graphs, onnxruntime-genai JSON, the
+# comparison table, GPU/CPU parity) and are copied into bench/results/ by hand.
+set -uo pipefail
+
+W=/root/w                 # carried pieces (kept while the machine stays warm)
+LOG=/root/logs
+SITE=/tmp/site
+export EDGEINFER_CACHE=/root/cache PYTHONUNBUFFERED=1
+PRESET_CUDA="import sys; from edgeinfer.bench.runner import resolve_package as r; print(r(None, sys.argv[1], 'w4a16', 4096, progress=False))"
+
+pack() {
+    mkdir -p .gpuwhl .whl .carry
+    [[ -f .gpuwhl/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl ]] ||
+        pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 -d .gpuwhl onnxruntime-gpu==1.31.1
+    pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+        onnxruntime-genai-cuda==0.18.0 onnx-ir==1.1.0 gguf==0.19.0
+    local tree cuda=onnxruntime/capi/libonnxruntime_providers_cuda.so
+    tree=$(mktemp -d)
+    for w in .gpuwhl/*.whl .whl/*.whl; do unzip -q -o "$w" -d "$tree"; done
+    # xz: 378 MB of packages in 216 MB (the wheels' zip: 273 MB), i.e. 4 pieces a call can carry.
+    xz -T0 -6 -c "$tree/$cuda" > .gpuwhl/cudaprov.xz
+    tar -C "$tree" --exclude="./$cuda" -cf - . | xz -T0 -6 > .gpuwhl/rest.tar.xz
+    tar -C .gpuwhl -cf - cudaprov.xz rest.tar.xz | split -b 58000000 -d - .gpuwhl/pack.part
+    rm -rf "$tree"; ls -la .gpuwhl
+}
+
+start() {
+    mkdir -p $W $LOG $EDGEINFER_CACHE && cp .carry/* $W/
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site0 $W/gguf-*.whl || exit 1
+    export PYTHONPATH=/tmp/site0:$PWD
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    # Background jobs in their own sessions outlive this call: the 1.5B packages (cuda for the bench,
+    # cpu for parity) and the Hugging Face folder onnxruntime-genai's builder reads.
+    setsid nohup bash -c "python3 -c \"$PRESET_CUDA\" cuda > $LOG/export_cuda.log 2>&1; touch $LOG/export_cuda.done" > /dev/null 2>&1 &
+    setsid nohup bash -c "python3 -c \"$PRESET_CUDA\" cpu > $LOG/export_cpu.log 2>&1; touch $LOG/export_cpu.done" > /dev/null 2>&1 &
+    setsid nohup bash -c "python3 bench/cuda_compare.py hf-checkpoint /root/hf15 > $LOG/hf.log 2>&1; touch $LOG/hf.done" > /dev/null 2>&1 &
+    # Meanwhile, the tests that need no GPU against the machine's own (CPU) onnxruntime.
+    timeout 120 python3 -m pytest tests/test_cuda.py -q -x -rs -p no:cacheprovider 2>&1 | tail -5
+}
+
+wait_for() {  # NAME SECONDS
+    local i
+    for ((i = 0; i < $2; i++)); do [[ -f $LOG/$1.done ]] && return 0; sleep 1; done
+    echo "timed out waiting for $1"; tail -5 $LOG/$1.log; return 1
+}
+
+run() {
+    cp .carry/* $W/ 2>/dev/null
+    local cuda=$SITE/onnxruntime/capi/libonnxruntime_providers_cuda.so
+    cat $W/pack.part* | tar -C $W -xf - && mkdir -p $SITE && xz -d -T0 < $W/rest.tar.xz | tar -C $SITE -xf - &&
+        xz -d -T0 < $W/cudaprov.xz > $cuda && chmod +x $cuda || exit 1
+    export PYTHONPATH=$SITE:$PWD
+    python3 -c "import onnxruntime as o; o.preload_dlls(); print('onnxruntime', o.__version__, o.get_available_providers())"
+    echo "== GPU tests"
+    timeout 240 python3 -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider 2>&1 | tail -15
+    echo "== waiting for the background exports"
+    wait_for export_cuda 300 && wait_for hf 200 && wait_for export_cpu 200
+    cat $LOG/export_cuda.log $LOG/hf.log | tail -4
+    local cuda_pkg cpu_pkg
+    cuda_pkg=$(tail -1 $LOG/export_cuda.log); cpu_pkg=$(tail -1 $LOG/export_cpu.log)
+    echo "== onnxruntime-genai builder"
+    (time python3 -m onnxruntime_genai.models.builder -i /root/hf15 -o /root/genai15 -p int4 -e cuda -c /root/hfcache) \
+        > $LOG/builder.log 2>&1 || tail -20 $LOG/builder.log
+    echo "== edgeinfer bench --device cuda"
+    python3 -m edgeinfer.cli bench --device cuda --prompt-len 128,1024 --gen-len 256 --repeat 5 \
+        --json $OUT/edgeinfer_cuda_h100.json 2>&1 | grep -v "it/s\]" | tail -20
+    echo "== edgeinfer, CUDA graphs off"
+    python3 bench/cuda_compare.py edge-eager $OUT/edgeinfer_cuda_h100_nograph.json 2>&1 | tail -4
+    echo "== onnxruntime-genai-cuda"
+    timeout 120 python3 bench/cuda_compare.py genai /root/genai15 $OUT/genai_cuda_h100.json 2>&1 | tail -4
+    timeout 120 python3 bench/cuda_compare.py genai /root/genai15 $OUT/genai_cuda_graph_h100.json --cuda-graph 2>&1 | tail -4
+    echo "== comparison"
+    python3 bench/cuda_compare.py compare $OUT/compare_h100.md $OUT/edgeinfer_cuda_h100.json \
+        $OUT/edgeinfer_cuda_h100_nograph.json $OUT/genai_cuda_h100.json $(ls $OUT/genai_cuda_graph_h100.json 2>/dev/null)
+    echo "== parity: GPU vs CPU tokens"
+    timeout 200 python3 bench/cuda_compare.py parity $OUT/parity_h100.json --large-cpu "$cpu_pkg" --large-cuda "$cuda_pkg" 2>&1 | tail -12
+}
+
+"$@"

@@ -1,0 +1,163 @@
+"""W4A16 for QNN in Qualcomm's sense: 4-bit integer weights, 16-bit integer activations, as standard QDQ.
+
+Calibration runs the float static graphs on the CPU EP over a few chat-template prompts (prefill, then a few
+greedy decode steps, so the KV-cache inputs see realistic contents) and records every graph's inputs; then
+onnxruntime.quantization writes QuantizeLinear/DequantizeLinear around every op.
+
+Weight encoding (the one the HTP reads the same way as the CPU EP, see /work/scratch/qnn/FINDINGS.md): signed INT4,
+symmetric, zero point 0 given explicitly, one scale per output channel (DequantizeLinear axis=1 of the [K,N]
+weight). The quantizer's QNN default (asymmetric per-tensor int4) is off by ~70% on the HTP, so every MatMul
+weight gets an explicit override. lm_head is int8 per channel: it decides the token, and 8 bits cost only
+its own size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tqdm import tqdm
+
+from ..errors import ExportError
+from .options import ExportOptions
+from .sources import WeightSource
+
+CALIBRATION_PROMPTS = (
+    "What is the capital of France, and why did it become the capital?",
+    "Write a Python function that returns the n-th Fibonacci number iteratively.",
+    "Solve for x: 3x + 7 = 22. Show your steps.",
+    "Summarize the plot of Romeo and Juliet in three sentences.",
+    "Explain in simple words how a transformer language model predicts the next token.",
+    "List five uses of a paperclip that are not holding paper.",
+)
+DECODE_STEPS = 6  # greedy steps after each prompt: decode graphs calibrate on real cache contents
+HEAD_WEIGHT = "lm_head.weight"
+
+
+def calibration_prompts(weights: WeightSource, limit: int) -> list[list[int]]:
+    """The prompts as the model will see them: rendered with its own chat template and tokenizer."""
+    from tokenizers import Tokenizer
+
+    from ..chat import ChatFormat
+    from ..tokenizer import TextTokenizer
+    from .exporter import chat_format
+
+    files = weights.tokenizer()
+    tokenizer = TextTokenizer(Tokenizer.from_str(files.tokenizer_json), files.tokenizer_config(),
+                              files.bos_token_id, files.add_bos_token)
+    chat = ChatFormat(tokenizer, files.chat_template, chat_format(files.chat_template))
+    vocab = weights.spec.vocab_size
+    prompts = []
+    for text in CALIBRATION_PROMPTS:
+        ids = [i for i in chat.encode(text) if i < vocab][:limit]
+        if ids:
+            prompts.append(ids)
+    return prompts
+
+
+def collect_feeds(weights: WeightSource, graphs: dict, float_folder: Path, embeddings: np.ndarray,
+                  options: ExportOptions, prompts: list[list[int]]) -> dict[tuple[str, int], list[dict]]:
+    """Run the float graphs on the CPU EP and record every part's inputs, per (role, part)."""
+    from ..static_runner import StaticRunner
+    from .static_graph import MASK_VALUE
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sessions = {role: [ort.InferenceSession(str(float_folder / p["file"]), so, providers=["CPUExecutionProvider"])
+                       for p in graphs[role]["parts"]] for role in ("prefill", "decode")}
+    feeds: dict[tuple[str, int], list[dict]] = {}
+
+    def record(role: str, part: int, feed: dict) -> None:
+        feeds.setdefault((role, part), []).append({k: v.copy() for k, v in feed.items()})
+
+    host = {"attention_mask": {"value": MASK_VALUE}}
+    for ids in prompts:
+        runner = StaticRunner(sessions, {**graphs, "host": host}, weights.spec, options.context_length, embeddings, record)
+        logits = runner.forward(ids, 0)
+        for step in range(DECODE_STEPS):
+            logits = runner.forward([int(np.argmax(logits))], len(ids) + step)
+    return feeds
+
+
+class _Feeds:
+    """A CalibrationDataReader over recorded feeds."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds = feeds
+        self.index = 0
+
+    def get_next(self) -> dict | None:
+        if self.index >= len(self.feeds):
+            return None
+        self.index += 1
+        return self.feeds[self.index - 1]
+
+    def rewind(self) -> None:
+        self.index = 0
+
+
+def weight_overrides(model_path: Path) -> dict[str, list[dict]]:
+    import onnx
+    from onnxruntime.quantization import QuantType
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    overrides = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in initializers:
+            bits = QuantType.QInt8 if node.input[1] == HEAD_WEIGHT else QuantType.QInt4
+            overrides[node.input[1]] = [{"quant_type": bits, "symmetric": True, "axis": 1}]
+    return overrides
+
+
+def quantize_graph(float_path: Path, out_path: Path, feeds: list[dict]) -> None:
+    from onnxruntime.quantization import QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    config = get_qnn_qdq_config(
+        str(float_path), _Feeds(feeds), activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8,
+        per_channel=False, init_overrides=weight_overrides(float_path),
+    )
+    config.use_external_data_format = True  # weights in <file>.onnx.data, as every edgeinfer graph
+    # Not CalibMaxIntermediateOutputs: onnxruntime 1.32 drops the collected outputs at that limit without
+    # folding them into the ranges ("No data is collected"), so every feed's intermediates stay in memory.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" warnings do not apply to these graphs
+    try:
+        quantize(str(float_path), str(out_path), config)
+    finally:
+        root.setLevel(level)
+
+
+def quantize_graphs(weights: WeightSource, graphs: dict, float_folder: Path, folder: Path, options: ExportOptions,
+                    progress: bool) -> dict:
+    """Calibrate and quantize every float graph of FLOAT_FOLDER into FOLDER (same file names)."""
+    started = time.perf_counter()
+    prompts = calibration_prompts(weights, options.context_length - DECODE_STEPS - 1)
+    if not prompts:
+        raise ExportError("no calibration prompt could be tokenized: check the source's tokenizer")
+    from .static_graph import EMBEDDINGS_FILE
+
+    embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
+    feeds = collect_feeds(weights, graphs, float_folder, embeddings, options, prompts)
+    calibrate_s = time.perf_counter() - started
+    steps = [(role, k, part) for role in ("prefill", "decode") for k, part in enumerate(graphs[role]["parts"])]
+    for role, k, part in tqdm(steps, desc="quantize", unit="graph", disable=not progress, leave=False):
+        quantize_graph(float_folder / part["file"], folder / part["file"], feeds[(role, k)])
+    return {
+        "scheme": "W4A16 QDQ (onnxruntime.quantization, get_qnn_qdq_config)",
+        "weights": "int4 signed, symmetric (zero point 0, explicit), per output channel",
+        "lm_head": "int8 signed, symmetric, per output channel",
+        "activations": "uint16 asymmetric, MinMax calibration",
+        "kv_cache": "float32 on the host; quantized to uint16 at the graph inputs",
+        "host_float": ["embeddings (fp16 table, gathered on the host)", "rotary cos/sin", "attention mask", "sampling"],
+        "calibration": {
+            "prompts": len(prompts), "prompt_tokens": sum(len(p) for p in prompts), "decode_steps": DECODE_STEPS,
+            "chat_template": True, "feeds": {f"{role}.{k}": len(v) for (role, k), v in feeds.items()},
+            "seconds": round(time.perf_counter() - started, 1), "collect_seconds": round(calibrate_s, 1),
+        },
+    }

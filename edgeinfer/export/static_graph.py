@@ -1,0 +1,250 @@
+"""The QNN graph: static shapes, standard ONNX ops only, the KV cache as plain inputs and outputs.
+
+Two roles share one formulation and differ only in the token count N: `prefill` (N = --prefill-chunk) and
+`decode` (N = 1). Every tensor has a fixed shape, so the HTP compiles each graph once:
+
+    inputs   inputs_embeds [1,N,H] (part 0; later parts take hidden_in [1,N,H]), position_cos/position_sin
+             [1,1,N,D/2], attention_mask [1,1,N,C+N] (additive), past_key.i/past_value.i [1,KVH,C,D]
+    outputs  logits [1,1,V] (last part; the last row only) or hidden_out [1,N,H], new_key.i/new_value.i [1,KVH,N,D]
+
+The host owns the cache (C slots per layer): it gathers embeddings and rotary rows, builds the mask (past slots
+below the write position plus causal new rows), passes the whole cache as past, and writes the new K/V rows back
+at the write position. Prompts shorter than N are left-padded so the last real token is always row N-1.
+
+A layer is RMSNorm (Mul/ReduceMean/Add/Sqrt/Div/Mul) -> q,k,v MatMul (+bias) -> rotate-half RoPE -> Concat(past,
+new) -> attention with the query heads of a kv group folded into rows (no KV repetition, 3-D MatMuls) -> o MatMul
+-> RMSNorm -> gate/up MatMul -> SiLU (Sigmoid*x) -> down MatMul. q/k/v and gate/up stay separate matmuls so each
+gets its own 16-bit activation range (Qwen2's k bias is much larger than q's or v's).
+
+W4A16: the float graphs are built first, calibrated on chat-template prompts and quantized to QDQ (see qdq.py).
+Large models are split into parts by layers so that no single HTP context holds more than PART_BYTES of weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto
+from tqdm import tqdm
+
+from .. import __version__
+from ..architecture import ArchSpec
+from ..errors import ExportError
+from .onnx_writer import GraphWriter
+from .options import ExportOptions
+from .sources import WeightSource
+
+MASK_VALUE = -100.0  # additive mask: exp(-100) is 0 in fp32 and the 16-bit range still resolves the scores
+PART_BYTES = 1536 * 2**20  # most quantized weight bytes per part (an HTP context stays well under its ~2 GiB limit)
+EMBEDDINGS_FILE = "embeddings.npy"
+
+
+def layer_parts(spec: ArchSpec, precision: str, part_bytes: int = PART_BYTES) -> list[tuple[int, int]]:
+    """Layer ranges [start, stop) of each part; the last part also holds the final norm and lm_head."""
+    bits = 4 if precision == "w4a16" else 32
+    per_layer = spec.hidden_size * (spec.q_size + 2 * spec.kv_size) + spec.q_size * spec.hidden_size
+    per_layer = (per_layer + 3 * spec.hidden_size * spec.intermediate_size) * bits // 8
+    head = spec.vocab_size * spec.hidden_size * (1 if precision == "w4a16" else 4)  # int8 lm_head in w4a16
+    parts, start, used = [], 0, 0
+    for layer in range(spec.num_layers):
+        if layer > start and used + per_layer > part_bytes:
+            parts.append((start, layer))
+            start, used = layer, 0
+        used += per_layer
+    if layer > start and used + head > part_bytes:
+        parts.append((start, layer))
+        start = layer
+    parts.append((start, spec.num_layers))
+    return parts
+
+
+def part_io(spec: ArchSpec, layers: tuple[int, int], first: bool, last: bool) -> dict[str, list[str]]:
+    kv = [f"{kind}.{i}" for i in range(*layers) for kind in ("key", "value")]
+    return {
+        "inputs": ["inputs_embeds" if first else "hidden_in", "position_cos", "position_sin", "attention_mask",
+                   *[f"past_{name}" for name in kv]],
+        "outputs": ["logits" if last else "hidden_out", *[f"new_{name}" for name in kv]],
+    }
+
+
+class StaticDecoderGraph:
+    """One part (a range of layers) of one role (N tokens), in float32."""
+
+    def __init__(self, writer: GraphWriter, source: WeightSource, tokens: int, context: int,
+                 layers: tuple[int, int], first: bool, last: bool):
+        self.w = writer
+        self.source = source
+        self.spec = source.spec
+        self.n = tokens
+        self.c = context
+        self.layers = layers
+        self.first, self.last = first, last
+
+    def linear(self, x: str, name: str, weight_name: str, bias_name: str | None = None, scale: float = 1.0) -> str:
+        weight = self.source.tensor(weight_name) * np.float32(scale)  # [out, in]
+        y = self.w.node("MatMul", [x, self.w.initializer(f"{name}.weight", weight.T)], name=name)[0]
+        if bias_name:
+            bias = self.source.tensor(bias_name) * np.float32(scale)
+            y = self.w.node("Add", [y, self.w.initializer(f"{name}.bias", bias)], name=f"{name}/bias")[0]
+        return y
+
+    def rms_norm(self, x: str, hf_name: str, name: str) -> str:
+        w = self.w
+        square = w.node("Mul", [x, x], name=f"{name}/square")[0]
+        mean = w.node("ReduceMean", [square, w.constant(f"{name}/axes", [-1])], name=f"{name}/mean", keepdims=1)[0]
+        eps = w.initializer(f"{name}/eps", np.array(self.spec.rms_norm_eps, dtype=np.float32))
+        root = w.node("Sqrt", [w.node("Add", [mean, eps], name=f"{name}/add_eps")[0]], name=f"{name}/sqrt")[0]
+        normed = w.node("Div", [x, root], name=f"{name}/div")[0]
+        return w.node("Mul", [normed, w.initializer(hf_name, self.source.tensor(hf_name))], name=f"{name}/scale")[0]
+
+    def heads(self, x: str, count: int, name: str) -> str:
+        """[1,N,count*D] -> [1,count,N,D]"""
+        shape = self.w.constant(f"{name}/shape", [1, self.n, count, self.spec.head_dim])
+        return self.w.node("Transpose", [self.w.node("Reshape", [x, shape], name=f"{name}/reshape")[0]],
+                           name=f"{name}/transpose", perm=[0, 2, 1, 3])[0]
+
+    def rope(self, x: str, name: str) -> str:
+        """Rotate-half RoPE with host-gathered cos/sin [1,1,N,D/2]."""
+        w, half = self.w, self.spec.head_dim // 2
+        axis = w.constant(f"{name}/axis", [3])
+        x1 = w.node("Slice", [x, w.constant(f"{name}/s0", [0]), w.constant(f"{name}/e0", [half]), axis], name=f"{name}/x1")[0]
+        x2 = w.node("Slice", [x, w.constant(f"{name}/s1", [half]), w.constant(f"{name}/e1", [2 * half]), axis], name=f"{name}/x2")[0]
+        mul = lambda a, b, tag: w.node("Mul", [a, b], name=f"{name}/{tag}")[0]  # noqa: E731
+        o1 = w.node("Sub", [mul(x1, "position_cos", "x1c"), mul(x2, "position_sin", "x2s")], name=f"{name}/o1")[0]
+        o2 = w.node("Add", [mul(x2, "position_cos", "x2c"), mul(x1, "position_sin", "x1s")], name=f"{name}/o2")[0]
+        return w.node("Concat", [o1, o2], name=f"{name}/concat", axis=3)[0]
+
+    def attention(self, q: str, k: str, v: str, past_k: str, past_v: str, mask: str, name: str) -> str:
+        """Query heads of one kv group folded into rows: [KVH, G*N, D] x [KVH, D, C+N]; no KV repetition."""
+        s, w, n = self.spec, self.w, self.n
+        g, d, total = s.num_heads // s.num_kv_heads, s.head_dim, self.c + self.n
+        keys = w.node("Concat", [past_k, k], name=f"{name}/keys", axis=2)[0]
+        values = w.node("Concat", [past_v, v], name=f"{name}/values", axis=2)[0]
+        kv_shape = w.constant(f"{name}/kv_shape", [s.num_kv_heads, total, d])
+        keys = w.node("Reshape", [keys, kv_shape], name=f"{name}/keys3")[0]
+        values = w.node("Reshape", [values, kv_shape], name=f"{name}/values3")[0]
+        q = w.node("Reshape", [q, w.constant(f"{name}/q_shape", [s.num_kv_heads, g * n, d])], name=f"{name}/q3")[0]
+        keys_t = w.node("Transpose", [keys], name=f"{name}/keys_t", perm=[0, 2, 1])[0]
+        scores = w.node("MatMul", [q, keys_t], name=f"{name}/scores")[0]  # 1/sqrt(D) is folded into q_proj
+        scores = w.node("Add", [scores, mask], name=f"{name}/mask")[0]
+        probs = w.node("Softmax", [scores], name=f"{name}/softmax", axis=-1)[0]
+        out = w.node("MatMul", [probs, values], name=f"{name}/context")[0]  # [KVH, G*N, D]
+        out = w.node("Reshape", [out, w.constant(f"{name}/o_shape", [1, s.num_heads, n, d])], name=f"{name}/o4")[0]
+        out = w.node("Transpose", [out], name=f"{name}/o_t", perm=[0, 2, 1, 3])[0]
+        return w.node("Reshape", [out, w.constant(f"{name}/o_flat", [1, n, s.q_size])], name=f"{name}/o_flat")[0]
+
+    def build(self) -> None:
+        s, w, n, c = self.spec, self.w, self.n, self.c
+        f32 = TensorProto.FLOAT
+        io = part_io(s, self.layers, self.first, self.last)
+        x = w.input(io["inputs"][0], f32, [1, n, s.hidden_size])
+        for name in ("position_cos", "position_sin"):
+            w.input(name, f32, [1, 1, n, s.head_dim // 2])
+        w.input("attention_mask", f32, [1, 1, n, c + n])
+        groups = s.num_heads // s.num_kv_heads
+        # The mask row of token t serves every query head of a group: [1,1,N,C+N] -> [1, G*N, C+N].
+        mask = w.node("Reshape", ["attention_mask", w.constant("mask/shape", [1, n, c + n])], name="mask/reshape")[0]
+        mask = w.node("Tile", [mask, w.constant("mask/repeats", [1, groups, 1])], name="mask/tile")[0]
+        kv_shape = [1, s.num_kv_heads, c, s.head_dim]
+        new_shape = [1, s.num_kv_heads, n, s.head_dim]
+        q_scale = 1.0 / np.sqrt(s.head_dim)
+        for i in range(*self.layers):
+            p = f"model.layers.{i}."
+            past_k, past_v = w.input(f"past_key.{i}", f32, kv_shape), w.input(f"past_value.{i}", f32, kv_shape)
+            h = self.rms_norm(x, p + "input_layernorm.weight", f"{p}input_norm")
+            bias = (lambda t: p + f"self_attn.{t}_proj.bias") if s.qkv_bias else (lambda t: None)
+            q = self.linear(h, f"{p}q_proj", p + "self_attn.q_proj.weight", bias("q"), scale=q_scale)
+            k = self.linear(h, f"{p}k_proj", p + "self_attn.k_proj.weight", bias("k"))
+            v = self.linear(h, f"{p}v_proj", p + "self_attn.v_proj.weight", bias("v"))
+            q = self.rope(self.heads(q, s.num_heads, f"{p}q"), f"{p}q_rope")
+            k = self.rope(self.heads(k, s.num_kv_heads, f"{p}k"), f"{p}k_rope")
+            v = self.heads(v, s.num_kv_heads, f"{p}v")
+            new_k = w.node("Identity", [k], [f"new_key.{i}"], name=f"{p}new_key")[0]
+            new_v = w.node("Identity", [v], [f"new_value.{i}"], name=f"{p}new_value")[0]
+            w.output(new_k, f32, new_shape)
+            w.output(new_v, f32, new_shape)
+            attn = self.attention(q, new_k, new_v, past_k, past_v, mask, f"{p}attn")
+            x = w.node("Add", [x, self.linear(attn, f"{p}o_proj", p + "self_attn.o_proj.weight")], name=f"{p}attn_residual")[0]
+            h = self.rms_norm(x, p + "post_attention_layernorm.weight", f"{p}post_norm")
+            gate = self.linear(h, f"{p}gate_proj", p + "mlp.gate_proj.weight")
+            up = self.linear(h, f"{p}up_proj", p + "mlp.up_proj.weight")
+            silu = w.node("Mul", [gate, w.node("Sigmoid", [gate], name=f"{p}mlp/sigmoid")[0]], name=f"{p}mlp/silu")[0]
+            down = self.linear(w.node("Mul", [silu, up], name=f"{p}mlp/gated")[0], f"{p}down_proj", p + "mlp.down_proj.weight")
+            x = w.node("Add", [x, down], name=f"{p}mlp_residual")[0]
+        if not self.last:
+            w.nodes.append(_identity(x, "hidden_out"))
+            w.output("hidden_out", f32, [1, n, s.hidden_size])
+            return
+        if n > 1:  # prompts are left-padded: the last real token is always the last row
+            x = w.node("Slice", [x, w.constant("last/start", [n - 1]), w.constant("last/end", [n]), w.constant("last/axis", [1])],
+                       name="last_position")[0]
+        x = self.rms_norm(x, "model.norm.weight", "final_norm")
+        head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
+        logits = self.linear(x, "lm_head", head)
+        w.nodes.append(_identity(logits, "logits"))
+        w.output("logits", f32, [1, 1, s.vocab_size])
+
+
+def _identity(src: str, dst: str):
+    from onnx import helper
+
+    return helper.make_node("Identity", [src], [dst], name=f"{dst}/identity")
+
+
+def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Path, parts: list[tuple[int, int]],
+                       progress: bool) -> dict:
+    """Float32 prefill and decode graphs, one file pair per part; returns the manifest's role entries."""
+    roles = {"prefill": options.prefill_chunk, "decode": 1}
+    graphs = {}
+    steps = [(role, k) for role in roles for k in range(len(parts))]
+    for role, k in tqdm(steps, desc="graphs", unit="graph", disable=not progress, leave=False):
+        stem = f"{role}.part{k}" if len(parts) > 1 else role
+        layers, first, last = parts[k], k == 0, k == len(parts) - 1
+        writer = GraphWriter(folder / f"{stem}.onnx.data")
+        try:
+            StaticDecoderGraph(writer, weights, roles[role], options.context_length, layers, first, last).build()
+            writer.save(folder / f"{stem}.onnx", producer=f"edgeinfer {__version__}")
+        finally:
+            writer.close()
+        entry = {"file": f"{stem}.onnx", "data": f"{stem}.onnx.data", "layers": list(layers), **part_io(weights.spec, layers, first, last)}
+        graphs.setdefault(role, {"tokens": roles[role], "parts": []})["parts"].append(entry)
+    return graphs
+
+
+def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: Path, progress: bool = True,
+                        part_bytes: int | None = None) -> dict:
+    """Write the qnn package's graphs into FOLDER; returns the manifest's `graphs` (plus "kv_dtype")."""
+    if options.precision not in ("w4a16", "fp32"):
+        raise ExportError(f"precision {options.precision} is not offered for qnn: use w4a16 (the NPU's) or fp32")
+    if options.prefill_chunk < 2 or options.prefill_chunk > options.context_length:
+        raise ExportError(f"prefill chunk {options.prefill_chunk} must be between 2 and the context {options.context_length}")
+    spec = weights.spec
+    parts = layer_parts(spec, options.precision, part_bytes or PART_BYTES)
+    # Embeddings stay on the host (a gather from a memory-mapped table): the table is the largest tensor and a
+    # gather is no work for an NPU; fp16 halves it at no measurable cost (fp32 packages keep fp32).
+    table_dtype = np.float16 if options.precision == "w4a16" else np.float32
+    np.save(folder / EMBEDDINGS_FILE, weights.tensor("model.embed_tokens.weight").astype(table_dtype))
+    host = {
+        "embeddings": {"file": EMBEDDINGS_FILE, "dtype": np.dtype(table_dtype).name, "where": "host (gather)"},
+        "rotary": "host (cos/sin rows gathered per position)",
+        "attention_mask": {"where": "host", "value": MASK_VALUE},
+    }
+    if options.precision == "fp32":
+        graphs = write_float_graphs(weights, options, folder, parts, progress)
+        return {**graphs, "host": host, "quantization": None, "kv_dtype": "float32"}
+
+    from .qdq import quantize_graphs
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".float-") as tmp:
+        float_folder = Path(tmp)
+        graphs = write_float_graphs(weights, options, float_folder, parts, progress)
+        quantization = quantize_graphs(weights, graphs, float_folder, folder, options, progress)
+        shutil.rmtree(float_folder, ignore_errors=True)
+    if progress:
+        print(f"quantized {len(parts)} part(s) x 2 graphs to W4A16 QDQ in {time.perf_counter() - started:.1f} s")
+    return {**graphs, "host": host, "quantization": quantization, "kv_dtype": "float32"}

@@ -1,0 +1,126 @@
+"""Running a static-shape package (qnn): prefill and decode graphs over a host-held KV cache.
+
+The graphs see fixed shapes only (see export/static_graph.py). The host gathers embeddings and rotary rows,
+builds the additive mask from the write position, passes each layer's whole cache as past, and copies the
+new K/V rows back into the cache at the write position. A prompt chunk shorter than the prefill graph's N
+is left-padded, so the logits row is always the last one; a single token runs the decode graph.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .architecture import ArchSpec
+from .errors import GenerationError, PackageError
+from .export.dynamic_graph import rotary_tables
+from .package import Manifest
+
+Recorder = Callable[[str, int, dict], None]  # (role, part index, feed): calibration collects feeds with it
+
+
+class StaticEngine:
+    """Sessions for every part of both roles; each runner (generator) owns its own cache."""
+
+    def __init__(self, backend, path: Path, manifest: Manifest, options):
+        self.backend = backend
+        self.manifest = manifest
+        self.options = backend.package_options(manifest.precision, options) if hasattr(backend, "package_options") else options
+        graphs = manifest.graphs
+        if "prefill" not in graphs or "decode" not in graphs:
+            raise PackageError(f"{path} has no prefill/decode graphs: re-export it with `edgeinfer export --target qnn`")
+        self.compile_s: dict[str, float] = {}
+        self.sessions = {role: [self._session(path, part) for part in graphs[role]["parts"]] for role in ("prefill", "decode")}
+        embeddings = graphs["host"]["embeddings"]
+        self.embeddings = np.load(path / embeddings["file"], mmap_mode="r")
+
+    def _session(self, path: Path, part: dict):
+        started = time.perf_counter()
+        file = path / part["file"]
+        fingerprint = [self.manifest.files.get(name, {}).get("sha256", "") for name in (part["file"], part.get("data"))]
+        if getattr(self.backend, "uses_context_cache", False):
+            session = self.backend.create_session(str(file), self.options, fingerprint="/".join(fingerprint))
+        else:
+            session = self.backend.create_session(str(file), self.options)
+        self.compile_s[part["file"]] = time.perf_counter() - started
+        return session
+
+    def new_runner(self) -> "StaticRunner":
+        return StaticRunner(self.sessions, self.manifest.graphs, self.manifest.spec, self.manifest.context_length,
+                            self.embeddings)
+
+
+class StaticRunner:
+    """Owns one KV cache; `forward` feeds tokens at a position and returns the last token's logits."""
+
+    def __init__(self, sessions: dict, graphs: dict, spec: ArchSpec, context: int, embeddings: np.ndarray,
+                 recorder: Recorder | None = None):
+        self.sessions = sessions
+        self.graphs = graphs
+        self.spec = spec
+        self.capacity = context
+        self.prefill_chunk = graphs["prefill"]["tokens"]  # the generator feeds prompts in chunks of this size
+        self.embeddings = embeddings
+        self.recorder = recorder
+        self.mask_value = float(graphs["host"]["attention_mask"]["value"])
+        self.vocab_size = spec.vocab_size
+        shape = (1, spec.num_kv_heads, context, spec.head_dim)
+        # Zeroed: slots a runner never wrote (Generator.assume_filled) hold zeros, not garbage.
+        self.cache = {f"{kind}.{i}": np.zeros(shape, dtype=np.float32)
+                      for i in range(spec.num_layers) for kind in ("key", "value")}
+        self.cos, self.sin = rotary_tables(spec, context)
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(a.nbytes for a in self.cache.values())
+
+    def cache_arrays(self) -> list[np.ndarray]:
+        return [self.cache[f"{kind}.{i}"] for i in range(self.spec.num_layers) for kind in ("key", "value")]
+
+    def forward(self, token_ids, position: int, all_rows: bool = False) -> np.ndarray:
+        """Run TOKEN_IDS placed at POSITION..; returns float32 logits of the last one."""
+        if all_rows:
+            raise GenerationError("static (qnn) packages return the last position's logits only: use a cpu package for all rows")
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        if position + ids.size > self.capacity:
+            raise GenerationError(f"context is full ({self.capacity} tokens): start a new conversation or export with a larger --context")
+        if ids.size == 1:
+            return self._run("decode", ids, position)
+        for start in range(0, ids.size, self.prefill_chunk):
+            logits = self._run("prefill", ids[start : start + self.prefill_chunk], position + start)
+        return logits
+
+    def _run(self, role: str, ids: np.ndarray, position: int) -> np.ndarray:
+        n = self.graphs[role]["tokens"]
+        real, pad = ids.size, n - ids.size
+        hidden = np.zeros((1, n, self.spec.hidden_size), dtype=np.float32)
+        hidden[0, pad:] = self.embeddings[ids]
+        rows = np.concatenate([np.full(pad, position, dtype=np.int64), np.arange(position, position + real)])
+        cos, sin = self.cos[rows][None, None], self.sin[rows][None, None]
+        mask = self._mask(n, pad, position)
+        for k, (session, part) in enumerate(zip(self.sessions[role], self.graphs[role]["parts"])):
+            feed = {part["inputs"][0]: hidden, "position_cos": cos, "position_sin": sin, "attention_mask": mask}
+            for name in part["inputs"][4:]:
+                feed[name] = self.cache[name.removeprefix("past_")]
+            if self.recorder is not None:
+                self.recorder(role, k, feed)
+            outputs = session.run(part["outputs"], feed)
+            for name, new in zip(part["outputs"][1:], outputs[1:]):
+                self.cache[name.removeprefix("new_")][:, :, position : position + real] = new[:, :, pad:]
+            hidden = outputs[0]
+        return hidden[0, -1].astype(np.float32, copy=False)
+
+    def _mask(self, n: int, pad: int, position: int) -> np.ndarray:
+        """[1,1,N,C+N]: real rows see the cache below POSITION and the new rows up to themselves; a padding
+        row sees only itself (its output is discarded; this keeps its softmax well defined)."""
+        c = self.capacity
+        mask = np.full((1, 1, n, c + n), self.mask_value, dtype=np.float32)
+        mask[0, 0, pad:, :position] = 0.0
+        new = np.tril(np.ones((n, n), dtype=bool))
+        new[:, :pad] = False  # padding columns
+        new[np.arange(pad), np.arange(pad)] = True
+        mask[0, 0][:, c:][new] = 0.0
+        return mask

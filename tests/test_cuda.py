@@ -1,0 +1,246 @@
+"""The CUDA backend: what can be checked without a GPU (provider options, errors, the binding plan, the
+fixed-address decode path run on the CPU), and on a GPU the same tokens as the CPU with and without graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import edgeinfer
+from edgeinfer.backends import BackendOptions, get_backend
+from edgeinfer.backends import cuda as cuda_backend
+from edgeinfer.errors import BackendError, GenerationError
+from edgeinfer.export.dynamic_graph import GREEDY_OUTPUT
+from edgeinfer.generator import Generator
+from edgeinfer.kv_runner import DynamicRunner, binding_plan
+from edgeinfer.package import load_manifest
+from edgeinfer.sampler import GREEDY, SamplingParams
+
+from .conftest import export_tiny
+
+CUDA = get_backend("cuda").availability()
+needs_gpu = pytest.mark.skipif(not CUDA.ok, reason=f"CUDA is absent here: {CUDA}")
+
+
+@pytest.fixture(scope="module")
+def cuda_pkg(qwen2_dir, tmp_path_factory):
+    return export_tiny(qwen2_dir, tmp_path_factory.mktemp("pkg") / "qwen2-cuda", precision="fp32", target="cuda",
+                       context_length=128)
+
+
+@pytest.fixture(scope="module")
+def cuda_all_logits_pkg(qwen2_dir, tmp_path_factory):
+    return export_tiny(qwen2_dir, tmp_path_factory.mktemp("pkg") / "qwen2-cuda-all", precision="w4a16", target="cuda",
+                       context_length=64, all_logits=True)
+
+
+# -- backend: options, errors, description ------------------------------------------------------------------
+def test_provider_options_capture_graphs_unless_turned_off():
+    backend = get_backend("cuda")
+    name, options = backend.providers(BackendOptions())[0]
+    assert name == "CUDAExecutionProvider"
+    assert options["enable_cuda_graph"] == "1" and options["device_id"] == "0"
+    assert backend.graph_capture(BackendOptions())
+    off = BackendOptions(provider_options={"enable_cuda_graph": "0", "device_id": 1})
+    assert not backend.graph_capture(off)
+    assert backend.providers(off)[0][1]["device_id"] == "1"  # user values win, as strings
+    assert backend.providers(off)[-1] == "CPUExecutionProvider"
+    assert not get_backend("cpu").graph_capture(BackendOptions())
+
+
+def test_missing_cuda_provider_says_what_to_install(monkeypatch, qwen2_fp32):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    status = get_backend("cuda").availability()
+    assert not status.ok
+    assert "has no CUDA execution provider" in str(status) and "pip install 'edgeinfer[cuda]'" in str(status)
+    with pytest.raises(BackendError, match=r"backend cuda is not available: onnxruntime .* has no CUDA execution provider"):
+        edgeinfer.load(qwen2_fp32, device="cuda")
+
+
+def test_no_visible_gpu_is_its_own_reason(monkeypatch):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(cuda_backend.shutil, "which", lambda _name: None)
+    status = get_backend("cuda").availability()
+    assert not status.ok and "no NVIDIA GPU" in status.reason
+    assert get_backend("cuda").device_description() == "no CUDA GPU"
+
+
+def test_gpu_description_and_versions(monkeypatch):
+    answers = {
+        True: "NVIDIA H100 80GB HBM3, 81559, 580.159.04\n",
+        False: "| NVIDIA-SMI 580.159.04   Driver Version: 580.159.04   CUDA Version: 13.0     |\n",
+    }
+    monkeypatch.setattr(cuda_backend.shutil, "which", lambda _name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(cuda_backend, "_nvidia_smi", lambda *args: answers[bool(args)])
+    info = cuda_backend.gpu_info()
+    assert info == {"name": "NVIDIA H100 80GB HBM3", "memory_mib": "81559", "driver": "580.159.04", "cuda": "13.0"}
+    backend = get_backend("cuda")
+    assert backend.device_description() == "NVIDIA H100 80GB HBM3 (80 GiB, driver 580.159.04, CUDA 13.0)"
+    versions = backend.versions()
+    assert versions["onnxruntime"] == ort.__version__
+    assert versions["gpu"] == "NVIDIA H100 80GB HBM3" and versions["cuda_driver"] == "580.159.04"
+    assert set(versions) >= {"onnxruntime_cuda", "cuda_driver_api", "gpu_memory_mib"}
+
+
+def test_session_errors_name_the_fix():
+    missing = "Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.13: cannot open shared object file"
+    assert "pip install 'edgeinfer[cuda]'" in cuda_backend._hint(missing, graph_capture=True)
+    assert "enable_cuda_graph=0" in cuda_backend._hint("This session cannot use the CUDA graph feature", graph_capture=True)
+    assert cuda_backend._hint("some other failure", graph_capture=True) == ""
+
+
+# -- export: the greedy output is on cuda packages only -----------------------------------------------------
+def test_cuda_packages_add_a_greedy_output_cpu_packages_do_not(cuda_pkg, qwen2_fp32):
+    cuda_outputs = load_manifest(cuda_pkg).graphs["decoder"]["outputs"]
+    cpu_outputs = load_manifest(qwen2_fp32).graphs["decoder"]["outputs"]
+    assert cuda_outputs == [*cpu_outputs, GREEDY_OUTPUT]
+    session = ort.InferenceSession(str(cuda_pkg / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == cuda_outputs
+
+
+# -- the binding plan ----------------------------------------------------------------------------------------
+def test_cuda_plan_fixes_decode_inputs_and_names_graphs(cuda_pkg):
+    manifest = load_manifest(cuda_pkg)
+    plan = binding_plan(manifest, "cuda", graph_id=3)
+    assert plan.fixed_decode_inputs and plan.graph_capture and plan.decode_graph_id == 3
+    assert plan.decode_total_length == manifest.context_length == plan.cache_shape[2]
+    assert plan.greedy_output == GREEDY_OUTPUT and plan.cache_dtype == "float16"
+    assert plan.cache[0] == ("past_key_values.0.key", "present.0.key") and len(plan.cache) == 2 * manifest.spec.num_layers
+    assert plan.run_config(decode=True) == {"gpu_graph_id": "3"}
+    assert plan.run_config(decode=False) == {"gpu_graph_id": "-1"}  # prefill: new shapes each time, never captured
+    eager = binding_plan(manifest, "cuda")
+    assert eager.fixed_decode_inputs and not eager.graph_capture and eager.run_config(decode=True) == {}
+
+
+def test_cpu_plan_is_the_plain_one(qwen2_fp32):
+    plan = binding_plan(load_manifest(qwen2_fp32), "cpu")
+    assert not plan.fixed_decode_inputs and not plan.graph_capture and plan.greedy_output is None
+    assert plan.decode_total_length is None and plan.run_config(decode=True) == {}
+
+
+def test_all_logits_packages_never_replay_a_graph(cuda_all_logits_pkg):
+    plan = binding_plan(load_manifest(cuda_all_logits_pkg), "cuda", graph_id=1)
+    assert not plan.fixed_decode_inputs and plan.decode_graph_id is None
+    assert plan.run_config(decode=True) == plan.run_config(decode=False) == {"gpu_graph_id": "-1"}
+
+
+def test_graph_ids_need_a_gpu_and_skip_zero(cuda_pkg):
+    manifest = load_manifest(cuda_pkg)
+    with pytest.raises(GenerationError, match="needs a GPU device"):
+        binding_plan(manifest, "cpu", graph_id=1)
+    with pytest.raises(GenerationError, match="0 is onnxruntime's own"):
+        binding_plan(manifest, "cuda", graph_id=0)
+
+
+# -- the fixed-address decode path, run on the CPU ------------------------------------------------------------
+def _cpu_runner(package, **plan_options) -> DynamicRunner:
+    manifest = load_manifest(package)
+    session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
+    return DynamicRunner(session, manifest, "cpu", plan=binding_plan(manifest, "cpu", **plan_options))
+
+
+def _greedy_run(runner, prompt, steps=24):
+    gen = Generator(runner, runner.vocab_size, GREEDY)
+    gen.append(prompt)
+    tokens, rows = [], []
+    for _ in range(steps):
+        rows.append(gen.logits.copy())
+        tokens.append(gen.next_token())
+        gen.append([tokens[-1]])
+    return tokens, np.array(rows)
+
+
+def test_fixed_decode_inputs_give_the_same_logits(cuda_pkg):
+    """The GPU's decode binding (buffers updated in place, total length = capacity) on the CPU EP."""
+    prompt = [5, 17, 99, 3, 250, 42, 8]
+    plain_tokens, plain_rows = _greedy_run(_cpu_runner(cuda_pkg, fixed_decode_inputs=False), prompt)
+    fixed_tokens, fixed_rows = _greedy_run(_cpu_runner(cuda_pkg, fixed_decode_inputs=True), prompt)
+    assert fixed_tokens == plain_tokens
+    np.testing.assert_allclose(fixed_rows, plain_rows, atol=2e-3)
+
+
+def test_greedy_token_is_the_argmax_of_the_last_row(cuda_pkg):
+    runner = _cpu_runner(cuda_pkg, fixed_decode_inputs=True)
+    runner.run(np.array([1, 2, 3]), 0)
+    assert runner.greedy_token() == int(np.argmax(runner.last_logits()))
+    runner.run(np.array([4]), 3)  # the decode binding
+    assert runner.greedy_token() == int(np.argmax(runner.last_logits()))
+
+
+def test_greedy_decode_reads_no_logits_when_the_graph_has_an_argmax(cuda_pkg):
+    runner = _cpu_runner(cuda_pkg, fixed_decode_inputs=True)
+    fetched = []
+    original = runner.last_logits
+    runner.last_logits = lambda all_rows=False: fetched.append(1) or original(all_rows)
+    gen = Generator(runner, runner.vocab_size, GREEDY)
+    gen.append([1, 2, 3])
+    for _ in range(4):
+        gen.append([gen.next_token()])
+    assert not fetched
+    sampled = Generator(runner, runner.vocab_size, SamplingParams(temperature=0.6, seed=0))  # needs the row
+    sampled.append([1, 2, 3])
+    sampled.next_token()
+    assert fetched
+
+
+def test_cuda_package_matches_cpu_package_tokens(cuda_pkg, qwen2_fp32):
+    """fp16 activations (cuda package) against fp32 (cpu package) on the same weights, both on the CPU EP."""
+    prompt = [7, 70, 170, 17, 1]
+    cuda_tokens, _ = _greedy_run(_cpu_runner(cuda_pkg, fixed_decode_inputs=True), prompt, steps=32)
+    cpu_tokens, _ = _greedy_run(_cpu_runner(qwen2_fp32), prompt, steps=32)
+    assert cuda_tokens == cpu_tokens
+
+
+def test_forward_only_runners_still_drive_the_generator(qwen2_fp32):
+    """Runners without run/last_logits (the static qnn runner) keep working through forward."""
+    inner = _cpu_runner(qwen2_fp32)
+
+    class ForwardOnly:
+        capacity = inner.capacity
+
+        def forward(self, token_ids, position, all_rows=False):
+            return inner.forward(token_ids, position, all_rows).copy()
+
+    expected, _ = _greedy_run(_cpu_runner(qwen2_fp32), [3, 4, 5], steps=8)
+    gen = Generator(ForwardOnly(), inner.vocab_size, GREEDY)
+    gen.append([3, 4, 5])
+    tokens = []
+    for _ in range(8):
+        tokens.append(gen.next_token())
+        gen.append([tokens[-1]])
+    assert tokens == expected
+
+
+# -- on a GPU ---------------------------------------------------------------------------------------------------
+def _model_tokens(model, prompt, steps=32):
+    gen = model.generator(GREEDY)
+    gen.append(prompt)
+    tokens = []
+    for _ in range(steps):
+        tokens.append(gen.next_token())
+        gen.append([tokens[-1]])
+    return tokens
+
+
+@needs_gpu
+def test_gpu_tokens_equal_cpu_tokens_with_and_without_graphs(cuda_pkg, qwen2_fp32):
+    prompt = [7, 70, 170, 17, 1]
+    cpu = _model_tokens(edgeinfer.load(qwen2_fp32), prompt)
+    graphs = edgeinfer.load(cuda_pkg, device="cuda")
+    eager = edgeinfer.load(cuda_pkg, device="cuda", options=BackendOptions(provider_options={"enable_cuda_graph": "0"}))
+    assert graphs.engine.graph_capture and not eager.engine.graph_capture
+    assert _model_tokens(eager, prompt) == cpu
+    assert _model_tokens(graphs, prompt) == cpu
+    assert _model_tokens(graphs, prompt) == cpu  # a second generator: its own cache and graph
+
+
+@needs_gpu
+def test_gpu_logits_match_cpu_logits(cuda_pkg):
+    model = edgeinfer.load(cuda_pkg, device="cuda")
+    reference = _cpu_runner(cuda_pkg)
+    gen = model.generator(GREEDY)
+    gen.append([1, 2, 3, 4])
+    np.testing.assert_allclose(gen.logits, reference.forward(np.array([1, 2, 3, 4]), 0), atol=2e-2)
+    gen.append([9])  # a graph replay
+    np.testing.assert_allclose(gen.logits, reference.forward(np.array([9]), 4), atol=2e-2)

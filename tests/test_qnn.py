@@ -1,0 +1,197 @@
+"""The qnn target: static W4A16 QDQ graphs on the HTP (a simulator on x86-64), checked against the CPU EP.
+
+Each comparison runs the same QDQ package on both sides, so a difference is the HTP's, not quantization's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeinfer
+from edgeinfer.backends import BackendOptions, get_backend
+from edgeinfer.errors import GenerationError
+from edgeinfer.generator import Generator
+from edgeinfer.package import load_manifest
+from edgeinfer.sampler import GREEDY
+from edgeinfer.static_runner import StaticEngine
+
+from .conftest import export_tiny
+
+QNN = get_backend("qnn").availability()
+pytestmark = [pytest.mark.qnn, pytest.mark.skipif(not QNN.ok, reason=f"qnn backend not available: {QNN}")]
+
+CHUNK = 32
+
+
+@pytest.fixture(scope="module")
+def qdq_pkg(tmp_path_factory) -> Path:
+    return export_tiny("preset:tiny-qwen2", tmp_path_factory.mktemp("qnn") / "tiny-qnn", target="qnn", prefill_chunk=CHUNK)
+
+
+@pytest.fixture(scope="module")
+def fp32_cpu_pkg(tmp_path_factory) -> Path:
+    return export_tiny("preset:tiny-qwen2", tmp_path_factory.mktemp("qnn") / "tiny-fp32", precision="fp32")
+
+
+def cpu_static_generator(package: Path) -> Generator:
+    """The static package on the CPU EP: the reference the HTP must match."""
+    manifest = load_manifest(package)
+    engine = StaticEngine(get_backend("cpu"), package, manifest, BackendOptions())
+    return Generator(engine.new_runner(), manifest.spec.vocab_size, GREEDY)
+
+
+def greedy(generator: Generator, prompt: list[int], steps: int) -> list[int]:
+    generator.append(prompt)
+    tokens = []
+    for _ in range(steps):
+        tokens.append(generator.next_token())
+        generator.append([tokens[-1]])
+    return tokens
+
+
+def prompt(length: int, seed: int = 0) -> list[int]:
+    return np.random.default_rng(seed).integers(0, 256, size=length).tolist()
+
+
+def test_manifest_records_the_precision_plan(qdq_pkg):
+    manifest = load_manifest(qdq_pkg)
+    assert manifest.graph_flavour == "static" and manifest.graphs["prefill"]["tokens"] == CHUNK
+    assert manifest.graphs["decode"]["tokens"] == 1
+    assert manifest.graphs["host"]["embeddings"]["dtype"] == "float16"
+    plan = manifest.graphs["quantization"]
+    assert "int4" in plan["weights"] and "uint16" in plan["activations"] and plan["calibration"]["chat_template"]
+    import onnx
+
+    for role in ("prefill", "decode"):
+        model = onnx.load(str(qdq_pkg / manifest.graphs[role]["parts"][0]["file"]), load_external_data=False)
+        domains = {n.domain for n in model.graph.node}
+        assert domains <= {"", "ai.onnx"}, f"{role} uses contrib ops: {domains}"
+
+
+def test_every_node_on_qnn_with_fallback_disabled(qdq_pkg):
+    model = edgeinfer.load(qdq_pkg, device="qnn")  # fallback is disabled by default: this fails if any node is left
+    assert len(model.engine.sessions["decode"]) == len(model.engine.sessions["prefill"]) >= 1
+
+
+def test_allow_fallback_reports_the_share_on_qnn(qdq_pkg, capsys):
+    model = edgeinfer.load(qdq_pkg, device="qnn", options=BackendOptions(allow_fallback=True))
+    share = model.backend.last_assignment["qnn_share"]
+    print(capsys.readouterr().err.strip())
+    assert share > 0.9  # QNN leaves only the graph-boundary Q/DQ to the CPU when allowed to
+
+
+def test_greedy_tokens_equal_cpu_ep_on_the_same_qdq_package(qdq_pkg):
+    model = edgeinfer.load(qdq_pkg, device="qnn")
+    for length in (5, 45):  # one padded prefill chunk; two chunks, the second padded
+        ours = greedy(model.generator(GREEDY), prompt(length, length), 16)
+        reference = greedy(cpu_static_generator(qdq_pkg), prompt(length, length), 16)
+        print(f"prompt {length}: qnn {ours}\n           cpu {reference}")
+        assert ours == reference
+
+
+def test_generate_api_works_on_qnn(qdq_pkg):
+    model = edgeinfer.load(qdq_pkg, device="qnn")
+    result = model.generate("Hello", max_new_tokens=8, sampling=GREEDY, ignore_eos=True)
+    assert len(result.token_ids) == 8 and result.finish_reason == "length"
+    with pytest.raises(GenerationError, match="last position"):
+        model.generator(GREEDY).runner.forward(np.array([1, 2]), 0, all_rows=True)
+
+
+def test_assume_filled_positions_decode(qdq_pkg):
+    gen = edgeinfer.load(qdq_pkg, device="qnn").generator(GREEDY)
+    gen.assume_filled(200)
+    gen.append([3])
+    assert np.isfinite(gen.logits).all() and gen.position == 201
+
+
+def test_context_binary_is_written_then_reused_and_rebuilt_when_stale(qdq_pkg):
+    for stale in qdq_pkg.glob("*_ctx*"):
+        stale.unlink()
+    started = time.perf_counter()
+    first = edgeinfer.load(qdq_pkg, device="qnn", verify=False)
+    first_s = time.perf_counter() - started
+    stamps = sorted(qdq_pkg.glob("*_ctx.json"))
+    assert [p.name for p in stamps] == ["decode_ctx.json", "prefill_ctx.json"]
+    assert list(qdq_pkg.glob("decode_ctx*.bin")) and (qdq_pkg / "decode_ctx.onnx").is_file()
+    binary = next(qdq_pkg.glob("decode_ctx*.bin"))
+    written = binary.stat().st_mtime_ns
+    started = time.perf_counter()
+    second = edgeinfer.load(qdq_pkg, device="qnn", verify=False)
+    second_s = time.perf_counter() - started
+    print(f"first load (compile + write context) {first_s:.2f} s, second load (context binary) {second_s:.2f} s")
+    assert binary.stat().st_mtime_ns == written  # reused, not recompiled
+    tokens = greedy(second.generator(GREEDY), prompt(7), 4)
+    assert tokens == greedy(first.generator(GREEDY), prompt(7), 4)
+
+    stamp = json.loads(stamps[0].read_text())
+    stamp["qnn_build"] = "v0.0.0.other"  # as if QNN had been upgraded since the compile
+    stamps[0].write_text(json.dumps(stamp))
+    edgeinfer.load(qdq_pkg, device="qnn", verify=False)
+    assert json.loads(stamps[0].read_text())["qnn_build"] != "v0.0.0.other"
+    assert next(qdq_pkg.glob("decode_ctx*.bin")).stat().st_mtime_ns != written
+
+
+def test_read_only_package_caches_contexts_elsewhere(qdq_pkg, tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == qdq_pkg and mode == os.W_OK else real_access(p, mode))
+    edgeinfer.load(qdq_pkg, device="qnn", verify=False)
+    assert len(list((tmp_path / "qnn").glob("*/decode_ctx.json"))) == 1
+
+
+def test_qdq_top1_agreement_with_the_fp32_cpu_package(qdq_pkg, fp32_cpu_pkg):
+    reference = edgeinfer.load(fp32_cpu_pkg)
+    agree = []
+    for seed in range(3):
+        ids = prompt(20 + 10 * seed, seed)
+        ref, ours = reference.generator(GREEDY), cpu_static_generator(qdq_pkg)
+        ref.append(ids)
+        ours.append(ids)
+        for _ in range(16):  # teacher-forced: both see the fp32 model's tokens
+            token = ref.next_token()
+            agree.append(token == ours.next_token())
+            ref.append([token])
+            ours.append([token])
+    print(f"W4A16 QDQ vs fp32 (tiny preset, random weights): top-1 agreement {np.mean(agree):.0%} over {len(agree)} steps")
+    assert np.mean(agree) >= 0.6
+
+
+def test_fp32_static_package_matches_the_dynamic_graph(tmp_path, fp32_cpu_pkg):
+    package = export_tiny("preset:tiny-qwen2", tmp_path / "fp32-qnn", target="qnn", precision="fp32", prefill_chunk=16)
+    ids = prompt(40, 3)
+    ref = edgeinfer.load(fp32_cpu_pkg).generator(GREEDY)
+    ref.append(ids)
+    ours = cpu_static_generator(package)
+    ours.append(ids)
+    np.testing.assert_allclose(ours.logits, ref.logits, atol=1e-4)
+    on_htp = edgeinfer.load(package, device="qnn").generator(GREEDY)  # fp16 on the HTP
+    on_htp.append(ids)
+    np.testing.assert_allclose(on_htp.logits, ref.logits, atol=0.02)
+
+
+def test_large_models_split_into_parts(tmp_path, monkeypatch):
+    from edgeinfer.export import static_graph
+
+    monkeypatch.setattr(static_graph, "PART_BYTES", 20_000)  # one tiny layer per part
+    package = export_tiny("preset:tiny-qwen2", tmp_path / "parts", target="qnn", prefill_chunk=16)
+    manifest = load_manifest(package)
+    assert [p["layers"] for p in manifest.graphs["decode"]["parts"]] == [[0, 1], [1, 2]]
+    ours = greedy(edgeinfer.load(package, device="qnn").generator(GREEDY), prompt(20), 8)
+    assert ours == greedy(cpu_static_generator(package), prompt(20), 8)
+
+
+def test_bench_runs_on_qnn(tmp_path, monkeypatch):
+    from edgeinfer.bench.runner import bench
+
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path))
+    result = bench("qnn", "preset:tiny-qwen2", prompt_lens=(16,), gen_len=8, repeat=2, warmup=0, context=256,
+                   progress=False)
+    assert "simulator" in result["device_description"] and result["tests"][0]["summary"]["decode_tokens_per_s"]
+    assert [p["context"] for p in result["sweep"]] == [128]
