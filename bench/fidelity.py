@@ -70,9 +70,11 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=1024)
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--accuracy-level", type=int, default=4)
-    parser.add_argument("--asymmetric", action="store_true")
+    parser.add_argument("--symmetric", action="store_true")
+    parser.add_argument("--clip-search", action="store_true")
+    parser.add_argument("--uniform-bits", action="store_true", help="4 bits everywhere (no 8-bit v/down)")
     parser.add_argument("--float-embeddings", action="store_true")
-    parser.add_argument("--lm-head-bits", type=int, default=4)
+    parser.add_argument("--lm-head-bits", type=int, default=8)
     parser.add_argument("--reference-cache", type=Path, help="reuse transformers' logits saved here (.npy)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -83,7 +85,7 @@ def main() -> None:
 
     options = ExportOptions(precision="w4a16", context_length=max(2048, args.positions), all_logits=True,
                             block_size=args.block_size, accuracy_level=args.accuracy_level,
-                            symmetric=not args.asymmetric, quantize_embeddings=not args.float_embeddings,
+                            symmetric=args.symmetric, clip_search=args.clip_search, mixed_bits=not args.uniform_bits, quantize_embeddings=not args.float_embeddings,
                             lm_head_bits=args.lm_head_bits)
     started = time.perf_counter()
     export(str(args.gguf), args.package, options, force=True)

@@ -40,6 +40,25 @@ def has_greedy_output(options: ExportOptions) -> bool:
     return options.target == "cuda"
 
 
+def more_bits_layer(layer: int, num_layers: int) -> bool:
+    """llama.cpp's Q4_K_M rule (use_more_bits): the first and last eighth of layers, and every third between."""
+    eighth = num_layers // 8
+    return layer < eighth or layer >= num_layers - eighth or (layer - eighth) % 3 == 2
+
+
+def weight_bits(source: WeightSource, names: list[str], options: ExportOptions) -> int:
+    """4 bits, or 8 for the tensors 4 bits hurts most: v_proj and down_proj in some layers (as Q4_K_M does),
+    or, for a source that says how it stored each tensor (GGUF), wherever it kept more than 4 bits."""
+    if not options.mixed_bits:
+        return 4
+    stored = getattr(source, "stored_bits", None)
+    if stored is not None:
+        return 8 if any(stored(n) > 4 for n in names) else 4
+    sensitive = [n for n in names if n.endswith(("v_proj.weight", "down_proj.weight"))]
+    layers = [int(n.split(".")[2]) for n in sensitive]
+    return 8 if any(more_bits_layer(i, source.spec.num_layers) for i in layers) else 4
+
+
 def rotary_tables(spec: ArchSpec, length: int) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin of [length, head_dim / 2], the non-interleaved (GPT-NeoX) rotary that HF Qwen2/Llama use."""
     inv_freq = 1.0 / (spec.rope_theta ** (np.arange(0, spec.head_dim, 2, dtype=np.float64) / spec.head_dim))
@@ -60,13 +79,14 @@ class DynamicDecoderGraph:
     def _weights(self, names: list[str]) -> np.ndarray:
         return np.concatenate([self.source.tensor(n) for n in names], axis=0)
 
-    def linear(self, x: str, name: str, weight_names: list[str], bias_names: list[str] = (), bits: int | None = 4) -> str:
+    def linear(self, x: str, name: str, weight_names: list[str], bias_names: list[str] = (), bits: int | None = None) -> str:
         """y = x W^T (+ b): MatMulNBits with BITS-bit weights for w4a16 (None keeps this one in float)."""
+        bits = weight_bits(self.source, weight_names, self.options) if bits is None else bits
         weight = self._weights(weight_names)  # [N, K]
         bias = self._weights(bias_names).astype(self.dtype) if bias_names else None
         n, k = weight.shape
         if self.options.precision == "w4a16" and bits:
-            q = quantize_blocks(weight, self.options.block_size, self.options.symmetric, bits)
+            q = quantize_blocks(weight, self.options.block_size, self.options.symmetric, bits, self.options.clip_search)
             inputs = [
                 x,
                 self.w.initializer(f"{name}.qweight", q.packed),
@@ -98,7 +118,7 @@ class DynamicDecoderGraph:
         # GatherBlockQuantized needs whole blocks along the hidden size; otherwise the table stays float.
         whole_blocks = table.shape[1] % self.options.block_size == 0
         if self.options.precision == "w4a16" and self.options.quantize_embeddings and whole_blocks:
-            q = quantize_blocks(table, self.options.block_size, self.options.symmetric)
+            q = quantize_blocks(table, self.options.block_size, self.options.symmetric, clip_search=self.options.clip_search)
             inputs = [
                 self.w.initializer("embed.qweight", q.packed.reshape(q.packed.shape[0], -1)),
                 input_ids,

@@ -88,6 +88,14 @@ class GGUFSource:
             tie_word_embeddings=not has_output,
         )
 
+    def stored_bits(self, name: str) -> int:
+        """Bits per weight the GGUF stored NAME with (Q4_K -> 4, Q6_K -> 6, F16 -> 16...)."""
+        tensor = self._tensors.get(name) or self._tensors["model.embed_tokens.weight"]
+        kind = tensor.tensor_type.name
+        if kind.startswith(("Q", "IQ")):
+            return int(kind.lstrip("IQ")[0])
+        return {"F32": 32, "F16": 16, "BF16": 16}.get(kind, 16)
+
     def tensor(self, name: str) -> np.ndarray:
         import gguf
 

@@ -16,11 +16,13 @@ class ExportOptions:
     target: str = "cpu"
     context_length: int = 4096
     block_size: int = 32  # 4-bit quantization block along the input dimension
-    symmetric: bool = True  # symmetric 4-bit (no zero points), as llama.cpp's Q4_0
+    symmetric: bool = False  # asymmetric 4-bit (with zero points): closer to the weights than symmetric
+    clip_search: bool = False  # per block, the least-squared-error range instead of min..max (slow; small gain)
+    mixed_bits: bool = True  # 8-bit attn_v and ffn_down where Q4_K_M keeps 6 bits (see dynamic_graph.weight_bits)
     accuracy_level: int = 4  # MatMulNBits compute type on CPU: 4 = int8 dot products (fastest on AVX2)
     all_logits: bool = False  # prefill returns logits for every position, not just the last
     quantize_embeddings: bool = True  # w4a16 only: 4-bit embedding table (GatherBlockQuantized)
-    lm_head_bits: int = 4  # w4a16 only: 4 or 8 (the most sensitive matmul), 0 = keep it float
+    lm_head_bits: int = 8  # w4a16 only: 8 (default: the most sensitive matmul), 4, or 0 to keep it float
     prefill_chunk: int = 128  # static graphs (qnn): tokens per prefill run
 
     def __post_init__(self):
