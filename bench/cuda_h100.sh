@@ -44,6 +44,8 @@ start() {
     # cpu for parity) and the Hugging Face folder onnxruntime-genai's builder reads.
     setsid nohup bash -c "python3 -c \"$PRESET_CUDA\" cuda > $LOG/export_cuda.log 2>&1; touch $LOG/export_cuda.done" > /dev/null 2>&1 &
     setsid nohup bash -c "python3 -c \"$PRESET_CUDA\" cpu > $LOG/export_cpu.log 2>&1; touch $LOG/export_cpu.done" > /dev/null 2>&1 &
+    # The same preset with uniform 4-bit weights (no 8-bit lm_head/v/down): what the mixed default costs in speed.
+    setsid nohup bash -c "python3 -m edgeinfer.cli export preset:deepseek-r1-distill-qwen-1.5b -o /root/pkg-u4 --target cuda --uniform-bits --lm-head-bits 4 > $LOG/export_u4.log 2>&1; touch $LOG/export_u4.done" > /dev/null 2>&1 &
     setsid nohup bash -c "python3 bench/cuda_compare.py hf-checkpoint /root/hf15 > $LOG/hf.log 2>&1; touch $LOG/hf.done" > /dev/null 2>&1 &
     # Meanwhile, the tests that need no GPU against the machine's own (CPU) onnxruntime.
     timeout 120 python3 -m pytest tests/test_cuda.py -q -x -rs -p no:cacheprovider 2>&1 | tail -5
@@ -75,13 +77,16 @@ run() {
     echo "== edgeinfer bench --device cuda"
     python3 -m edgeinfer.cli bench --device cuda --prompt-len 128,1024 --gen-len 256 --repeat 5 \
         --json $OUT/edgeinfer_cuda_h100.json 2>&1 | grep -v "it/s\]" | tail -20
+    echo "== edgeinfer, uniform 4-bit"
+    wait_for export_u4 200 && python3 -m edgeinfer.cli bench --device cuda --model /root/pkg-u4 --prompt-len 128,1024 \
+        --gen-len 256 --repeat 5 --json $OUT/edgeinfer_cuda_h100_u4.json 2>&1 | grep -v "it/s\]" | tail -8
     echo "== edgeinfer, CUDA graphs off"
     python3 bench/cuda_compare.py edge-eager $OUT/edgeinfer_cuda_h100_nograph.json 2>&1 | tail -4
     echo "== onnxruntime-genai-cuda"
     timeout 120 python3 bench/cuda_compare.py genai /root/genai15 $OUT/genai_cuda_h100.json 2>&1 | tail -4
     timeout 120 python3 bench/cuda_compare.py genai /root/genai15 $OUT/genai_cuda_graph_h100.json --cuda-graph 2>&1 | tail -4
     echo "== comparison"
-    python3 bench/cuda_compare.py compare $OUT/compare_h100.md $OUT/edgeinfer_cuda_h100.json \
+    python3 bench/cuda_compare.py compare $OUT/compare_h100.md $OUT/edgeinfer_cuda_h100.json $(ls $OUT/edgeinfer_cuda_h100_u4.json 2>/dev/null) \
         $OUT/edgeinfer_cuda_h100_nograph.json $OUT/genai_cuda_h100.json $(ls $OUT/genai_cuda_graph_h100.json 2>/dev/null)
     echo "== parity: GPU vs CPU tokens"
     timeout 200 python3 bench/cuda_compare.py parity $OUT/parity_h100.json --large-cpu "$cpu_pkg" --large-cuda "$cuda_pkg" 2>&1 | tail -12

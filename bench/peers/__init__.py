@@ -60,3 +60,16 @@ def result(system: str, weights: str, file_bytes: int, test: str, rates: list[fl
 def dir_bytes(path: Path) -> int:
     """Bytes of the model files (graph and external weights) under an exported folder."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.name.endswith((".onnx", ".onnx.data", ".onnx_data")))
+
+
+def from_driver_runs(system: str, weights: str, file_bytes: int, prompt_lens: list[int], gen_len: int,
+                     runs: list[dict], notes: str) -> list[PeerResult]:
+    """Rows pp{P} (prompt / TTFT) and tg{N} @ d{P} (decode after the prompt) from a timing driver's runs."""
+    results = []
+    for p in prompt_lens:
+        mine = [r for r in runs if r["prompt_len"] == p]
+        results.append(result(system, weights, file_bytes, f"pp{p}", [r["prefill_tok_s"] for r in mine],
+                              [r["ttft_ms"] for r in mine], notes + "; pp = prompt / TTFT"))
+        results.append(result(system, weights, file_bytes, f"tg{gen_len} @ d{p}", [r["decode_tok_s"] for r in mine],
+                              notes=notes))
+    return results

@@ -1,0 +1,84 @@
+"""Run the benchmark peers (llama.cpp, onnxruntime-genai, optimum) and write one JSON with the machine.
+
+    python bench/run_peers.py --prompt-lens 128 --gen-len 64 --repeat 3 --threads 2
+Peers come from bench/setup_peers.sh; a missing one is recorded with the reason and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.peers import PEERS, PeerResult  # noqa: E402
+from edgeinfer.bench.machine import describe_machine  # noqa: E402
+
+PEER_MODULES = ("llama_cpp", "ort_genai", "optimum_ort")
+CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
+
+
+def machine() -> dict:
+    """edgeinfer's machine description (so tables merge), plus what explains peer figures here."""
+    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    build_info = PEERS / "llama.cpp" / "BUILD_INFO.txt"
+    return {
+        **describe_machine(),
+        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+        "loadavg_1_5_15": os.getloadavg(),  # other work on a shared machine skews the figures
+        "system_packages": {name: version(name) for name in ("torch", "transformers", "onnxruntime")},
+        "llama_cpp_build": build_info.read_text().splitlines() if build_info.exists() else None,
+    }
+
+
+def table(results: list[PeerResult]) -> str:
+    rows = ["| system | weights | MiB | test | tok/s (median) | min - max | TTFT ms |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        ttft = f"{r.ttft_ms:.0f}" if r.ttft_ms is not None else ""
+        rows.append(f"| {r.system} | {r.weights} | {r.file_bytes / 2**20:.0f} | {r.test} | {r.tokens_per_s:.2f} | "
+                    f"{r.tokens_per_s_min:.2f} - {r.tokens_per_s_max:.2f} | {ttft} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompt-lens", type=int, nargs="+", default=[128])
+    ap.add_argument("--gen-len", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--peers", nargs="+", choices=PEER_MODULES, default=list(PEER_MODULES))
+    ap.add_argument("--workdir", type=Path, default=PEERS / "models", help="where derived models are made once")
+    ap.add_argument("--out", type=Path, help="default: bench/results/peers-cpu-DATE.json")
+    args = ap.parse_args()
+    today = datetime.date.today().isoformat()
+    out = args.out or Path(__file__).resolve().parent / "results" / f"peers-cpu-{today}.json"
+
+    status, results = {}, []
+    for name in args.peers:
+        peer = importlib.import_module(f"bench.peers.{name}")
+        ok, reason = peer.available()
+        status[name] = {"available": ok, "reason": reason}
+        print(f"{name}: {reason}", file=sys.stderr)
+        if ok:
+            t0 = time.perf_counter()
+            results += peer.run(args.prompt_lens, args.gen_len, args.repeat, args.threads, args.workdir)
+            status[name]["seconds"] = round(time.perf_counter() - t0, 1)
+
+    settings = {k: v for k, v in vars(args).items() if k in ("prompt_lens", "gen_len", "repeat", "threads")}
+    report = {"date": today, "machine": machine(), "settings": settings, "peers": status,
+              "results": [asdict(r) for r in results]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(results))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
