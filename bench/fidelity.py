@@ -68,10 +68,9 @@ def main() -> None:
     parser.add_argument("gguf", type=Path)
     parser.add_argument("--package", type=Path, default=Path("/tmp/edgeinfer-fidelity-w4a16"))
     parser.add_argument("--positions", type=int, default=1024)
-    parser.add_argument("--block-size", type=int, default=32)
+    parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--accuracy-level", type=int, default=4)
     parser.add_argument("--symmetric", action="store_true")
-    parser.add_argument("--clip-search", action="store_true")
     parser.add_argument("--uniform-bits", action="store_true", help="4 bits everywhere (no 8-bit v/down)")
     parser.add_argument("--float-embeddings", action="store_true")
     parser.add_argument("--lm-head-bits", type=int, default=8)
@@ -85,7 +84,7 @@ def main() -> None:
 
     options = ExportOptions(precision="w4a16", context_length=max(2048, args.positions), all_logits=True,
                             block_size=args.block_size, accuracy_level=args.accuracy_level,
-                            symmetric=args.symmetric, clip_search=args.clip_search, mixed_bits=not args.uniform_bits, quantize_embeddings=not args.float_embeddings,
+                            symmetric=args.symmetric, mixed_bits=not args.uniform_bits, quantize_embeddings=not args.float_embeddings,
                             lm_head_bits=args.lm_head_bits)
     started = time.perf_counter()
     export(str(args.gguf), args.package, options, force=True)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.peers import PEERS, PeerResult  # noqa: E402
 from edgeinfer.bench.machine import describe_machine  # noqa: E402
 
-PEER_MODULES = ("llama_cpp", "ort_genai", "optimum_ort")
+PEER_MODULES = ("edgeinfer_cpu", "llama_cpp", "ort_genai", "optimum_ort")
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
 
 
@@ -45,6 +45,16 @@ def table(results: list[PeerResult]) -> str:
         rows.append(f"| {r.system} | {r.weights} | {r.file_bytes / 2**20:.0f} | {r.test} | {r.tokens_per_s:.2f} | "
                     f"{r.tokens_per_s_min:.2f} - {r.tokens_per_s_max:.2f} | {ttft} |")
     return "\n".join(rows)
+
+
+def ratios(results: list[PeerResult]) -> str:
+    """edgeinfer's speed over each peer's, test by test (above 1: edgeinfer is faster)."""
+    ours = {r.test: r for r in results if r.system == "edgeinfer"}
+    lines = []
+    for r in results:
+        if r.system != "edgeinfer" and r.test in ours and r.tokens_per_s:
+            lines.append(f"- {r.test}: edgeinfer / {r.system} {r.weights}: x{ours[r.test].tokens_per_s / r.tokens_per_s:.2f}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -77,6 +87,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(results))
+    print()
+    print(ratios(results))
     print(f"wrote {out}", file=sys.stderr)
 
 

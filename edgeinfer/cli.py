@@ -16,7 +16,7 @@ def _export(args) -> None:
 
     options = ExportOptions(
         precision=args.precision, target=args.target, context_length=args.context, block_size=args.block_size,
-        symmetric=args.symmetric, clip_search=args.clip_search, mixed_bits=not args.uniform_bits, lm_head_bits=args.lm_head_bits,
+        symmetric=args.symmetric, mixed_bits=not args.uniform_bits, lm_head_bits=args.lm_head_bits,
         accuracy_level=args.accuracy_level, all_logits=args.all_logits,
         quantize_embeddings=not args.float_embeddings, prefill_chunk=args.prefill_chunk,
     )
@@ -124,9 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="w4a16", choices=["w4a16", "fp16", "fp32"])
     p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "qnn"])
     p.add_argument("--context", type=int, default=4096, help="context length (KV cache size) in tokens")
-    p.add_argument("--block-size", type=int, default=32, help="4-bit quantization block size")
+    p.add_argument("--block-size", type=int, default=128, help="4-bit block size: 128 fastest, 16 most faithful")
     p.add_argument("--symmetric", action="store_true", help="4-bit without zero points (default: asymmetric)")
-    p.add_argument("--clip-search", action="store_true", help="least-error clipping per block (slower export)")
     p.add_argument("--uniform-bits", action="store_true", help="4 bits everywhere (default: 8-bit v/down in some layers)")
     p.add_argument("--lm-head-bits", type=int, default=8, choices=[0, 4, 8], help="lm_head weights (0 = float)")
     p.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4], help="MatMulNBits compute type (4 = int8)")

@@ -86,7 +86,7 @@ class DynamicDecoderGraph:
         bias = self._weights(bias_names).astype(self.dtype) if bias_names else None
         n, k = weight.shape
         if self.options.precision == "w4a16" and bits:
-            q = quantize_blocks(weight, self.options.block_size, self.options.symmetric, bits, self.options.clip_search)
+            q = quantize_blocks(weight, self.options.block_size, self.options.symmetric, bits)
             inputs = [
                 x,
                 self.w.initializer(f"{name}.qweight", q.packed),
@@ -118,7 +118,7 @@ class DynamicDecoderGraph:
         # GatherBlockQuantized needs whole blocks along the hidden size; otherwise the table stays float.
         whole_blocks = table.shape[1] % self.options.block_size == 0
         if self.options.precision == "w4a16" and self.options.quantize_embeddings and whole_blocks:
-            q = quantize_blocks(table, self.options.block_size, self.options.symmetric, clip_search=self.options.clip_search)
+            q = quantize_blocks(table, self.options.block_size, self.options.symmetric)
             inputs = [
                 self.w.initializer("embed.qweight", q.packed.reshape(q.packed.shape[0], -1)),
                 input_ids,

@@ -11,8 +11,6 @@ import numpy as np
 from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
 _ROWS_PER_SLAB = 8192
-# Clip ranges tried per block (fractions of the block's min and max): 9 pairs find most of the gain of a fine search.
-_CLIP_RATIOS = (1.0, 0.9, 0.8)
 _PACKERS = {4: quantize_matmul_4bits, 8: quantize_matmul_8bits}
 
 
@@ -25,36 +23,11 @@ class QuantizedBlocks:
     bits: int
 
 
-def best_clip(blocks: np.ndarray, levels: int) -> np.ndarray:
-    """Clip each block (last axis) to the [lo, hi] range whose asymmetric grid gives the least squared error.
-
-    Round-to-nearest over the full min..max range wastes levels on rare outliers; clipping them costs less
-    than the coarser grid does everywhere else. The packer then sees the clipped block and picks exactly
-    that range, so the rounding itself stays onnxruntime's.
-    """
-    lo0 = np.minimum(blocks.min(-1, keepdims=True), 0)  # the packer always includes zero in the range
-    hi0 = np.maximum(blocks.max(-1, keepdims=True), 0)
-    best = np.full(lo0.shape, np.inf, dtype=np.float32)
-    best_lo, best_hi = lo0, hi0
-    for a in _CLIP_RATIOS:
-        for b in _CLIP_RATIOS:
-            lo, hi = lo0 * a, hi0 * b
-            scale = (hi - lo) / (levels - 1)
-            scale[scale == 0] = 1
-            zero = np.round(-lo / scale)
-            q = np.clip(np.round(blocks / scale + zero), 0, levels - 1)
-            err = np.square((q - zero) * scale - blocks).sum(-1, keepdims=True)
-            better = err < best
-            best = np.where(better, err, best)
-            best_lo, best_hi = np.where(better, lo, best_lo), np.where(better, hi, best_hi)
-    return np.clip(blocks, best_lo, best_hi)
-
-
-def quantize_blocks(weight_out_in: np.ndarray, block_size: int, symmetric: bool, bits: int = 4,
-                    clip_search: bool = False) -> QuantizedBlocks:
+def quantize_blocks(weight_out_in: np.ndarray, block_size: int, symmetric: bool, bits: int = 4) -> QuantizedBlocks:
     """Quantize a [N, K] (out, in) weight along K in blocks; N rows are independent.
 
-    clip_search (asymmetric only) picks each block's range by least squared error instead of min..max.
+    Round-to-nearest over each block's min..max. (Clipping blocks to their least-squared-error range was tried:
+    it lowered the weights' error by 24% and raised perplexity on real weights, 5.3% -> 7.6% over fp32.)
     """
     n, k = weight_out_in.shape
     k_blocks = -(-k // block_size)
@@ -68,11 +41,7 @@ def quantize_blocks(weight_out_in: np.ndarray, block_size: int, symmetric: bool,
     # transposed copy small (the 151936-row embedding would otherwise need a second full fp32 copy).
     for start in range(0, n, _ROWS_PER_SLAB):
         stop = min(start + _ROWS_PER_SLAB, n)
-        slab = np.asarray(weight_out_in[start:stop], dtype=np.float32)
-        if clip_search and not symmetric:
-            blocks = slab.reshape(stop - start, k_blocks, block_size)
-            slab = best_clip(blocks, 2**bits).reshape(stop - start, -1)
-        weight_kn = np.ascontiguousarray(slab.T)
+        weight_kn = np.ascontiguousarray(weight_out_in[start:stop].T, dtype=np.float32)
         _PACKERS[bits](
             packed[start:stop], weight_kn, scales[start:stop], zero_points[start:stop],
             block_size, stop - start, k_blocks * block_size, symmetric,
