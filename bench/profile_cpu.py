@@ -41,19 +41,19 @@ def profile(package: Path, prompt: int, steps: int, threads: int | None) -> dict
     nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     weight_bytes = initializer_bytes(package)
     phases = {"prefill": [], "decode": []}
+    prefill_runs = -(-prompt // gen.prefill_chunk)  # long prompts run in chunks
+    prefill_end = runs[prefill_runs - 1]["ts"] + runs[prefill_runs - 1]["dur"]
     for e in nodes:
-        # The first model_run is the prefill; the rest are decode steps.
-        phase = "prefill" if e["ts"] < runs[0]["ts"] + runs[0]["dur"] else "decode"
-        phases[phase].append(e)
+        phases["prefill" if e["ts"] < prefill_end else "decode"].append(e)
     report = {}
     for phase, items in phases.items():
-        n_runs = 1 if phase == "prefill" else steps
+        n_runs = prefill_runs if phase == "prefill" else steps
         by_op = defaultdict(lambda: {"us": 0.0, "bytes": 0})
         for e in items:
             op = e["args"].get("op_name", "?")
             by_op[op]["us"] += e["dur"] / n_runs
             by_op[op]["bytes"] += weight_bytes.get(e["name"].removesuffix("_kernel_time"), 0) / n_runs
-        run_us = np.median([r["dur"] for r in (runs[:1] if phase == "prefill" else runs[1:])])
+        run_us = np.median([r["dur"] for r in (runs[:prefill_runs] if phase == "prefill" else runs[prefill_runs:])])
         report[phase] = {"run_ms": run_us / 1000, "ops": dict(sorted(by_op.items(), key=lambda kv: -kv[1]["us"]))}
     return report
 

@@ -1,6 +1,8 @@
-"""Rebuild the README's Performance Reference table from every result in bench/results/.
+"""Rebuild the README's Performance Reference table from the headline results in bench/results/.
 
-    python bench/publish.py            # rewrites the block between <!-- reference-table --> markers
+    python bench/publish.py [RESULT.json ...]   # rewrites the block between <!-- reference-table --> markers
+
+With no arguments it uses HEADLINE: one current run per device (other files there are ablations and history).
 """
 
 from __future__ import annotations
@@ -8,17 +10,21 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from edgeinfer.bench.results import SCHEMA, load_results, markdown_table
+from edgeinfer.bench.results import load_results, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
+HEADLINE = [
+    "edgeinfer-cpu-epyc-2c.json",
+    "cuda-h100/run2-mixed-defaults/edgeinfer_cuda_h100.json",
+    "edgeinfer-qnn-htp-sim-tiny.json",
+]
 
 
 def main() -> None:
-    import json
+    import sys
 
-    files = sorted(p for p in (ROOT / "bench" / "results").glob("*.json")
-                   if json.loads(p.read_text()).get("schema") == SCHEMA)
-    table = markdown_table(load_results(files)) if files else "(no results committed yet)"
+    files = [Path(a) for a in sys.argv[1:]] or [ROOT / "bench" / "results" / name for name in HEADLINE]
+    table = markdown_table(load_results(files))
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
     block = f"<!-- reference-table -->\n{table}\n<!-- /reference-table -->"

@@ -93,13 +93,14 @@ def table_rows(results: list[dict]) -> list[dict]:
                 "Decode": _fmt(s["decode_tokens_per_s"], "tok/s"),
                 "Context Size": str(model["context_size"]),
                 "File Size": _fmt_bytes(model["file_bytes"]),
+                "Model": model["source"].removeprefix("preset:").rsplit("/", 1)[-1],
                 "Prompt": test["prompt_tokens"],
                 "Generated": test["new_tokens"],
             })
     return rows
 
 
-def markdown_table(results: list[dict], extra: tuple[str, ...] = ("Prompt", "Generated")) -> str:
+def markdown_table(results: list[dict], extra: tuple[str, ...] = ("Model", "Prompt", "Generated")) -> str:
     columns = TABLE_COLUMNS + list(extra)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in table_rows(results):
