@@ -28,7 +28,7 @@ class BackendOptions:
 
     threads: int | None = None  # intra-op threads; None = physical cores
     graph_optimization: str = "all"  # "disable" | "basic" | "extended" | "all"
-    memory_arena: bool = True
+    memory_arena: bool | None = None  # None = the backend's default
     provider_options: dict[str, str] = field(default_factory=dict)  # passed to the execution provider as is
     allow_fallback: bool = False  # qnn: let unsupported nodes run on the CPU instead of failing
     profile: bool = False  # onnxruntime's per-op profiler (writes a JSON trace)
@@ -48,6 +48,7 @@ class Backend(ABC):
     graph_flavour: str  # "dynamic" or "static"
     kv_location: str  # "host" or "device": where the KV cache buffers live
     ort_device: str = "cpu"  # OrtValue device type for buffers bound to this backend
+    memory_arena: bool = True  # onnxruntime's CPU arena by default
 
     @abstractmethod
     def availability(self) -> Availability:
@@ -75,7 +76,7 @@ class Backend(ABC):
                 f"unknown graph optimization {options.graph_optimization!r}: choose one of {', '.join(_OPT_LEVELS)}"
             )
         so.graph_optimization_level = _OPT_LEVELS[options.graph_optimization]
-        so.enable_cpu_mem_arena = options.memory_arena
+        so.enable_cpu_mem_arena = self.memory_arena if options.memory_arena is None else options.memory_arena
         so.log_severity_level = 3  # warnings from onnxruntime are noise for an app; errors surface as ours
         if options.threads:
             so.intra_op_num_threads = options.threads

@@ -12,6 +12,9 @@ class CPUBackend(Backend):
     target = "cpu"
     graph_flavour = "dynamic"
     kv_location = "host"
+    # Without the arena and memory patterns, prefill's activations go back to the system after each run:
+    # peak RSS while generating drops from 1.31x to 1.24x the 1.5B package, decode speed unchanged.
+    memory_arena = False
 
     def availability(self) -> Availability:
         return Availability(True)
@@ -23,6 +26,7 @@ class CPUBackend(Backend):
 
     def session_options(self, options: BackendOptions):
         so = super().session_options(options)
+        so.enable_mem_pattern = False
         if not options.threads:
             # Physical cores: hyper-threads share the memory bandwidth that decode is bound by.
             so.intra_op_num_threads = psutil.cpu_count(logical=False) or 1

@@ -38,8 +38,11 @@ def staging_dir(out: Path, force: bool):
 
 
 def _replace(tmp: Path, out: Path) -> None:
+    if out.exists() and _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old package
+        return
     old = None
-    if out.exists():
+    if out.exists():  # no atomic exchange here: two renames, with a window a kill can fall into
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.rename(out, old)
     try:
@@ -52,14 +55,29 @@ def _replace(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE): OUT is never missing, even for an instant."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def _remove_stale(out: Path) -> None:
-    # Temp folders of exports that were killed (their process is gone) are safe to delete, and so is the old
-    # package a --force export set aside just before it was killed: OUT is about to be written anew.
+    # Temp folders of exports that were killed (their process is gone) are safe to delete. An old package that a
+    # killed --force export had set aside (two-rename fallback) goes back to OUT if OUT is missing.
     for kind in ("tmp", "old"):
         for path in out.parent.glob(f".{out.name}.{kind}-*"):
             pid = path.name.removeprefix(f".{out.name}.{kind}-").split("-")[0]
             if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
+                if kind == "old" and not out.exists():
+                    os.rename(path, out)
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
