@@ -144,14 +144,14 @@ def _last_line(exc: Exception) -> str:
 class StopConditions:
     max_new_tokens: int = 256
     eos_token_ids: tuple[int, ...] = ()
-    stop_strings: tuple[str, ...] = ()
     ignore_eos: bool = False  # benchmarks run to exactly max_new_tokens
 
 
-def run_loop(generator: Generator, prompt_ids: list[int], stop: StopConditions, on_token=None):
+def run_loop(generator: Generator, prompt_ids: list[int], stop: StopConditions):
     """Prefill PROMPT_IDS then decode until a stop condition; yields token ids, records timings.
 
-    Returns (via StopIteration.value) the finish reason: "eos", "stop_string", "length" or "context".
+    Returns (via StopIteration.value) the finish reason: "eos", "length" or "context". Stop strings are a
+    matter of text, handled by the caller (model.TextStopper), which simply stops pulling tokens.
     """
     timings = Timings(prompt_tokens=len(prompt_ids))
     generator.timings = timings
@@ -171,8 +171,6 @@ def run_loop(generator: Generator, prompt_ids: list[int], stop: StopConditions, 
             timings.new_tokens -= 1  # eos is not part of the reply
             return "eos"
         yield token
-        if on_token is not None and on_token(token):
-            return "stop_string"
         if timings.new_tokens >= stop.max_new_tokens:
             return "length"
         if generator.position + 1 > generator.capacity:

@@ -20,7 +20,7 @@ from .errors import GenerationError, PackageError
 from .generator import PREFILL_CHUNK, Generator, StopConditions, Timings, run_loop
 from .package import Manifest, load_manifest
 from .sampler import SamplingParams
-from .tokenizer import TextTokenizer
+from .tokenizer import TextStopper, TextTokenizer
 
 
 @dataclass
@@ -120,39 +120,30 @@ class Model:
             )
         generator = self.generator(sampling)
         decoder = self.tokenizer.stream_decoder()
-        text, ids = [], []
-        stop_hit = []
-
-        def check_stop(_token: int) -> bool:
-            return bool(stop) and any(s in "".join(text)[-(len(s) + 64):] for s in stop)
-
-        conditions = StopConditions(max_new_tokens, self.eos_token_ids, stop, ignore_eos)
-        loop = run_loop(generator, prompt_ids, conditions, on_token=None)
+        stopper = TextStopper(stop)
+        ids: list[int] = []
+        loop = run_loop(generator, prompt_ids, StopConditions(max_new_tokens, self.eos_token_ids, ignore_eos))
         finish = "length"
-        try:
-            while True:
+        while True:
+            try:
                 token = next(loop)
-                ids.append(token)
-                piece = decoder.feed(token)
-                if piece:
-                    text.append(piece)
-                    yield piece
-                if check_stop(token):
-                    stop_hit.append(True)
-                    finish = "stop_string"
-                    break
-        except StopIteration as done:
-            finish = done.value or finish
-        tail = decoder.flush()
-        if tail:
-            text.append(tail)
-            yield tail
+            except StopIteration as done:
+                finish = done.value
+                break
+            ids.append(token)
+            piece = stopper.feed(decoder.feed(token))
+            if piece:
+                yield piece
+            if stopper.stopped:
+                finish = "stop_string"
+                break
+        if not stopper.stopped:
+            tail = stopper.feed(decoder.flush()) + stopper.flush()
+            finish = "stop_string" if stopper.stopped else finish
+            if tail:
+                yield tail
         if result is not None:
-            full = "".join(text)
-            if stop_hit:
-                cut = min(full.find(s) for s in stop if s in full)
-                full = full[:cut]
-            reply: Reply = split_reasoning(full, self.chat_format.opens_thinking and not raw)
+            reply: Reply = split_reasoning(stopper.text, self.chat_format.opens_thinking and not raw)
             result.text, result.reasoning, result.answer = reply.raw, reply.reasoning, reply.answer
             result.token_ids, result.prompt_tokens, result.finish_reason = ids, len(prompt_ids), finish
             result.timings = generator.timings

@@ -88,3 +88,33 @@ class StreamDecoder:
         text = self._tokenizer.decode(self._ids[self._prefix :])
         self._prefix = self._read = len(self._ids)
         return text[len(done) :]
+
+
+class TextStopper:
+    """Cuts streamed text at the first stop string, never letting any of it out.
+
+    The last (longest stop - 1) characters are held back until they can no longer begin a stop string.
+    """
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.text = ""  # everything let out so far
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        self.pending += piece
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending, self.stopped = self.pending[: min(hits)], "", True
+        else:
+            cut = max(len(self.pending) - self.hold, 0)
+            out, self.pending = self.pending[:cut], self.pending[cut:]
+        self.text += out
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        self.text += out
+        return out
