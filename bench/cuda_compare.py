@@ -59,11 +59,7 @@ def _greedy_tokens(model, prompt: list[int], steps: int) -> list[int]:
 
     gen = model.generator(GREEDY)
     gen.append(prompt)
-    tokens = []
-    for _ in range(steps):
-        tokens.append(gen.next_token())
-        gen.append([tokens[-1]])
-    return tokens
+    return gen.extend(steps)
 
 
 def _forced_top1(model, ids: list[int], start: int) -> np.ndarray:

@@ -113,6 +113,14 @@ class Generator:
         history = np.asarray(self.tokens, dtype=np.int64) if self.sampling.repetition_penalty != 1.0 else None
         return sample(self.logits, self.sampling, self.rng, history)
 
+    def extend(self, count: int) -> list[int]:
+        """Sample COUNT tokens one at a time, feeding each back in (no stop conditions); returns them."""
+        tokens = []
+        for _ in range(count):
+            tokens.append(self.next_token())
+            self.append(tokens[-1:])
+        return tokens
+
     def rewind(self, position: int) -> None:
         """Forget everything after POSITION tokens; the cache beyond it is overwritten by later appends."""
         if not 0 <= position <= self.position:

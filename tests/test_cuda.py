@@ -216,11 +216,7 @@ def test_forward_only_runners_still_drive_the_generator(qwen2_fp32):
 def _model_tokens(model, prompt, steps=32):
     gen = model.generator(GREEDY)
     gen.append(prompt)
-    tokens = []
-    for _ in range(steps):
-        tokens.append(gen.next_token())
-        gen.append([tokens[-1]])
-    return tokens
+    return gen.extend(steps)
 
 
 @needs_gpu

@@ -47,11 +47,7 @@ def cpu_static_generator(package: Path) -> Generator:
 
 def greedy(generator: Generator, prompt: list[int], steps: int) -> list[int]:
     generator.append(prompt)
-    tokens = []
-    for _ in range(steps):
-        tokens.append(generator.next_token())
-        generator.append([tokens[-1]])
-    return tokens
+    return generator.extend(steps)
 
 
 def prompt(length: int, seed: int = 0) -> list[int]:
