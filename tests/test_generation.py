@@ -175,3 +175,17 @@ def test_text_stopper_holds_back_a_stop_split_across_pieces():
     stopper = TextStopper(("</answer>",))
     out = [stopper.feed(p) for p in ("The answer is 4.</ans", "wer> and more")]
     assert "".join(out) == "The answer is 4." and stopper.stopped
+
+
+def test_chat_session_keeps_history_within_the_context(preset_pkg):
+    from edgeinfer.chat_session import ChatSession
+
+    model = edgeinfer.load(preset_pkg)  # 256-token context
+    session = ChatSession(model, GREEDY, max_new_tokens=16)
+    for turn in range(6):
+        "".join(session.send(f"message {turn}: " + "words " * 12))
+        assert len(model.encode_prompt(session.history)) <= model.context_length
+    assert session.history[-2]["content"].startswith("message 5")  # the newest turn is kept
+    assert not any(m["content"].startswith("message 0") for m in session.history)  # the oldest went first
+    with pytest.raises(GenerationError, match="does not fit"):
+        "".join(session.send("x" * 400))
