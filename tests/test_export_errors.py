@@ -13,7 +13,6 @@ from edgeinfer.export.exporter import export
 from edgeinfer.export.options import ExportOptions
 from edgeinfer.export.sources import open_source
 
-from .conftest import export_tiny
 
 
 def test_missing_path():

@@ -13,7 +13,6 @@ import numpy as np
 from tqdm import tqdm
 
 from ..generator import Generator, StopConditions, run_loop
-from ..sampler import GREEDY
 from .stats import summarize
 
 
@@ -79,7 +78,3 @@ def decode_at_depth(generator: Generator, depth: int, steps: int, repeat: int) -
             token = generator.next_token()
         rates.append(steps / (time.perf_counter() - start))
     return {"context": depth, "steps": steps, "decode_tokens_per_s": summarize(rates), "raw": rates}
-
-
-def greedy_generator(model) -> Generator:
-    return model.generator(GREEDY)

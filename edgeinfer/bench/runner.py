@@ -13,6 +13,7 @@ from ..errors import EdgeInferError, PackageError
 from ..export.options import ExportOptions
 from ..export.presets import DEFAULT_PRESET
 from ..package import MANIFEST, load_manifest
+from ..sampler import GREEDY
 from .machine import describe_machine
 from .memory import PeakMemory
 from .profiler import decode_at_depth, run_test
@@ -62,7 +63,7 @@ def bench(device: str, model: str | None = None, prompt_lens=(128, 1024), gen_le
             raise EdgeInferError(f"prompt {p} + generation {gen_len} does not fit the context {fits}: lower them or raise --context")
     with PeakMemory(gpu=device == "cuda") as memory:
         loaded = load(package, device=device, options=options)
-        generator = loaded.generator(_greedy())
+        generator = loaded.generator(GREEDY)
         tests = [run_test(generator, p, gen_len, repeat, warmup, progress) for p in prompt_lens]
         steps = min(32, gen_len)
         # The deepest point leaves room for the steps it times: 4096 becomes 4064 in a 4096-token package.
@@ -100,9 +101,3 @@ def bench(device: str, model: str | None = None, prompt_lens=(128, 1024), gen_le
         "sweep": points,
         "definitions": DEFINITIONS,
     }
-
-
-def _greedy():
-    from ..sampler import GREEDY
-
-    return GREEDY

@@ -189,7 +189,7 @@ class DynamicDecoderGraph:
             )[0]
         head = "model.embed_tokens.weight" if spec.tie_word_embeddings else "lm_head.weight"
         logits = self.linear(normed, "lm_head", [head], bits=self.options.lm_head_bits or None)
-        w.nodes.append(_identity(logits, "logits"))
+        w.node("Identity", [logits], ["logits"], name="logits/identity")
         if has_greedy_output(self.options):
             w.node("ArgMax", [logits], [GREEDY_OUTPUT], name="greedy", axis=-1, keepdims=0)
             w.output(GREEDY_OUTPUT, TensorProto.INT64, ["batch_size", "logits_length"])
@@ -200,9 +200,3 @@ class DynamicDecoderGraph:
             name=name, domain=MS, epsilon=self.spec.rms_norm_eps,
         )
         return out[0], out[3]
-
-
-def _identity(src: str, dst: str):
-    from onnx import helper
-
-    return helper.make_node("Identity", [src], [dst], name=f"{dst}/identity")

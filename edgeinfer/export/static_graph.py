@@ -176,7 +176,7 @@ class StaticDecoderGraph:
             down = self.linear(w.node("Mul", [silu, up], name=f"{p}mlp/gated")[0], f"{p}down_proj", p + "mlp.down_proj.weight")
             x = w.node("Add", [x, down], name=f"{p}mlp_residual")[0]
         if not self.last:
-            w.nodes.append(_identity(x, "hidden_out"))
+            w.node("Identity", [x], ["hidden_out"], name="hidden_out/identity")
             w.output("hidden_out", f32, [1, n, s.hidden_size])
             return
         if n > 1:  # prompts are left-padded: the last real token is always the last row
@@ -185,14 +185,8 @@ class StaticDecoderGraph:
         x = self.rms_norm(x, "model.norm.weight", "final_norm")
         head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
         logits = self.linear(x, "lm_head", head)
-        w.nodes.append(_identity(logits, "logits"))
+        w.node("Identity", [logits], ["logits"], name="logits/identity")
         w.output("logits", f32, [1, 1, s.vocab_size])
-
-
-def _identity(src: str, dst: str):
-    from onnx import helper
-
-    return helper.make_node("Identity", [src], [dst], name=f"{dst}/identity")
 
 
 def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Path, parts: list[tuple[int, int]],
