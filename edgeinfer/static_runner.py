@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -18,8 +17,6 @@ from .architecture import ArchSpec
 from .errors import GenerationError, PackageError
 from .export.dynamic_graph import rotary_tables
 from .package import Manifest
-
-Recorder = Callable[[str, int, dict], None]  # (role, part index, feed): calibration collects feeds with it
 
 
 class StaticEngine:
@@ -56,15 +53,13 @@ class StaticEngine:
 class StaticRunner:
     """Owns one KV cache; `forward` feeds tokens at a position and returns the last token's logits."""
 
-    def __init__(self, sessions: dict, graphs: dict, spec: ArchSpec, context: int, embeddings: np.ndarray,
-                 recorder: Recorder | None = None):
+    def __init__(self, sessions: dict, graphs: dict, spec: ArchSpec, context: int, embeddings: np.ndarray):
         self.sessions = sessions
         self.graphs = graphs
         self.spec = spec
         self.capacity = context
         self.prefill_chunk = graphs["prefill"]["tokens"]  # the generator feeds prompts in chunks of this size
         self.embeddings = embeddings
-        self.recorder = recorder
         self.mask_value = float(graphs["host"]["attention_mask"]["value"])
         self.vocab_size = spec.vocab_size
         shape = (1, spec.num_kv_heads, context, spec.head_dim)
@@ -105,8 +100,6 @@ class StaticRunner:
             feed = {part["inputs"][0]: hidden, "position_cos": cos, "position_sin": sin, "attention_mask": mask}
             for name in part["inputs"][4:]:
                 feed[name] = self.cache[name.removeprefix("past_")]
-            if self.recorder is not None:
-                self.recorder(role, k, feed)
             outputs = session.run(part["outputs"], feed)
             for name, new in zip(part["outputs"][1:], outputs[1:]):
                 self.cache[name.removeprefix("new_")][:, :, position : position + real] = new[:, :, pad:]

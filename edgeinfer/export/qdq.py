@@ -1,8 +1,8 @@
 """W4A16 for QNN in Qualcomm's sense: 4-bit integer weights, 16-bit integer activations, as standard QDQ.
 
 Calibration runs the float static graphs on the CPU EP over a few chat-template prompts (prefill, then a few
-greedy decode steps, so the KV-cache inputs see realistic contents) and records every graph's inputs; then
-onnxruntime.quantization writes QuantizeLinear/DequantizeLinear around every op.
+greedy decode steps, so the KV-cache inputs see realistic contents), folding MinMax activation ranges as it goes
+(calibration.py); then onnxruntime.quantization writes QuantizeLinear/DequantizeLinear around every op.
 
 Weight encoding (the one the HTP reads the same way as the CPU EP, see /work/scratch/qnn/FINDINGS.md): signed INT4,
 symmetric, zero point 0 given explicitly, one scale per output channel (DequantizeLinear axis=1 of the [K,N]
@@ -22,6 +22,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from ..errors import ExportError
+from .calibration import RangeSession, augment
 from .options import ExportOptions
 from .sources import WeightSource
 
@@ -58,45 +59,27 @@ def calibration_prompts(weights: WeightSource, limit: int) -> list[list[int]]:
     return prompts
 
 
-def collect_feeds(weights: WeightSource, graphs: dict, float_folder: Path, embeddings: np.ndarray,
-                  options: ExportOptions, prompts: list[list[int]]) -> dict[tuple[str, int], list[dict]]:
-    """Run the float graphs on the CPU EP and record every part's inputs, per (role, part)."""
+def calibrate(weights: WeightSource, graphs: dict, float_folder: Path, embeddings: np.ndarray,
+              options: ExportOptions, prompts: list[list[int]], configs: dict) -> dict[tuple[str, int], RangeSession]:
+    """Generate from PROMPTS with the float graphs on the CPU EP, each augmented to fold its activation ranges as
+    it runs (see calibration.py); returns the ranges per (role, part)."""
     from ..static_runner import StaticRunner
     from .static_graph import MASK_VALUE
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    sessions = {role: [ort.InferenceSession(str(float_folder / p["file"]), so, providers=["CPUExecutionProvider"])
-                       for p in graphs[role]["parts"]] for role in ("prefill", "decode")}
-    feeds: dict[tuple[str, int], list[dict]] = {}
-
-    def record(role: str, part: int, feed: dict) -> None:
-        feeds.setdefault((role, part), []).append({k: v.copy() for k, v in feed.items()})
-
+    sessions = {}
+    for role in ("prefill", "decode"):
+        for k, part in enumerate(graphs[role]["parts"]):
+            path, names = augment(float_folder / part["file"], set(configs[(role, k)].op_types_to_quantize))
+            sessions.setdefault(role, []).append(RangeSession(path, names, so))
     host = {"attention_mask": {"value": MASK_VALUE}}
     for ids in prompts:
-        runner = StaticRunner(sessions, {**graphs, "host": host}, weights.spec, options.context_length, embeddings, record)
+        runner = StaticRunner(sessions, {**graphs, "host": host}, weights.spec, options.context_length, embeddings)
         logits = runner.forward(ids, 0)
         for step in range(DECODE_STEPS):
             logits = runner.forward([int(np.argmax(logits))], len(ids) + step)
-    return feeds
-
-
-class _Feeds:
-    """A CalibrationDataReader over recorded feeds."""
-
-    def __init__(self, feeds: list[dict]):
-        self.feeds = feeds
-        self.index = 0
-
-    def get_next(self) -> dict | None:
-        if self.index >= len(self.feeds):
-            return None
-        self.index += 1
-        return self.feeds[self.index - 1]
-
-    def rewind(self) -> None:
-        self.index = 0
+    return {(role, k): session for role in sessions for k, session in enumerate(sessions[role])}
 
 
 def weight_overrides(model_path: Path) -> dict[str, list[dict]]:
@@ -113,22 +96,37 @@ def weight_overrides(model_path: Path) -> dict[str, list[dict]]:
     return overrides
 
 
-def quantize_graph(float_path: Path, out_path: Path, feeds: list[dict]) -> None:
-    from onnxruntime.quantization import QuantType, quantize
+def quantize_config(float_path: Path):
+    """onnxruntime's QNN QDQ settings (which ops, which types) with our weight encodings."""
+    from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-    config = get_qnn_qdq_config(
-        str(float_path), _Feeds(feeds), activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8,
+    return get_qnn_qdq_config(
+        str(float_path), None, activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8,
         per_channel=False, init_overrides=weight_overrides(float_path),
     )
-    config.use_external_data_format = True  # weights in <file>.onnx.data, as every edgeinfer graph
-    # Not CalibMaxIntermediateOutputs: onnxruntime 1.32 drops the collected outputs at that limit without
-    # folding them into the ranges ("No data is collected"), so every feed's intermediates stay in memory.
+
+
+def quantize_graph(float_path: Path, out_path: Path, config, ranges: RangeSession) -> None:
+    """Quantize with the ranges already calibrated: they go in as the quantizer's calibration cache, so it
+    runs no calibrator of its own (and never holds feeds)."""
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    cache = float_path.with_name(f"{float_path.stem}.ranges.json")
+    save_tensors_data(ranges.tensors_data(), cache)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" warnings do not apply to these graphs
     try:
-        quantize(str(float_path), str(out_path), config)
+        quantize_static(
+            str(float_path), str(out_path), None, calibrate_method=config.calibrate_method,
+            quant_format=config.quant_format, activation_type=config.activation_type, weight_type=config.weight_type,
+            op_types_to_quantize=config.op_types_to_quantize, nodes_to_exclude=config.nodes_to_exclude,
+            per_channel=config.per_channel, reduce_range=config.reduce_range,
+            use_external_data_format=True,  # weights in <file>.onnx.data, as every edgeinfer graph
+            extra_options=config.extra_options, calibration_cache_path=cache,
+        )
     finally:
         root.setLevel(level)
 
@@ -143,11 +141,15 @@ def quantize_graphs(weights: WeightSource, graphs: dict, float_folder: Path, fol
     from .static_graph import EMBEDDINGS_FILE
 
     embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
-    feeds = collect_feeds(weights, graphs, float_folder, embeddings, options, prompts)
-    calibrate_s = time.perf_counter() - started
     steps = [(role, k, part) for role in ("prefill", "decode") for k, part in enumerate(graphs[role]["parts"])]
+    configs = {(role, k): quantize_config(float_folder / part["file"]) for role, k, part in steps}
+    ranges = calibrate(weights, graphs, float_folder, embeddings, options, prompts, configs)
+    feeds = {key: session.feeds for key, session in ranges.items()}
+    for session in ranges.values():
+        session.close()  # the float sessions' memory goes back before the quantizer loads the weights
+    calibrate_s = time.perf_counter() - started
     for role, k, part in tqdm(steps, desc="quantize", unit="graph", disable=not progress, leave=False):
-        quantize_graph(float_folder / part["file"], folder / part["file"], feeds[(role, k)])
+        quantize_graph(float_folder / part["file"], folder / part["file"], configs[(role, k)], ranges[(role, k)])
     return {
         "scheme": "W4A16 QDQ (onnxruntime.quantization, get_qnn_qdq_config)",
         "weights": "int4 signed, symmetric (zero point 0, explicit), per output channel",
@@ -157,7 +159,7 @@ def quantize_graphs(weights: WeightSource, graphs: dict, float_folder: Path, fol
         "host_float": ["embeddings (fp16 table, gathered on the host)", "rotary cos/sin", "attention mask", "sampling"],
         "calibration": {
             "prompts": len(prompts), "prompt_tokens": sum(len(p) for p in prompts), "decode_steps": DECODE_STEPS,
-            "chat_template": True, "feeds": {f"{role}.{k}": len(v) for (role, k), v in feeds.items()},
+            "chat_template": True, "feeds": {f"{role}.{k}": n for (role, k), n in feeds.items()},
             "seconds": round(time.perf_counter() - started, 1), "collect_seconds": round(calibrate_s, 1),
         },
     }

@@ -1,0 +1,95 @@
+"""Streaming MinMax calibration: activation ranges folded feed by feed, never a list of feeds or outputs.
+
+onnxruntime's MinMaxCalibrater wants every feed up front (a CalibrationDataReader) and keeps each feed's
+outputs until the end (its periodic fold, CalibMaxIntermediateOutputs, drops them in onnxruntime 1.32
+instead). For the 1.5B shape one feed holds the whole KV cache (28 layers x 2 x [1,2,4096,128] fp32 = 235 MB),
+so the recorded feeds alone came to ~10 GB before the calibrator loaded its own copy of the graph.
+
+Here each float graph gets the calibrator's own augmentation (ReduceMin/ReduceMax of every float tensor that
+an op to quantize reads or writes) saved beside it, pointing at the same weights file; the generation loop
+runs these augmented graphs directly, and each run folds its minima and maxima into running ranges. The
+ranges go to onnxruntime.quantization as its calibration cache (TensorsData JSON), so the quantizer itself
+is unchanged and skips calibration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+_FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
+_MIN, _MAX = "/calib_min", "/calib_max"
+
+
+def tensors_to_calibrate(model: onnx.ModelProto, op_types: set[str]) -> list[str]:
+    """What MinMaxCalibrater.select_tensors_to_calibrate picks: float inputs and outputs of OP_TYPES nodes that
+    are not initializers (MODEL must carry inferred shapes)."""
+    infos = {v.name: v for v in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
+    initializers = {i.name for i in model.graph.initializer}
+    chosen = set()
+    for node in model.graph.node:
+        if node.op_type not in op_types:
+            continue
+        for name in (*node.input, *node.output):
+            info = infos.get(name)
+            if info is not None and name not in initializers and info.type.tensor_type.elem_type in _FLOAT_TYPES:
+                chosen.add(name)
+    return sorted(chosen)
+
+
+def augment(float_path: Path, op_types: set[str]) -> tuple[Path, list[str]]:
+    """Write FLOAT_PATH with a scalar min and max output per calibrated tensor, next to it (sharing its
+    external weights file); returns the new path and the calibrated tensor names."""
+    inferred = float_path.with_name(f"{float_path.stem}.inferred.onnx")
+    onnx.shape_inference.infer_shapes_path(str(float_path), str(inferred))  # reads shapes, not weights
+    model = onnx.load(str(inferred), load_external_data=False)
+    inferred.unlink()
+    names = tensors_to_calibrate(model, op_types)
+    flat = "calib/flat"
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), flat))
+    for name in names:
+        for op, suffix in (("ReduceMin", _MIN), ("ReduceMax", _MAX)):
+            model.graph.node.append(helper.make_node(op, [name], [name + suffix + "/keep"], name=name + suffix, keepdims=1))
+            model.graph.node.append(helper.make_node("Reshape", [name + suffix + "/keep", flat], [name + suffix],
+                                                     name=name + suffix + "/flat"))
+            model.graph.output.append(helper.make_tensor_value_info(name + suffix, TensorProto.FLOAT, [1]))
+    path = float_path.with_name(f"{float_path.stem}.calib.onnx")
+    onnx.save(model, str(path))  # the initializers still name FLOAT_PATH's data file: no weight is copied
+    return path, names
+
+
+class RangeSession:
+    """Runs an augmented graph like the float graph it came from (same `run(output_names, feed)`), folding
+    each run's per-tensor minima and maxima into running ranges; `feeds` counts the runs."""
+
+    def __init__(self, augmented_path: Path, names: list[str], session_options: ort.SessionOptions):
+        self.session = ort.InferenceSession(str(augmented_path), session_options, providers=["CPUExecutionProvider"])
+        self.names = names
+        self.stats = [n + s for n in names for s in (_MIN, _MAX)]
+        self.low = np.full(len(names), np.nan, dtype=np.float32)
+        self.high = np.full(len(names), np.nan, dtype=np.float32)
+        self.feeds = 0
+
+    def run(self, output_names: list[str], feed: dict) -> list[np.ndarray]:
+        outputs = self.session.run([*output_names, *self.stats], feed)
+        stats = np.concatenate(outputs[len(output_names):]).reshape(-1, 2)
+        # fmin/fmax skip NaN as the calibrator's nanmin/nanmax do.
+        self.low, self.high = np.fmin(self.low, stats[:, 0]), np.fmax(self.high, stats[:, 1])
+        self.feeds += 1
+        return outputs[: len(output_names)]
+
+    def close(self) -> None:
+        """Release the session (its copy of the float weights); the ranges stay."""
+        self.session = None
+
+    def tensors_data(self):
+        """The ranges as onnxruntime.quantization's TensorsData (MinMax), shaped as its calibrator returns them."""
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+
+        ranges = {name: (np.array([lo], dtype=np.float32), np.array([hi], dtype=np.float32))
+                  for name, lo, hi in zip(self.names, self.low, self.high)}
+        return TensorsData(CalibrationMethod.MinMax, ranges)
