@@ -191,3 +191,19 @@ def test_bench_runs_on_qnn(tmp_path, monkeypatch):
                    progress=False)
     assert "simulator" in result["device_description"] and result["tests"][0]["summary"]["decode_tokens_per_s"]
     assert [p["context"] for p in result["sweep"]] == [128]
+
+
+def test_weight_shared_contexts_are_written_but_crash_the_simulator_on_load(qdq_pkg):
+    """Why each graph keeps its own context binary: compiled together with ep.share_ep_contexts, prefill and decode
+    land in one smaller binary and compute the CPU EP's tokens, but a fresh process loading that binary dies in
+    libQnnHtp.so (onnxruntime-qnn 2.7.0 on x86-64). When the last assert fails, the EP has been fixed: give
+    ContextCache one shared binary per part (bench/qnn_weight_sharing.py has the session settings)."""
+    from bench.qnn_weight_sharing import probe
+
+    report = probe(qdq_pkg)
+    print(json.dumps({k: report[k] for k in ("apart", "shared", "shared_over_apart")}))
+    shared, apart = report["shared"], report["apart"]
+    assert apart["fresh_load"]["returncode"] == 0 and apart["tokens_equal_cpu_ep"] and len(apart["binaries"]) == 2
+    assert len(shared["binaries"]) == 1 and shared["tokens_equal_cpu_ep"]
+    assert shared["bytes"] < 0.9 * apart["bytes"]  # one copy of the weights, not two
+    assert shared["fresh_load"]["returncode"] == -11, "weight-shared QNN contexts now load: wire them into the cache"
