@@ -61,6 +61,8 @@ class Model:
         session_started = time.perf_counter()
         self.engine = _engine(self.backend, path, self.manifest, options)
         self.session_s = time.perf_counter() - session_started  # includes any compile/cache step
+        # A GPU runner's cache buffers and captured decode graph cost milliseconds to make: requests reuse them.
+        self._runners = RunnerPool(self.engine, keep=self.backend.kv_location == "device")
         tok = self.manifest.tokenizer
         self.tokenizer = TextTokenizer.from_package(path, tok["bos_token_id"], tok["add_bos_token"])
         if self.tokenizer.vocab_size > self.spec.vocab_size:  # e.g. tokenizer.json from another model
@@ -86,7 +88,9 @@ class Model:
 
     def generator(self, sampling: SamplingParams | None = None) -> Generator:
         """A fresh generator with its own KV cache."""
-        runner = self.engine.new_runner()
+        return self._generator(self.engine.new_runner(), sampling)
+
+    def _generator(self, runner, sampling: SamplingParams | None) -> Generator:
         chunk = getattr(runner, "prefill_chunk", None) or PREFILL_CHUNK
         return Generator(runner, self.spec.vocab_size, sampling or self.default_sampling(), prefill_chunk=chunk)
 
@@ -118,25 +122,30 @@ class Model:
                 f"the prompt has {len(prompt_ids)} tokens, the context holds {self.context_length}: "
                 "shorten it or export with a larger --context"
             )
-        generator = self.generator(sampling)
+        runner = self._runners.acquire()
+        generator = self._generator(runner, sampling)
         decoder = self.tokenizer.stream_decoder()
         stopper = TextStopper(stop)
         ids: list[int] = []
         loop = run_loop(generator, prompt_ids, StopConditions(max_new_tokens, self.eos_token_ids, ignore_eos))
         finish = "length"
-        while True:
-            try:
-                token = next(loop)
-            except StopIteration as done:
-                finish = done.value
-                break
-            ids.append(token)
-            piece = stopper.feed(decoder.feed(token))
-            if piece:
-                yield piece
-            if stopper.stopped:
-                finish = "stop_string"
-                break
+        try:
+            while True:
+                try:
+                    token = next(loop)
+                except StopIteration as done:
+                    finish = done.value
+                    break
+                ids.append(token)
+                piece = stopper.feed(decoder.feed(token))
+                if piece:
+                    yield piece
+                if stopper.stopped:
+                    finish = "stop_string"
+                    break
+        finally:  # finished, cancelled or failed: the next request may reuse the runner
+            loop.close()
+            self._runners.release(runner)
         if not stopper.stopped:
             tail = stopper.feed(decoder.flush()) + stopper.flush()
             finish = "stop_string" if stopper.stopped else finish
@@ -154,6 +163,30 @@ class Model:
         for _ in self.stream(prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos, result):
             pass
         return result
+
+
+class RunnerPool:
+    """Runners that finished requests, kept for the next ones when KEEP (else each request makes its own).
+
+    A runner holds no request state (the generator does), so any idle one serves; the pool grows to the
+    number of requests that ran at once.
+    """
+
+    def __init__(self, engine, keep: bool):
+        self.engine, self._keep = engine, keep
+        self._idle: list = []
+        self._lock = threading.Lock()
+
+    def acquire(self):
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self.engine.new_runner()
+
+    def release(self, runner) -> None:
+        if self._keep:
+            with self._lock:
+                self._idle.append(runner)
 
 
 def _engine(backend, path: Path, manifest: Manifest, options: BackendOptions):

@@ -232,6 +232,21 @@ def test_gpu_tokens_equal_cpu_tokens_with_and_without_graphs(cuda_pkg, qwen2_fp3
 
 
 @needs_gpu
+def test_gpu_requests_reuse_their_cache_and_graph(cuda_pkg, qwen2_fp32):
+    """generate() after generate(): the second request runs on the first one's cache buffers and CUDA graph
+    (no new device allocation, no new capture) and gives the CPU's tokens."""
+    cpu = edgeinfer.load(qwen2_fp32)
+    gpu = edgeinfer.load(cuda_pkg, device="cuda")
+
+    def tokens(model, prompt):
+        return model.generate(prompt, max_new_tokens=24, sampling=GREEDY, raw=True, ignore_eos=True).token_ids
+
+    for prompt in ("one request", "and another", "one request"):
+        assert tokens(gpu, prompt) == tokens(cpu, prompt)
+    assert next(gpu.engine._graph_ids) == 2  # only graph 1 was ever handed out
+
+
+@needs_gpu
 def test_gpu_logits_match_cpu_logits(cuda_pkg):
     model = edgeinfer.load(cuda_pkg, device="cuda")
     reference = _cpu_runner(cuda_pkg)

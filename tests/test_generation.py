@@ -137,6 +137,44 @@ def test_generators_on_one_model_are_thread_safe(fp32_model):
     assert not errors and got == expected
 
 
+def test_requests_reuse_a_kept_runner_and_get_the_same_tokens(qwen2_fp32):
+    """Runners kept between requests (as on a GPU) serve the next request exactly as a fresh one does,
+    also after a longer request or a cancelled one left more of the cache written than the next one uses."""
+    from edgeinfer.model import RunnerPool
+
+    fresh = edgeinfer.load(qwen2_fp32)
+    model = edgeinfer.load(qwen2_fp32)
+    made, new_runner = [], model.engine.new_runner
+    model.engine.new_runner = lambda: made.append(new_runner()) or made[-1]
+    model._runners = RunnerPool(model.engine, keep=True)
+
+    def tokens(m, prompt, n):
+        return m.generate(prompt, max_new_tokens=n, sampling=GREEDY, raw=True, ignore_eos=True).token_ids
+
+    long_first = tokens(model, "a much longer first request with many words", 40)
+    assert long_first == tokens(fresh, "a much longer first request with many words", 40)
+    cancelled = model.stream("cancelled midway", max_new_tokens=30, sampling=GREEDY, raw=True, ignore_eos=True)
+    next(cancelled)
+    cancelled.close()
+    for prompt in ("hi", "abc def", "hi"):
+        assert tokens(model, prompt, 12) == tokens(fresh, prompt, 12)
+    assert len(made) == 1  # every request ran on the one runner
+
+
+def test_runner_pool_keeps_runners_only_when_asked():
+    from types import SimpleNamespace
+
+    from edgeinfer.model import RunnerPool
+
+    for keep in (True, False):
+        pool = RunnerPool(SimpleNamespace(new_runner=object), keep=keep)
+        first = pool.acquire()
+        busy = pool.acquire()  # the first is still in use: a second runner
+        assert busy is not first
+        pool.release(first)
+        assert (pool.acquire() is first) == keep
+
+
 def test_deepseek_preset_generates_and_splits_reasoning(preset_pkg):
     model = edgeinfer.load(preset_pkg)
     result = model.generate("Hi", max_new_tokens=6, sampling=GREEDY)

@@ -1,0 +1,69 @@
+"""What an app sees request after request: `model.stream()` called again and again on one loaded model.
+
+    python bench/requests.py PACKAGE [--device cuda] [--requests 30] [--prompt-len 128] [--new-tokens 32]
+
+`edgeinfer bench` keeps one generator for all its runs; an app calls `generate`/`stream` per request, so
+each request also pays for whatever a fresh generator costs (cache buffers, a new CUDA graph). This prints,
+per block of requests: time to the first streamed piece, whole-request time, and process / GPU memory, so a
+per-request cost or a leak shows up as a trend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("package")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--requests", type=int, default=30)
+    ap.add_argument("--block", type=int, default=10, help="requests per printed row")
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    import edgeinfer
+    from edgeinfer.bench.memory import _gpu_used_mib
+    from edgeinfer.sampler import GREEDY
+
+    model = edgeinfer.load(args.package, device=args.device, verify=False)
+    sentence = "The quick brown fox jumps over the lazy dog while the cat watches from the window. "
+    ids = model.tokenizer.encode(sentence * args.prompt_len)[: args.prompt_len]
+    words = model.tokenizer.decode(ids)  # about PROMPT_LEN tokens of plain text
+    process, rows, requests = psutil.Process(), [], []
+    for i in range(args.requests):
+        started = time.perf_counter()
+        first = None
+        for _ in model.stream(words, max_new_tokens=args.new_tokens, sampling=GREEDY, raw=True, ignore_eos=True):
+            first = first or time.perf_counter()
+        done = time.perf_counter()
+        requests.append({"first_piece_ms": (first - started) * 1e3, "request_ms": (done - started) * 1e3})
+        if (i + 1) % args.block == 0:
+            block = requests[-args.block:]
+            row = {
+                "requests": f"{i + 2 - args.block}-{i + 1}",
+                "first_piece_ms": statistics.median(r["first_piece_ms"] for r in block),
+                "request_ms": statistics.median(r["request_ms"] for r in block),
+                "rss_mib": process.memory_info().rss / 2**20,
+                "gpu_mib": _gpu_used_mib() if args.device == "cuda" else None,
+            }
+            rows.append(row)
+            print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"package": args.package, "device": args.device, "settings": vars(args) | {"json": str(args.json)},
+                                         "blocks": rows, "requests": requests}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
