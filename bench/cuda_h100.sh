@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# edgeinfer's CUDA backend vs onnxruntime-genai-cuda on the lent H100, in two back-to-back device calls.
+# edgeinfer's CUDA backend vs onnxruntime-genai-cuda on the lent H100, in four back-to-back device calls.
 #
 # Here, once (all three folders are git-ignored):
 #   bash bench/cuda_h100.sh pack          wheels -> .gpuwhl/pack.part00..03 (58 MB each at most)
@@ -7,6 +7,7 @@
 #   run(carry=[".carry"], "bash bench/cuda_h100.sh start")   .carry = part00 + the gguf wheel: starts the exports
 #   run(carry=[".carry"], "mkdir -p /root/w && cp .carry/* /root/w/")      .carry = part01, then part02
 #   run(carry=[".carry"], "bash bench/cuda_h100.sh run 2>&1 | tee $OUT/log.txt")   .carry = part03: the rest
+#   or, after SWEEP=1 ... start:  run(carry=[".carry"], "bash bench/cuda_h100.sh sweep")   block sizes x kernel switches
 # Results land in $OUT (edgeinfer bench JSON with and without CUDA graphs, onnxruntime-genai JSON, the
 # comparison table, GPU/CPU parity) and are copied into bench/results/ by hand.
 set -uo pipefail
@@ -15,6 +16,11 @@ W=/root/w                 # carried pieces (kept while the machine stays warm)
 LOG=/root/logs
 SITE=/tmp/site
 export EDGEINFER_CACHE=/root/cache PYTHONUNBUFFERED=1
+# Export flags of the sweep's packages (the default package is block 128 with 8-bit lm_head, v and down where Q4_K_M keeps more bits).
+declare -A VARIANTS=(
+    [b32u]="--block-size 32 --uniform-bits --lm-head-bits 4" [b64u]="--block-size 64 --uniform-bits --lm-head-bits 4"
+    [b128u]="--block-size 128 --uniform-bits --lm-head-bits 4" [b32m]="--block-size 32" [b64m]="--block-size 64"
+)
 PRESET_CUDA="import sys; from edgeinfer.bench.runner import resolve_package as r; print(r(None, sys.argv[1], 'w4a16', 4096, progress=False))"
 
 pack() {
@@ -47,6 +53,11 @@ start() {
     # The same preset with uniform 4-bit weights (no 8-bit lm_head/v/down): what the mixed default costs in speed.
     setsid nohup bash -c "python3 -m edgeinfer.cli export preset:deepseek-r1-distill-qwen-1.5b -o /root/pkg-u4 --target cuda --uniform-bits --lm-head-bits 4 > $LOG/export_u4.log 2>&1; touch $LOG/export_u4.done" > /dev/null 2>&1 &
     setsid nohup bash -c "python3 bench/cuda_compare.py hf-checkpoint /root/hf15 > $LOG/hf.log 2>&1; touch $LOG/hf.done" > /dev/null 2>&1 &
+    # Quantization layouts for the sweep (SWEEP=1): which block size and bit mix onnxruntime's CUDA kernels read fastest.
+    local name
+    [[ ${SWEEP:-0} == 1 ]] && for name in "${!VARIANTS[@]}"; do
+        setsid nohup bash -c "python3 -m edgeinfer.cli export preset:deepseek-r1-distill-qwen-1.5b -o /root/pkg-$name --target cuda ${VARIANTS[$name]} > $LOG/export_$name.log 2>&1; touch $LOG/export_$name.done" > /dev/null 2>&1 &
+    done
     # Meanwhile, the tests that need no GPU against the machine's own (CPU) onnxruntime.
     timeout 120 python3 -m pytest tests/test_cuda.py -q -x -rs -p no:cacheprovider 2>&1 | tail -5
 }
@@ -58,10 +69,7 @@ wait_for() {  # NAME SECONDS
 }
 
 run() {
-    cp .carry/* $W/ 2>/dev/null
-    local cuda=$SITE/onnxruntime/capi/libonnxruntime_providers_cuda.so
-    cat $W/pack.part* | tar -C $W -xf - && mkdir -p $SITE && xz -d -T0 < $W/rest.tar.xz | tar -C $SITE -xf - &&
-        xz -d -T0 < $W/cudaprov.xz > $cuda && chmod +x $cuda || exit 1
+    setup || exit 1
     export PYTHONPATH=$SITE:$PWD
     python3 -c "import onnxruntime as o; o.preload_dlls(); print('onnxruntime', o.__version__, o.get_available_providers())"
     echo "== GPU tests"
@@ -90,6 +98,30 @@ run() {
         $OUT/edgeinfer_cuda_h100_nograph.json $OUT/genai_cuda_h100.json $(ls $OUT/genai_cuda_graph_h100.json 2>/dev/null)
     echo "== parity: GPU vs CPU tokens"
     timeout 200 python3 bench/cuda_compare.py parity $OUT/parity_h100.json --large-cpu "$cpu_pkg" --large-cuda "$cuda_pkg" 2>&1 | tail -12
+}
+
+setup() {  # the last carried piece: unpack onnxruntime-gpu and onnxruntime-genai into $SITE
+    cp .carry/* $W/ 2>/dev/null
+    local cuda=$SITE/onnxruntime/capi/libonnxruntime_providers_cuda.so
+    [[ -f $cuda ]] && return 0
+    cat $W/pack.part* | tar -C $W -xf - && mkdir -p $SITE && xz -d -T0 < $W/rest.tar.xz | tar -C $SITE -xf - &&
+        xz -d -T0 < $W/cudaprov.xz > $cuda && chmod +x $cuda
+}
+
+sweep() {  # decode/TTFT of each layout under each MatMulNBits kernel choice, then where the best one's step goes
+    setup || exit 1
+    export PYTHONPATH=$SITE:$PWD
+    local name env pkg cuda_pkg
+    wait_for export_cuda 300 || exit 1
+    cuda_pkg=$(tail -1 $LOG/export_cuda.log)
+    for name in default "${!VARIANTS[@]}"; do
+        [[ $name == default ]] && pkg=$cuda_pkg || { wait_for export_$name 300 || continue; pkg=/root/pkg-$name; }
+        for env in "" ORT_FPA_INTB_GEMM=1 ORT_ENABLE_XQA=1; do
+            echo "== $name ${env:-(kernels as shipped)}"
+            env $env python3 -m edgeinfer.cli bench --device cuda --model $pkg --prompt-len 128,1024 --gen-len 256 \
+                --repeat 5 --no-sweep --json $OUT/sweep-$name${env:+-${env%%=*}}.json 2>&1 | grep "^| " | tail -2
+        done
+    done
 }
 
 "$@"

@@ -15,7 +15,7 @@ from edgeinfer.bench.results import load_results, markdown_table
 ROOT = Path(__file__).resolve().parent.parent
 HEADLINE = [
     "edgeinfer-cpu-epyc-2c.json",
-    "cuda-h100/run3-block128/edgeinfer_cuda_h100.json",
+    "cuda-h100/run4/edgeinfer_cuda_h100.json",
     "edgeinfer-qnn-htp-sim-tiny.json",
 ]
 
