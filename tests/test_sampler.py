@@ -83,3 +83,33 @@ def test_nan_logits_give_a_clear_error():
         sample(np.array([np.nan, 1.0]), GREEDY, np.random.default_rng())
     with pytest.raises(SamplingError, match="NaN"):
         sample(np.array([np.nan, 1.0]), SamplingParams(temperature=1.0), np.random.default_rng())
+
+
+def dense_reference(logits, params, history):
+    """transformers' order on whole-vocabulary arrays with a full sort: what the sampler's shortcuts must equal."""
+    x = apply_repetition_penalty(np.asarray(logits, np.float64), history, params.repetition_penalty) / params.temperature
+    if params.top_k:
+        x = np.where(x >= np.sort(x)[-params.top_k], x, -np.inf)
+    probs = softmax(x)
+    order = np.argsort(-probs, kind="stable")
+    cut = np.searchsorted(np.cumsum(probs[order]), params.top_p) + 1
+    probs[order[cut:]] = 0.0
+    probs = np.where(probs >= params.min_p * probs.max(), probs, 0.0)
+    return probs / probs.sum()
+
+
+def test_filters_match_a_dense_reference_and_seeded_draws_follow_id_order():
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        vocab = int(rng.integers(2, 4000))
+        logits = rng.standard_normal(vocab) * rng.uniform(0.1, 5)
+        params = SamplingParams(temperature=float(rng.uniform(0.1, 2)), top_k=int(rng.integers(0, 60)),
+                                top_p=float(rng.uniform(0.3, 1.0)), min_p=float(rng.choice([0, 0.05, 0.2])),
+                                repetition_penalty=float(rng.choice([1.0, 1.3])))
+        history = rng.integers(0, vocab, 20)
+        expected = dense_reference(logits, params, history)
+        np.testing.assert_allclose(logits_to_probs(logits, params, history), expected, atol=1e-12)
+        # The draw walks the kept tokens in id order: one uniform number u picks the first id whose CDF passes u.
+        u = np.random.default_rng(7).random()
+        cdf = np.cumsum(expected)
+        assert sample(logits, params, np.random.default_rng(7), history) == int(np.searchsorted(cdf, u * cdf[-1], side="right"))
