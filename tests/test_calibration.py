@@ -40,16 +40,16 @@ def test_streamed_ranges_equal_onnxruntime_minmax_calibrator(float_static, tmp_p
     expected = calibrator.compute_data()
 
     path, names = augment(float_static, OPS)
-    session = RangeSession(path, names, ort.SessionOptions())
+    session = RangeSession(path, names)
     plain = ort.InferenceSession(str(float_static), providers=["CPUExecutionProvider"])
     outputs = [o.name for o in plain.get_outputs()]
-    for feed in feeds:  # the augmented graph answers exactly as the float graph does
+    for feed in feeds:  # the augmented graph answers as the float graph does (unpacked MatMuls round differently)
         for ours, reference in zip(session.run(outputs, feed), plain.run(outputs, feed)):
-            np.testing.assert_array_equal(ours, reference)
+            np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
     ours = session.tensors_data()
 
     assert session.feeds == 3 and set(ours.data) == set(expected.data) and len(names) > 50
     for name in expected.data:
-        np.testing.assert_array_equal(ours.data[name].range_value, expected.data[name].range_value, err_msg=name)
+        np.testing.assert_allclose(ours.data[name].range_value, expected.data[name].range_value, rtol=1e-5, err_msg=name)
     # The ranges grew with the larger feeds: a fold that kept only the first or last feed would differ.
     assert ours.data["position_cos"].range_value[1] > 2.5

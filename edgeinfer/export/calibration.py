@@ -49,14 +49,28 @@ def augment(float_path: Path, op_types: set[str]) -> tuple[Path, list[str]]:
     model = onnx.load(str(inferred), load_external_data=False)
     inferred.unlink()
     names = tensors_to_calibrate(model, op_types)
+    chosen = set(names)
     flat = "calib/flat"
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), flat))
-    for name in names:
-        for op, suffix in (("ReduceMin", _MIN), ("ReduceMax", _MAX)):
-            model.graph.node.append(helper.make_node(op, [name], [name + suffix + "/keep"], name=name + suffix, keepdims=1))
-            model.graph.node.append(helper.make_node("Reshape", [name + suffix + "/keep", flat], [name + suffix],
-                                                     name=name + suffix + "/flat"))
-            model.graph.output.append(helper.make_tensor_value_info(name + suffix, TensorProto.FLOAT, [1]))
+
+    def reductions(tensors) -> list[onnx.NodeProto]:
+        nodes = []
+        for name in (t for t in tensors if t in chosen):
+            for op, suffix in (("ReduceMin", _MIN), ("ReduceMax", _MAX)):
+                nodes.append(helper.make_node(op, [name], [name + suffix + "/keep"], name=name + suffix, keepdims=1))
+                nodes.append(helper.make_node("Reshape", [name + suffix + "/keep", flat], [name + suffix],
+                                              name=name + suffix + "/flat"))
+                model.graph.output.append(helper.make_tensor_value_info(name + suffix, TensorProto.FLOAT, [1]))
+        return nodes
+
+    # Each reduction right after its tensor's producer, run in this order (RangeSession asks for PRIORITY_BASED
+    # order, which follows node order where the default does not): a reduction run late keeps its activation
+    # alive, 3.5 GiB more for the 1.5B prefill.
+    nodes = reductions(i.name for i in model.graph.input)
+    for node in model.graph.node:
+        nodes += [node, *reductions(node.output)]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     path = float_path.with_name(f"{float_path.stem}.calib.onnx")
     onnx.save(model, str(path))  # the initializers still name FLOAT_PATH's data file: no weight is copied
     return path, names
@@ -66,8 +80,14 @@ class RangeSession:
     """Runs an augmented graph like the float graph it came from (same `run(output_names, feed)`), folding
     each run's per-tensor minima and maxima into running ranges; `feeds` counts the runs."""
 
-    def __init__(self, augmented_path: Path, names: list[str], session_options: ort.SessionOptions):
-        self.session = ort.InferenceSession(str(augmented_path), session_options, providers=["CPUExecutionProvider"])
+    def __init__(self, augmented_path: Path, names: list[str]):
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # node order: each reduction next to its producer
+        # Unpacked MatMuls read the weights from the memory-mapped (page-aligned) data file: for the 1.5B shape
+        # ~6 GiB less anonymous memory per session, for ~10% slower prefill and a 30x faster load.
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        self.session = ort.InferenceSession(str(augmented_path), so, providers=["CPUExecutionProvider"])
         self.names = names
         self.stats = [n + s for n in names for s in (_MIN, _MAX)]
         self.low = np.full(len(names), np.nan, dtype=np.float32)

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from tqdm import tqdm
 
 from ..errors import ExportError
@@ -66,13 +65,11 @@ def calibrate(weights: WeightSource, graphs: dict, float_folder: Path, embedding
     from ..static_runner import StaticRunner
     from .static_graph import MASK_VALUE
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
     sessions = {}
     for role in ("prefill", "decode"):
         for k, part in enumerate(graphs[role]["parts"]):
             path, names = augment(float_folder / part["file"], set(configs[(role, k)].op_types_to_quantize))
-            sessions.setdefault(role, []).append(RangeSession(path, names, so))
+            sessions.setdefault(role, []).append(RangeSession(path, names))
     host = {"attention_mask": {"value": MASK_VALUE}}
     for ids in prompts:
         runner = StaticRunner(sessions, {**graphs, "host": host}, weights.spec, options.context_length, embeddings)
