@@ -1,11 +1,12 @@
 """What an app sees request after request: `model.stream()` called again and again on one loaded model.
 
-    python bench/requests.py PACKAGE [--device cuda] [--requests 30] [--prompt-len 128] [--new-tokens 32]
+    python bench/requests.py PACKAGE [--device cuda] [--requests 30] [--prompt-len 128] [--new-tokens 32] [--sample]
 
 `edgeinfer bench` keeps one generator for all its runs; an app calls `generate`/`stream` per request, so
 each request also pays for whatever a fresh generator costs (cache buffers, a new CUDA graph). This prints,
-per block of requests: time to the first streamed piece, whole-request time, and process / GPU memory, so a
-per-request cost or a leak shows up as a trend.
+per block of requests: time to the first streamed piece, whole-request time, decode speed, and process / GPU
+memory, so a per-request cost or a leak shows up as a trend. Greedy by default; --sample draws with the
+model's defaults (temperature 0.6, top-p 0.95), as a chat app does.
 """
 
 from __future__ import annotations
@@ -30,31 +31,36 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=10, help="requests per printed row")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--sample", action="store_true", help="sample with the model's defaults instead of greedy")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
     import edgeinfer
     from edgeinfer.bench.memory import _gpu_used_mib
+    from edgeinfer.model import GenerationResult
     from edgeinfer.sampler import GREEDY
 
     model = edgeinfer.load(args.package, device=args.device, verify=False)
+    sampling = model.default_sampling() if args.sample else GREEDY
     sentence = "The quick brown fox jumps over the lazy dog while the cat watches from the window. "
     ids = model.tokenizer.encode(sentence * args.prompt_len)[: args.prompt_len]
     words = model.tokenizer.decode(ids)  # about PROMPT_LEN tokens of plain text
     process, rows, requests = psutil.Process(), [], []
     for i in range(args.requests):
         started = time.perf_counter()
-        first = None
-        for _ in model.stream(words, max_new_tokens=args.new_tokens, sampling=GREEDY, raw=True, ignore_eos=True):
+        first, result = None, GenerationResult("", "", "", [], 0, "")
+        for _ in model.stream(words, max_new_tokens=args.new_tokens, sampling=sampling, raw=True, ignore_eos=True, result=result):
             first = first or time.perf_counter()
         done = time.perf_counter()
-        requests.append({"first_piece_ms": (first - started) * 1e3, "request_ms": (done - started) * 1e3})
+        requests.append({"first_piece_ms": (first - started) * 1e3, "request_ms": (done - started) * 1e3,
+                         "decode_tokens_per_s": result.timings.decode_tokens_per_s})
         if (i + 1) % args.block == 0:
             block = requests[-args.block:]
             row = {
                 "requests": f"{i + 2 - args.block}-{i + 1}",
                 "first_piece_ms": statistics.median(r["first_piece_ms"] for r in block),
                 "request_ms": statistics.median(r["request_ms"] for r in block),
+                "decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in block),
                 "rss_mib": process.memory_info().rss / 2**20,
                 "gpu_mib": _gpu_used_mib() if args.device == "cuda" else None,
             }

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import GenerationError
-from .sampler import GREEDY, SamplingParams, sample
+from .sampler import GREEDY, SamplingParams, sample, sample_from_candidates
 
 PREFILL_CHUNK = 512  # long prompts run in chunks: bounded activation memory, same result
 
@@ -106,8 +106,13 @@ class Generator:
         """Sample the next token from the current logits (does not append it)."""
         if self._logits is None and not self._pending:
             raise GenerationError("nothing to sample from: append a prompt first")
-        if self._pending and self.sampling.greedy and self.sampling.repetition_penalty == 1.0:
-            token = self.runner.greedy_token()  # the graph's own argmax, where the package has one
+        if self._pending and self.sampling.repetition_penalty == 1.0:
+            # Where the package prepares sampling on the device: its argmax, or a draw from its few most likely tokens.
+            if self.sampling.greedy:
+                token = self.runner.greedy_token()
+            else:
+                found = self.runner.candidates(self.sampling.temperature)
+                token = None if found is None else sample_from_candidates(*found, self.sampling, self.rng)
             if token is not None:
                 return token
         history = np.asarray(self.tokens, dtype=np.int64) if self.sampling.repetition_penalty != 1.0 else None

@@ -5,8 +5,8 @@ so GroupQueryAttention appends the new keys/values in place: no per-token copy o
 cost grows only with attention over the filled part.
 
 On a GPU the cache, the logits and the greedy token stay in device memory; a decode step updates two small
-device buffers in place (the token id and the cache length) and reads back one token id, or the last logits
-row when the sampler needs it. Fixed addresses and shapes let onnxruntime capture the decode step once as a
+device buffers in place (the token id and the cache length) and reads back one token id (greedy), the few most
+likely tokens (sampling, see candidates.py), or the last logits row when the sampler needs all of it. Fixed addresses and shapes let onnxruntime capture the decode step once as a
 CUDA graph and replay it: one launch per token instead of several hundred. Prefill has a new shape each time
 and runs without a graph.
 """
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from .candidates import CandidateHead
 from .errors import GenerationError, PackageError
 from .export.dynamic_graph import GREEDY_OUTPUT
 from .package import Manifest
@@ -94,7 +95,7 @@ class DynamicRunner:
     """
 
     def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str = "cpu", device_id: int = 0,
-                 plan: BindingPlan | None = None, run_lock: threading.Lock | None = None):
+                 plan: BindingPlan | None = None, run_lock: threading.Lock | None = None, head: CandidateHead | None = None):
         self.session = session
         self.manifest = manifest
         self.plan = plan or binding_plan(manifest, device)
@@ -105,6 +106,8 @@ class DynamicRunner:
         self.logits_dtype = np.dtype(manifest.activation_dtype)
         # A GPU prefills a whole prompt at once (one pass over the weights); None: the generator's default.
         self.prefill_chunk = self.capacity if self.device != "cpu" else None
+        # The most likely tokens, where a head runs beside the logits (one row of them: not all_logits packages).
+        self.head = head if not self.plan.all_logits else None
         # Runs that replay CUDA graphs share the session's scratch memory: one at a time.
         self._lock = run_lock if run_lock is not None else contextlib.nullcontext()
         self._host_arrays: dict[str, np.ndarray] = {}  # host buffers stay alive: their OrtValues wrap this memory
@@ -175,6 +178,11 @@ class DynamicRunner:
             return None
         ids = self._greedy if self.device == "cpu" else self._greedy_value.numpy()
         return int(ids[0, -1])
+
+    def candidates(self, temperature: float) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """The last run's most likely next tokens: (ids, logits / TEMPERATURE, log-sum-exp of logits / TEMPERATURE
+        over the vocabulary), best first; None without a candidates head."""
+        return None if self.head is None else self.head.run(self._logits_value, temperature)
 
     def cache_arrays(self) -> list[np.ndarray]:
         """The cache buffers as numpy views (host caches only): for tests and inspection."""

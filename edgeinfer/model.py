@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .backends import BackendOptions, get_backend
 from .chat import ChatFormat, Reply, split_reasoning
 from .errors import GenerationError, PackageError
@@ -213,6 +215,7 @@ class DynamicEngine:
         self.session = backend.create_session(str(path / decoder["file"]), options)
         check_graph(path, self.session, manifest)
         self.graph_capture = backend.graph_capture(options)
+        self.head = backend.candidate_head(manifest.architecture["vocab_size"], np.dtype(manifest.activation_dtype), options)
         self._graph_ids = itertools.count(1)
         self._run_lock = threading.Lock() if self.graph_capture else None
 
@@ -221,7 +224,8 @@ class DynamicEngine:
 
         graph_id = next(self._graph_ids) if self.graph_capture else None
         plan = binding_plan(self.manifest, self.backend.ort_device, graph_id)
-        return DynamicRunner(self.session, self.manifest, self.backend.ort_device, plan=plan, run_lock=self._run_lock)
+        return DynamicRunner(self.session, self.manifest, self.backend.ort_device, plan=plan, run_lock=self._run_lock,
+                             head=self.head)
 
 
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}

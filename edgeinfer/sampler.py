@@ -146,3 +146,36 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
     # Inverse-CDF draw over the kept tokens only: one random number per token, reproducible with a seed.
     cdf = np.cumsum(probs)
     return int(ids[min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(ids) - 1)])
+
+
+def sample_from_candidates(ids: np.ndarray, scaled: np.ndarray, log_total: float, params: SamplingParams,
+                           rng: np.random.Generator) -> int | None:
+    """Draw as `sample` would, from the K most likely tokens alone: IDS, their logits / temperature (SCALED),
+    and LOG_TOTAL = log(sum(exp(logits / temperature))) over the whole vocabulary, which makes their
+    probabilities exact. None when the kept set may reach past the K (top-k above K; top-p needing more than
+    their mass, unless min-p stops earlier; no filter at all): the caller samples from the whole row instead."""
+    if not (np.isfinite(log_total) and np.isfinite(scaled).all()):
+        return None  # an overflowing temperature or a broken model: the full path handles and reports it
+    order = np.argsort(-scaled, kind="stable")
+    ids, probs = ids[order], np.exp(scaled[order].astype(np.float64) - log_total)
+    # Every filter keeps a prefix of the tokens by probability: find the shortest, and whether it provably
+    # ends within the candidates.
+    keep, known, total = ids.size, False, 1.0  # total: what top-p takes its share of (the vocabulary, or top-k's)
+    if params.top_k > 0:
+        if params.top_k > ids.size:
+            return None
+        keep, known, total = params.top_k, True, probs[: params.top_k].sum()
+    if params.top_p < 1.0:
+        cumulative = np.cumsum(probs[:keep])
+        if cumulative[-1] >= params.top_p * total:
+            keep, known = int(np.searchsorted(cumulative, params.top_p * total)) + 1, True
+    if params.min_p > 0:
+        above = int(np.count_nonzero(probs[:keep] >= params.min_p * probs[0]))
+        if above < keep or known:
+            keep, known = above, True
+    if not known:
+        return None
+    ids, probs = ids[:keep], probs[:keep]
+    ascending = np.argsort(ids)  # the same id-order draw as `sample`
+    cdf = np.cumsum(probs[ascending])
+    return int(ids[ascending][min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(ids) - 1)])

@@ -10,6 +10,7 @@ import pytest
 import edgeinfer
 from edgeinfer.backends import BackendOptions, get_backend
 from edgeinfer.backends import cuda as cuda_backend
+from edgeinfer.candidates import CandidateHead
 from edgeinfer.errors import BackendError, GenerationError
 from edgeinfer.export.dynamic_graph import GREEDY_OUTPUT
 from edgeinfer.generator import Generator
@@ -134,10 +135,12 @@ def test_graph_ids_need_a_gpu_and_skip_zero(cuda_pkg):
 
 
 # -- the fixed-address decode path, run on the CPU ------------------------------------------------------------
-def _cpu_runner(package, **plan_options) -> DynamicRunner:
+def _cpu_runner(package, head: bool = False, **plan_options) -> DynamicRunner:
+    """PACKAGE's runner on the CPU EP; HEAD: with a candidates head on the CPU EP, as the GPU runs one."""
     manifest = load_manifest(package)
     session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
-    return DynamicRunner(session, manifest, "cpu", plan=binding_plan(manifest, "cpu", **plan_options))
+    candidates = CandidateHead(manifest.spec.vocab_size, np.dtype(manifest.activation_dtype), ["CPUExecutionProvider"]) if head else None
+    return DynamicRunner(session, manifest, "cpu", plan=binding_plan(manifest, "cpu", **plan_options), head=candidates)
 
 
 def _greedy_run(runner, prompt, steps=24):
@@ -182,6 +185,55 @@ def test_greedy_decode_reads_no_logits_when_the_graph_has_an_argmax(cuda_pkg):
     sampled.append([1, 2, 3])
     sampled.next_token()
     assert fetched
+
+
+def test_sampled_decode_reads_no_logits_when_the_candidates_hold_the_kept_set(cuda_pkg):
+    runner = _cpu_runner(cuda_pkg, head=True, fixed_decode_inputs=True)
+    fetched = []
+    original = runner.last_logits
+    runner.last_logits = lambda all_rows=False: fetched.append(1) or original(all_rows)
+    top_k = Generator(runner, runner.vocab_size, SamplingParams(temperature=0.6, top_k=20, seed=0))
+    top_k.append([1, 2, 3])
+    top_k.extend(4)
+    assert not fetched  # every draw came from the 64 candidates
+    unfiltered = Generator(runner, runner.vocab_size, SamplingParams(temperature=0.6, top_p=1.0, seed=0))
+    unfiltered.append([1, 2, 3])
+    unfiltered.next_token()
+    assert fetched  # any token may be drawn: the whole row
+
+
+def test_candidates_are_the_top_of_the_row_at_the_temperature(cuda_pkg):
+    runner = _cpu_runner(cuda_pkg, head=True, fixed_decode_inputs=True)
+    for ids, position, temperature in (([1, 2, 3], 0, 0.7), ([4], 3, 0.7), ([5], 4, 1.3)):  # prefill, decode, new T
+        runner.run(np.array(ids), position)
+        top_ids, scaled, log_total = runner.candidates(temperature)
+        logits = runner.last_logits().astype(np.float64)
+        assert len(top_ids) == min(64, logits.size) and list(scaled) == sorted(scaled, reverse=True)
+        np.testing.assert_allclose(scaled, logits[top_ids] / temperature, rtol=1e-6)
+        assert scaled[-1] >= np.sort(logits)[-len(top_ids)] / temperature - 1e-6  # nothing better left out
+        top = logits.max() / temperature
+        assert log_total == pytest.approx(np.log(np.exp(logits / temperature - top).sum()) + top, rel=1e-6)
+
+
+def test_sampling_from_candidates_draws_the_tokens_the_whole_row_draws(cuda_pkg):
+    """Step by step, the same random number: the candidates' draw and the whole row's. They may differ only
+    where fp16 logits tie at a filter's edge (the GPU's TopK and numpy break ties differently)."""
+    from edgeinfer.sampler import sample
+
+    for params in (SamplingParams(temperature=0.8, top_k=30, seed=4), SamplingParams(temperature=0.6, top_p=0.9, seed=5),
+                   SamplingParams(temperature=1.0, top_p=1.0, min_p=0.1, seed=6)):
+        runner = _cpu_runner(cuda_pkg, head=True, fixed_decode_inputs=True)
+        gen = Generator(runner, runner.vocab_size, params)
+        gen.append([9, 8, 7])
+        same = 0
+        for _ in range(40):
+            state = gen.rng.bit_generator.state
+            from_candidates = gen.next_token()
+            gen.rng.bit_generator.state = state
+            from_row = sample(runner.last_logits(), params, gen.rng)
+            same += from_candidates == from_row
+            gen.append([from_row])
+        assert same >= 36, (params, same)
 
 
 def test_cuda_package_matches_cpu_package_tokens(cuda_pkg, qwen2_fp32):

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from edgeinfer.errors import SamplingError
-from edgeinfer.sampler import GREEDY, SamplingParams, apply_repetition_penalty, logits_to_probs, sample
+from edgeinfer.sampler import (
+    GREEDY, SamplingParams, apply_repetition_penalty, logits_to_probs, sample, sample_from_candidates,
+)
 
 
 def softmax(x):
@@ -113,3 +115,26 @@ def test_filters_match_a_dense_reference_and_seeded_draws_follow_id_order():
         u = np.random.default_rng(7).random()
         cdf = np.cumsum(expected)
         assert sample(logits, params, np.random.default_rng(7), history) == int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+
+
+def test_candidates_draw_what_the_whole_row_draws_or_decline():
+    """sample_from_candidates (the GPU's K most likely tokens) against sample (the whole row), seed for seed."""
+    rng = np.random.default_rng(11)
+    served = 0
+    for trial in range(300):
+        logits = rng.standard_normal(5000) * rng.uniform(0.5, 6)
+        params = SamplingParams(temperature=float(rng.uniform(0.2, 1.5)), top_k=int(rng.choice([0, 10, 64, 100])),
+                                top_p=float(rng.choice([1.0, 0.5, 0.9, 0.95])), min_p=float(rng.choice([0, 0.05, 0.3])))
+        scaled = logits / params.temperature
+        top = np.argsort(-scaled)[:64]
+        log_total = np.log(np.exp(scaled - scaled.max()).sum()) + scaled.max()
+        token = sample_from_candidates(top, scaled[top], log_total, params, np.random.default_rng(trial))
+        if token is None:
+            probs = logits_to_probs(logits, params)
+            # Declined only where the kept set may reach past the 64: top-k above 64, or more than 64 kept.
+            assert params.top_k > 64 or np.count_nonzero(probs) >= 64 or (params.top_p == 1 and not params.top_k and not params.min_p)
+        else:
+            served += 1
+            assert token == sample(logits, params, np.random.default_rng(trial))
+    assert served > 100
+    assert sample_from_candidates(np.arange(3), np.array([0.0, -1, -2]), 0.5, SamplingParams(top_p=1.0), np.random.default_rng()) is None

@@ -69,6 +69,11 @@ class Backend(ABC):
         """Whether sessions from OPTIONS capture and replay device graphs (each run must then name its graph)."""
         return False
 
+    def candidate_head(self, vocab_size: int, logits_dtype, options: BackendOptions):
+        """A CandidateHead beside this backend's logits when the host would pay to read whole rows (a GPU);
+        None: the sampler reads the row where it is."""
+        return None
+
     def session_options(self, options: BackendOptions) -> ort.SessionOptions:
         so = ort.SessionOptions()
         if options.graph_optimization not in _OPT_LEVELS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 
 import onnxruntime as ort
 
@@ -67,6 +68,13 @@ class CUDABackend(Backend):
 
     def graph_capture(self, options: BackendOptions) -> bool:
         return self.provider_options(options)["enable_cuda_graph"].strip().lower() not in _OFF
+
+    def candidate_head(self, vocab_size: int, logits_dtype, options: BackendOptions):
+        from ..candidates import CandidateHead
+
+        # Run on demand with a host-side temperature: no graph to capture.
+        plain = replace(options, provider_options={**options.provider_options, "enable_cuda_graph": "0"})
+        return CandidateHead(vocab_size, logits_dtype, self.providers(plain))
 
     def session_options(self, options: BackendOptions):
         so = super().session_options(options)

@@ -1,0 +1,60 @@
+"""The sampler's first step, run where the logits are: the K most likely tokens of a row at a temperature.
+
+A GPU decode step of the 1.5B model takes ~1.8 ms; copying its 152k-token logits row to the host and filtering it
+there takes longer than that. This tiny graph, built here and run on the device after a sampled step, hands
+the host K ids, their logits / temperature and the row's log-sum-exp: what `sample_from_candidates` needs to
+draw exactly as the whole row would whenever the kept set lies within the K (top-k <= K; top-p and min-p on
+the peaked rows a trained model gives). Greedy steps never run it: the main graph's argmax serves them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+CANDIDATES = 64
+_ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
+
+
+def candidates_model(vocab_size: int, logits_dtype: np.dtype) -> bytes:
+    """logits [1, 1, V], temperature [1] -> top_logits [1, 1, K] (of logits / temperature, best first),
+    top_ids [1, 1, K], logsumexp [1, 1, 1] (over the whole row of logits / temperature)."""
+    k = min(CANDIDATES, vocab_size)
+    nodes = [
+        helper.make_node("Cast", ["logits"], ["logits_f32"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["logits_f32", "temperature"], ["scaled"]),
+        helper.make_node("TopK", ["scaled", "k"], ["top_logits", "top_ids"], axis=-1, largest=1, sorted=1),
+        helper.make_node("ReduceLogSumExp", ["scaled", "axis"], ["logsumexp"], keepdims=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "candidates",
+        [helper.make_tensor_value_info("logits", _ONNX_TYPES[np.dtype(logits_dtype)], [1, 1, vocab_size]),
+         helper.make_tensor_value_info("temperature", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("top_logits", TensorProto.FLOAT, [1, 1, k]),
+         helper.make_tensor_value_info("top_ids", TensorProto.INT64, [1, 1, k]),
+         helper.make_tensor_value_info("logsumexp", TensorProto.FLOAT, [1, 1, 1])],
+        initializer=[helper.make_tensor("k", TensorProto.INT64, [1], [k]),
+                     helper.make_tensor("axis", TensorProto.INT64, [1], [-1])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10).SerializeToString()
+
+
+class CandidateHead:
+    """One session of the candidates graph on the logits' device, shared by every runner of a model."""
+
+    def __init__(self, vocab_size: int, logits_dtype: np.dtype, providers: list):
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(candidates_model(vocab_size, logits_dtype), so, providers=providers)
+
+    def run(self, logits: ort.OrtValue, temperature: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """(ids, logits / temperature, log-sum-exp) of LOGITS' most likely tokens, best first, on the host."""
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input("logits", logits)
+        binding.bind_cpu_input("temperature", np.array([temperature], dtype=np.float32))
+        for name in ("top_logits", "top_ids", "logsumexp"):
+            binding.bind_output(name, "cpu")  # a few hundred bytes: copied straight to the host
+        self.session.run_with_iobinding(binding)
+        top_logits, top_ids, logsumexp = binding.copy_outputs_to_cpu()
+        return top_ids[0, 0], top_logits[0, 0], float(logsumexp[0, 0, 0])
