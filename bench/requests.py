@@ -1,6 +1,6 @@
 """What an app sees request after request: `model.stream()` called again and again on one loaded model.
 
-    python bench/requests.py PACKAGE [--device cuda] [--requests 30] [--prompt-len 128] [--new-tokens 32] [--sample]
+    python bench/requests.py PACKAGE [--device cuda] [--requests 30] [--prompt-len 128] [--new-tokens 32] [--sample [--top-k K]]
 
 `edgeinfer bench` keeps one generator for all its runs; an app calls `generate`/`stream` per request, so
 each request also pays for whatever a fresh generator costs (cache buffers, a new CUDA graph). This prints,
@@ -16,6 +16,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--sample", action="store_true", help="sample with the model's defaults instead of greedy")
+    ap.add_argument("--top-k", type=int, default=0, help="with --sample: also keep only the K most likely tokens")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -41,7 +43,7 @@ def main() -> None:
     from edgeinfer.sampler import GREEDY
 
     model = edgeinfer.load(args.package, device=args.device, verify=False)
-    sampling = model.default_sampling() if args.sample else GREEDY
+    sampling = replace(model.default_sampling(), top_k=args.top_k) if args.sample else GREEDY
     sentence = "The quick brown fox jumps over the lazy dog while the cat watches from the window. "
     ids = model.tokenizer.encode(sentence * args.prompt_len)[: args.prompt_len]
     words = model.tokenizer.decode(ids)  # about PROMPT_LEN tokens of plain text
