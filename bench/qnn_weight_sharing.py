@@ -111,9 +111,8 @@ def probe(package: Path) -> dict:
         for share in (False, True):
             folder = Path(tmp) / ("shared" if share else "apart")
             folder.mkdir()
-            for role in ROLES:
-                for suffix in (".onnx", ".onnx.data"):
-                    shutil.copy(package / f"{role}{suffix}", folder / f"{role}{suffix}")
+            for name in {manifest.graphs[role]["parts"][0][key] for role in ROLES for key in ("file", "data")}:
+                shutil.copy(package / name, folder / name)
             compiled = compile_pair(folder, share)
             tokens = greedy_tokens(compiled.pop("sessions"), package, prompt, 16)
             compiled["tokens_equal_cpu_ep"] = tokens == reference

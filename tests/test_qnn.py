@@ -61,6 +61,9 @@ def test_manifest_records_the_precision_plan(qdq_pkg):
     assert manifest.graphs["host"]["embeddings"]["dtype"] == "float16"
     plan = manifest.graphs["quantization"]
     assert "int4" in plan["weights"] and "uint16" in plan["activations"] and plan["calibration"]["chat_template"]
+    prefill, decode = manifest.graphs["prefill"]["parts"][0], manifest.graphs["decode"]["parts"][0]
+    assert decode["data"] == prefill["data"] == "prefill.onnx.data"  # one copy of the weights in the package
+    assert not (qdq_pkg / "decode.onnx.data").exists() and "decode.onnx.data" not in manifest.files
     import onnx
 
     for role in ("prefill", "decode"):
@@ -179,6 +182,7 @@ def test_large_models_split_into_parts(tmp_path, monkeypatch):
     package = export_tiny("preset:tiny-qwen2", tmp_path / "parts", target="qnn", prefill_chunk=16)
     manifest = load_manifest(package)
     assert [p["layers"] for p in manifest.graphs["decode"]["parts"]] == [[0, 1], [1, 2]]
+    assert [p["data"] for p in manifest.graphs["decode"]["parts"]] == ["prefill.part0.onnx.data", "prefill.part1.onnx.data"]
     ours = greedy(edgeinfer.load(package, device="qnn").generator(GREEDY), prompt(20), 8)
     assert ours == greedy(cpu_static_generator(package), prompt(20), 8)
 

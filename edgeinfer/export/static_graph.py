@@ -18,10 +18,12 @@ gets its own 16-bit activation range (Qwen2's k bias is much larger than q's or 
 
 W4A16: the float graphs are built first, calibrated on chat-template prompts and quantized to QDQ (see qdq.py).
 Large models are split into parts by layers so that no single HTP context holds more than PART_BYTES of weights.
+Prefill and decode of a part read one weights file (share_weight_files).
 """
 
 from __future__ import annotations
 
+import filecmp
 import shutil
 import tempfile
 import time
@@ -209,6 +211,25 @@ def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Pa
     return graphs
 
 
+def share_weight_files(folder: Path, graphs: dict) -> None:
+    """Prefill and decode of a part hold the same weights, written (or quantized) in the same order: where their
+    data files are byte-identical, the decode graph is pointed at the prefill's file and its own copy removed,
+    so the package carries each weight once (ONNX-level sharing; each QNN context still holds its own copy)."""
+    import onnx
+
+    for prefill, decode in zip(graphs["prefill"]["parts"], graphs["decode"]["parts"]):
+        if prefill["data"] == decode["data"] or not filecmp.cmp(folder / prefill["data"], folder / decode["data"], shallow=False):
+            continue
+        model = onnx.load(str(folder / decode["file"]), load_external_data=False)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = prefill["data"]
+        onnx.save(model, str(folder / decode["file"]))
+        (folder / decode["data"]).unlink()
+        decode["data"] = prefill["data"]
+
+
 def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: Path, progress: bool = True,
                         part_bytes: int | None = None) -> dict:
     """Write the qnn package's graphs into FOLDER; returns the manifest's `graphs` (plus "kv_dtype")."""
@@ -229,6 +250,7 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
     }
     if options.precision == "fp32":
         graphs = write_float_graphs(weights, options, folder, parts, progress)
+        share_weight_files(folder, graphs)
         return {**graphs, "host": host, "quantization": None, "kv_dtype": "float32"}
 
     from .qdq import quantize_graphs
@@ -239,6 +261,7 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
         graphs = write_float_graphs(weights, options, float_folder, parts, progress)
         quantization = quantize_graphs(weights, graphs, float_folder, folder, options, progress)
         shutil.rmtree(float_folder, ignore_errors=True)
+    share_weight_files(folder, graphs)
     if progress:
         print(f"quantized {len(parts)} part(s) x 2 graphs to W4A16 QDQ in {time.perf_counter() - started:.1f} s")
     return {**graphs, "host": host, "quantization": quantization, "kv_dtype": "float32"}
