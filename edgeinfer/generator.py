@@ -107,7 +107,7 @@ class Generator:
         if self._logits is None and not self._pending:
             raise GenerationError("nothing to sample from: append a prompt first")
         if self._pending and self.sampling.repetition_penalty == 1.0:
-            # Where the package prepares sampling on the device: its argmax, or a draw from its few most likely tokens.
+            # Where the runner prepares sampling on the device: the graph's argmax, or its most likely tokens.
             if self.sampling.greedy:
                 token = self.runner.greedy_token()
             else:

@@ -6,9 +6,9 @@ cost grows only with attention over the filled part.
 
 On a GPU the cache, the logits and the greedy token stay in device memory; a decode step updates two small
 device buffers in place (the token id and the cache length) and reads back one token id (greedy), the few most
-likely tokens (sampling, see candidates.py), or the last logits row when the sampler needs all of it. Fixed addresses and shapes let onnxruntime capture the decode step once as a
-CUDA graph and replay it: one launch per token instead of several hundred. Prefill has a new shape each time
-and runs without a graph.
+likely tokens (sampling, see candidates.py), or the last logits row when the sampler needs all of it. Fixed
+addresses and shapes let onnxruntime capture the decode step once as a CUDA graph and replay it: one launch per
+token instead of several hundred. Prefill has a new shape each time and runs without a graph.
 """
 
 from __future__ import annotations
