@@ -1,9 +1,10 @@
 """Streaming MinMax calibration: activation ranges folded feed by feed, never a list of feeds or outputs.
 
-onnxruntime's MinMaxCalibrater wants every feed up front (a CalibrationDataReader) and keeps each feed's
-outputs until the end (its periodic fold, CalibMaxIntermediateOutputs, drops them in onnxruntime 1.32
-instead). For the 1.5B shape one feed holds the whole KV cache (28 layers x 2 x [1,2,4096,128] fp32 = 235 MB),
-so the recorded feeds alone came to ~10 GB before the calibrator loaded its own copy of the graph.
+onnxruntime's MinMaxCalibrater reads its feeds from a CalibrationDataReader, so the generation loop had to
+record every feed first (and its periodic fold, CalibMaxIntermediateOutputs, drops the collected statistics in
+onnxruntime 1.32 instead of folding them). For the 1.5B shape one feed holds the whole KV cache (28 layers x 2 x
+[1,2,4096,128] fp32 = 235 MB): the recorded feeds alone came to ~10 GB, beside the float sessions and the
+calibrator's own copy of the graph.
 
 Here each float graph gets the calibrator's own augmentation (ReduceMin/ReduceMax of every float tensor that
 an op to quantize reads or writes) saved beside it, pointing at the same weights file; the generation loop
