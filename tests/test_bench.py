@@ -84,3 +84,9 @@ def test_source_is_exported_once_into_the_cache(tmp_path, monkeypatch):
     (first / "model.onnx.data").write_bytes(b"broken")
     resolve_package("preset:tiny-llama", "cpu", "w4a16", 128, progress=False)
     assert (first / "model.onnx.data").stat().st_size > 6  # a damaged cache entry is rebuilt
+
+
+def test_file_sizes_read_in_the_unit_that_fits():
+    from edgeinfer.bench.results import _fmt_bytes
+
+    assert [_fmt_bytes(n) for n in (419167, 1133 * 2**20, 1_160_000_000)] == ["409 KiB", "1133 MiB", "1.08 GiB"]

@@ -66,7 +66,9 @@ def load_results(paths: list[str | Path]) -> list[dict]:
 
 
 def _fmt_bytes(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def _fmt(stat: dict, unit: str, digits: int = 1) -> str:
