@@ -89,4 +89,4 @@ def test_source_is_exported_once_into_the_cache(tmp_path, monkeypatch):
 def test_file_sizes_read_in_the_unit_that_fits():
     from edgeinfer.bench.results import _fmt_bytes
 
-    assert [_fmt_bytes(n) for n in (419167, 1133 * 2**20, 1_160_000_000)] == ["409 KiB", "1133 MiB", "1.08 GiB"]
+    assert [_fmt_bytes(n) for n in (419167, 900 * 2**20, 1_160_000_000)] == ["409 KiB", "900 MiB", "1.08 GiB"]
