@@ -47,14 +47,32 @@ class CandidateHead:
         so = ort.SessionOptions()
         so.log_severity_level = 3
         self.session = ort.InferenceSession(candidates_model(vocab_size, logits_dtype), so, providers=providers)
+        self.k = min(CANDIDATES, vocab_size)
 
-    def run(self, logits: ort.OrtValue, temperature: float) -> tuple[np.ndarray, np.ndarray, float]:
-        """(ids, logits / temperature, log-sum-exp) of LOGITS' most likely tokens, best first, on the host."""
-        binding = self.session.io_binding()
-        binding.bind_ortvalue_input("logits", logits)
-        binding.bind_cpu_input("temperature", np.array([temperature], dtype=np.float32))
-        for name in ("top_logits", "top_ids", "logsumexp"):
-            binding.bind_output(name, "cpu")  # a few hundred bytes: copied straight to the host
-        self.session.run_with_iobinding(binding)
-        top_logits, top_ids, logsumexp = binding.copy_outputs_to_cpu()
-        return top_ids[0, 0], top_logits[0, 0], float(logsumexp[0, 0, 0])
+    def bind(self, logits: ort.OrtValue) -> "CandidateBinding":
+        return CandidateBinding(self, logits)
+
+
+class CandidateBinding:
+    """One runner's use of the head: its logits buffer in, host buffers out, bound once and reused per token."""
+
+    def __init__(self, head: CandidateHead, logits: ort.OrtValue):
+        self.session = head.session
+        self.binding = head.session.io_binding()
+        self.binding.bind_ortvalue_input("logits", logits)
+        self._temperature = np.ones(1, dtype=np.float32)
+        self._outputs = {"top_logits": np.zeros((1, 1, head.k), np.float32), "top_ids": np.zeros((1, 1, head.k), np.int64),
+                         "logsumexp": np.zeros((1, 1, 1), np.float32)}
+        # Host OrtValues wrap these arrays: onnxruntime copies into and out of them, nothing is allocated per token.
+        self._values = [ort.OrtValue.ortvalue_from_numpy(self._temperature)]
+        self.binding.bind_ortvalue_input("temperature", self._values[0])
+        for name, array in self._outputs.items():
+            self._values.append(ort.OrtValue.ortvalue_from_numpy(array))
+            self.binding.bind_ortvalue_output(name, self._values[-1])
+
+    def run(self, temperature: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """(ids, logits / TEMPERATURE, log-sum-exp) of the bound logits' most likely tokens, best first."""
+        self._temperature[0] = temperature
+        self.session.run_with_iobinding(self.binding)
+        out = self._outputs
+        return out["top_ids"][0, 0].copy(), out["top_logits"][0, 0].copy(), float(out["logsumexp"][0, 0, 0])

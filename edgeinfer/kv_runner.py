@@ -108,6 +108,7 @@ class DynamicRunner:
         self.prefill_chunk = self.capacity if self.device != "cpu" else None
         # The most likely tokens, where a head runs beside the logits (one row of them: not all_logits packages).
         self.head = head if not self.plan.all_logits else None
+        self._head_binding = None
         # Runs that replay CUDA graphs share the session's scratch memory: one at a time.
         self._lock = run_lock if run_lock is not None else contextlib.nullcontext()
         self._host_arrays: dict[str, np.ndarray] = {}  # host buffers stay alive: their OrtValues wrap this memory
@@ -182,7 +183,11 @@ class DynamicRunner:
     def candidates(self, temperature: float) -> tuple[np.ndarray, np.ndarray, float] | None:
         """The last run's most likely next tokens: (ids, logits / TEMPERATURE, log-sum-exp of logits / TEMPERATURE
         over the vocabulary), best first; None without a candidates head."""
-        return None if self.head is None else self.head.run(self._logits_value, temperature)
+        if self.head is None:
+            return None
+        if self._head_binding is None:  # bound on first use: greedy-only runners never pay for it
+            self._head_binding = self.head.bind(self._logits_value)
+        return self._head_binding.run(temperature)
 
     def cache_arrays(self) -> list[np.ndarray]:
         """The cache buffers as numpy views (host caches only): for tests and inspection."""
