@@ -14,7 +14,6 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 CANDIDATES = 64
-_ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
 
 
 def candidates_model(vocab_size: int, logits_dtype: np.dtype) -> bytes:
@@ -29,7 +28,7 @@ def candidates_model(vocab_size: int, logits_dtype: np.dtype) -> bytes:
     ]
     graph = helper.make_graph(
         nodes, "candidates",
-        [helper.make_tensor_value_info("logits", _ONNX_TYPES[np.dtype(logits_dtype)], [1, 1, vocab_size]),
+        [helper.make_tensor_value_info("logits", helper.np_dtype_to_tensor_dtype(np.dtype(logits_dtype)), [1, 1, vocab_size]),
          helper.make_tensor_value_info("temperature", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("top_logits", TensorProto.FLOAT, [1, 1, k]),
          helper.make_tensor_value_info("top_ids", TensorProto.INT64, [1, 1, k]),
@@ -47,7 +46,7 @@ class CandidateHead:
         so = ort.SessionOptions()
         so.log_severity_level = 3
         self.session = ort.InferenceSession(candidates_model(vocab_size, logits_dtype), so, providers=providers)
-        self.k = min(CANDIDATES, vocab_size)
+        self.k = self.session.get_outputs()[0].shape[-1]  # CANDIDATES, or the whole vocabulary when smaller
 
     def bind(self, logits: ort.OrtValue) -> "CandidateBinding":
         return CandidateBinding(self, logits)
