@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 from edgeinfer.backends import BackendOptions, get_backend
 from edgeinfer.generator import Generator
-from edgeinfer.package import load_manifest
+from edgeinfer.package import load_manifest, load_package
 from edgeinfer.sampler import GREEDY
 from edgeinfer.static_runner import StaticEngine, StaticRunner
 
@@ -83,8 +83,8 @@ def load_in_fresh_process(folder: Path, share: bool) -> dict:
 
 
 def greedy_tokens(sessions: dict, package: Path, prompt: list[int], steps: int) -> list[int]:
-    manifest = load_manifest(package)
-    embeddings = np.load(package / manifest.graphs["host"]["embeddings"]["file"], mmap_mode="r")
+    loaded = load_package(package)
+    manifest, embeddings = loaded.manifest, StaticEngine.host_embeddings(loaded)
     runner = StaticRunner({role: [sessions[role]] for role in ROLES}, manifest.graphs, manifest.spec,
                           manifest.context_length, embeddings)
     generator = Generator(runner, manifest.spec.vocab_size, GREEDY)
@@ -93,9 +93,9 @@ def greedy_tokens(sessions: dict, package: Path, prompt: list[int], steps: int) 
 
 
 def cpu_tokens(package: Path, prompt: list[int], steps: int) -> list[int]:
-    manifest = load_manifest(package)
-    engine = StaticEngine(get_backend("cpu"), package, manifest, BackendOptions())
-    generator = Generator(engine.new_runner(), manifest.spec.vocab_size, GREEDY)
+    loaded = load_package(package)
+    engine = StaticEngine(get_backend("cpu"), loaded, BackendOptions())
+    generator = Generator(engine.new_runner(), loaded.manifest.spec.vocab_size, GREEDY)
     generator.append(prompt)
     return generator.extend(steps)
 

@@ -20,7 +20,7 @@ from .backends import BackendOptions, get_backend
 from .chat import ChatFormat, Reply, split_reasoning
 from .errors import GenerationError, PackageError
 from .generator import PREFILL_CHUNK, Generator, StopConditions, Timings, run_loop
-from .package import Manifest, load_manifest
+from .package import Manifest, Package, load_package
 from .sampler import SamplingParams
 from .tokenizer import TextStopper, TextTokenizer
 
@@ -53,7 +53,8 @@ class Model:
         self.backend.require()
         started = time.perf_counter()
         self.path = path
-        self.manifest: Manifest = load_manifest(path, verify=verify)
+        package = load_package(path, verify=verify)
+        self.manifest: Manifest = package.manifest
         if self.manifest.target != self.backend.target:
             raise PackageError(
                 f"{path} was exported for {self.manifest.target}, not {device}: "
@@ -61,12 +62,12 @@ class Model:
             )
         self.options = options
         session_started = time.perf_counter()
-        self.engine = _engine(self.backend, path, self.manifest, options)
+        self.engine = _engine(self.backend, package, options)
         self.session_s = time.perf_counter() - session_started  # includes any compile/cache step
         # A GPU runner's cache buffers and captured decode graph cost milliseconds to make: requests reuse them.
         self._runners = RunnerPool(self.engine, keep=self.backend.kv_location == "device")
         tok = self.manifest.tokenizer
-        self.tokenizer = TextTokenizer.from_package(path, tok["bos_token_id"], tok["add_bos_token"])
+        self.tokenizer = TextTokenizer.from_package(package, tok["bos_token_id"], tok["add_bos_token"])
         if self.tokenizer.vocab_size > self.spec.vocab_size:  # e.g. tokenizer.json from another model
             raise PackageError(
                 f"{path}: the tokenizer has {self.tokenizer.vocab_size} tokens, the model {self.spec.vocab_size}: "
@@ -191,12 +192,12 @@ class RunnerPool:
                 self._idle.append(runner)
 
 
-def _engine(backend, path: Path, manifest: Manifest, options: BackendOptions):
-    if manifest.graph_flavour == "static":
+def _engine(backend, package: Package, options: BackendOptions):
+    if package.manifest.graph_flavour == "static":
         from .static_runner import StaticEngine
 
-        return StaticEngine(backend, path, manifest, options)
-    return DynamicEngine(backend, path, manifest, options)
+        return StaticEngine(backend, package, options)
+    return DynamicEngine(backend, package, options)
 
 
 class DynamicEngine:
@@ -206,14 +207,14 @@ class DynamicEngine:
     runs take turns: graph replays share the session's scratch memory.
     """
 
-    def __init__(self, backend, path: Path, manifest: Manifest, options: BackendOptions):
+    def __init__(self, backend, package: Package, options: BackendOptions):
         self.backend = backend
-        self.manifest = manifest
+        self.manifest = manifest = package.manifest
         decoder = manifest.graphs.get("decoder")
-        if not isinstance(decoder, dict) or not isinstance(decoder.get("file"), str) or decoder["file"] not in manifest.files:
-            raise PackageError(f"{path}: the manifest names no verified decoder graph: re-export the package")
-        self.session = backend.create_session(str(path / decoder["file"]), options)
-        check_graph(path, self.session, manifest)
+        if not isinstance(decoder, dict):
+            raise PackageError(f"{package.folder}: the manifest names no decoder graph: re-export the package")
+        self.session = backend.create_session(str(package.graph(decoder.get("file"), "the decoder graph")), options)
+        check_graph(package.folder, self.session, manifest)
         self.graph_capture = backend.graph_capture(options)
         self.head = backend.candidate_head(manifest.architecture["vocab_size"], np.dtype(manifest.activation_dtype), options)
         self._graph_ids = itertools.count(1)

@@ -8,14 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
+
 from .architecture import ArchSpec
 from .errors import PackageError
+from .external_data import external_data_files
+from .limits import size_problem, spec_sizes
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KiB plus a chat template; more is not one we wrote
+# A package file name is one plain name in the package folder: no separator of any platform, no drive or stream
+# (":"), no leading dot (".", ".." and hidden files), nothing a shell or Windows would read twice.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
 @dataclass
@@ -66,8 +77,13 @@ def read_manifest(folder: Path) -> Manifest:
     path = folder / MANIFEST
     if not path.is_file():
         raise PackageError(f"{folder} is not an edgeinfer package (no {MANIFEST}): export it with `edgeinfer export`")
+    _regular_file(path, "its manifest")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise PackageError(f"{path} has {path.stat().st_size} bytes, more than a manifest holds: the package is damaged, re-export it")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
         if data.get("format_version") != FORMAT_VERSION:
             raise PackageError(
                 f"{folder} has package format {data.get('format_version')}, this edgeinfer reads {FORMAT_VERSION}: re-export it"
@@ -79,13 +95,24 @@ def read_manifest(folder: Path) -> Manifest:
         raise PackageError(f"{path} is damaged ({exc}): re-export the package") from None
 
 
+def _regular_file(path: Path, what: str) -> os.stat_result:
+    """lstat of PATH, refusing a symlink or anything but a plain file: a link would open a file outside the package."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise PackageError(f"{path.parent} is incomplete: {path.name} ({what}) is missing: re-export the package") from None
+    if stat.S_ISLNK(info.st_mode) or getattr(info, "st_reparse_tag", 0):
+        raise PackageError(f"{path} ({what}) is a link: a package holds its own files; copy the real file in or re-export")
+    if not stat.S_ISREG(info.st_mode):
+        raise PackageError(f"{path} ({what}) is not a regular file: re-export the package")
+    return info
+
+
 def verify_files(folder: Path, manifest: Manifest, hashes: bool = True) -> None:
     """Sizes always; sha256 too unless the caller opts out (it reads every byte once)."""
     for name, expected in manifest.files.items():
         path = folder / name
-        if not path.is_file():
-            raise PackageError(f"{folder} is incomplete: {name} is missing: re-export the package")
-        size = path.stat().st_size
+        size = _regular_file(path, "listed in the manifest").st_size
         if size != expected["bytes"]:
             raise PackageError(
                 f"{folder}/{name} has {size} bytes, the manifest says {expected['bytes']}: the package is damaged, re-export it"
@@ -118,9 +145,8 @@ def check_manifest(folder: Path, m: Manifest) -> None:
         spec = m.spec
     except TypeError as exc:
         raise PackageError(f"{folder}/{MANIFEST}: architecture is incomplete ({exc}): re-export the package") from None
-    sizes = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size", "vocab_size")
-    need(all(whole(getattr(spec, k)) for k in sizes), "architecture sizes must be whole numbers > 0")
-    need(whole(m.context_length), f"context_length must be a whole number > 0, not {m.context_length!r}")
+    problem = size_problem({**spec_sizes(spec), "context_length": m.context_length})
+    need(problem is None, str(problem))
     need(m.activation_dtype in ACTIVATION_DTYPES, f"activation_dtype {m.activation_dtype!r} is not one of {ACTIVATION_DTYPES}")
     kv = m.kv_cache
     need(kv.get("dtype") in ACTIVATION_DTYPES, f"kv_cache dtype {kv.get('dtype')!r} is not one of {ACTIVATION_DTYPES}")
@@ -129,6 +155,8 @@ def check_manifest(folder: Path, m: Manifest) -> None:
         need(kv.get(key) == value, f"kv_cache {key} is {kv.get(key)!r}, the architecture and context say {value}")
     need(m.export_options.get("context_length", m.context_length) == m.context_length,
          "export_options and context_length disagree")
+    if m.graph_flavour == "static":
+        _check_static_graphs(m, spec, need)
     tok = m.tokenizer
     keys = ("bos_token_id", "eos_token_ids", "add_bos_token", "chat_template", "chat_format")
     need(all(k in tok for k in keys), f"tokenizer needs {', '.join(keys)}")
@@ -140,13 +168,87 @@ def check_manifest(folder: Path, m: Manifest) -> None:
          and isinstance(tok.get("chat_template"), (str, type(None))), "tokenizer settings have the wrong types")
 
 
+def _check_static_graphs(m: Manifest, spec: ArchSpec, need) -> None:
+    """The structure the static runner walks: roles with token counts and parts, cache names it can bind, host data."""
+    names = {f"{kind}_{cache}.{i}" for kind in ("past", "new") for cache in ("key", "value") for i in range(spec.num_layers)}
+    strings = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+    for role in ("prefill", "decode"):
+        entry = m.graphs.get(role)
+        need(isinstance(entry, dict) and isinstance(entry.get("tokens"), int) and 1 <= entry["tokens"] <= m.context_length,
+             f"graphs.{role} needs a token count within the context")
+        parts = entry.get("parts")
+        need(isinstance(parts, list) and 1 <= len(parts) <= spec.num_layers and all(isinstance(p, dict) for p in parts),
+             f"graphs.{role}.parts must list 1 to {spec.num_layers} parts")
+        for part in parts:
+            need(isinstance(part.get("file"), str) and strings(part.get("inputs")) and strings(part.get("outputs"))
+                 and len(part["inputs"]) >= 4 and len(part["outputs"]) >= 1, f"a {role} part needs a file, inputs and outputs")
+            need(set(part["inputs"][4:]) | set(part["outputs"][1:]) <= names, f"a {role} part names a cache tensor the model lacks")
+    host = m.graphs.get("host")
+    need(isinstance(host, dict) and isinstance(host.get("embeddings"), dict) and isinstance(host.get("attention_mask"), dict),
+         "graphs.host needs embeddings and attention_mask")
+    value = host["attention_mask"].get("value")
+    need(isinstance(value, (int, float)) and not isinstance(value, bool) and -1e30 < value < 0, "the attention mask value must be negative")
+
+
 def _plain_name(name) -> bool:
     # Files live in the package folder itself: a name that climbs out would load something unverified.
-    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+    return isinstance(name, str) and _PLAIN_NAME.fullmatch(name) is not None
+
+
+def check_memory(folder: Path, m: Manifest) -> None:
+    """Refuse a package whose KV cache cannot fit in this machine's memory before anything is allocated."""
+    spec = m.spec
+    itemsize = 2 if m.kv_cache.get("dtype") == "float16" else 4
+    needed = 2 * spec.num_layers * spec.num_kv_heads * m.context_length * spec.head_dim * itemsize
+    total = psutil.virtual_memory().total
+    if needed > total:
+        raise PackageError(
+            f"{folder}: its KV cache needs {needed / 2**30:.1f} GiB for a context of {m.context_length}, this machine has "
+            f"{total / 2**30:.1f} GiB: re-export it with a smaller --context"
+        )
+
+
+class Package:
+    """A package folder with its checked manifest: the one gate every file a load opens goes through.
+
+    A file is opened only if it is a plain name listed in manifest.files, a regular file inside the folder (not a
+    link), of the listed size; sha256 was checked when the package loaded with verify=True. Graphs are opened only
+    if their external data files pass the same gate, so onnxruntime reads nothing the manifest does not list.
+    """
+
+    def __init__(self, folder: Path, manifest: Manifest):
+        self.folder = folder
+        self.manifest = manifest
+
+    def file(self, name, what: str) -> Path:
+        """The path of NAME, WHAT the load needs it for (named in errors), once it passes the gate."""
+        if not _plain_name(name) or name not in self.manifest.files:
+            raise PackageError(
+                f"{self.folder}: the manifest names {str(name)[:80]!r} as {what}, which is not a file it lists: "
+                "the package is damaged or crafted, re-export it"
+            )
+        path = self.folder / name
+        size = _regular_file(path, what).st_size
+        if size != self.manifest.files[name]["bytes"]:
+            raise PackageError(f"{path} changed size since the package was checked: re-export the package")
+        return path
+
+    def graph(self, name, what: str) -> Path:
+        """NAME as file() does, plus the same gate for every external data file the graph names."""
+        path = self.file(name, what)
+        for location in sorted(external_data_files(path)):
+            self.file(location, f"external data of {name}")
+        return path
+
+
+def load_package(folder: Path, verify: bool = True) -> Package:
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    check_manifest(folder, manifest)
+    check_memory(folder, manifest)
+    verify_files(folder, manifest, hashes=verify)
+    return Package(folder, manifest)
 
 
 def load_manifest(folder: Path, verify: bool = True) -> Manifest:
-    manifest = read_manifest(Path(folder))
-    check_manifest(Path(folder), manifest)
-    verify_files(Path(folder), manifest, hashes=verify)
-    return manifest
+    return load_package(folder, verify).manifest

@@ -16,38 +16,54 @@ import numpy as np
 from .architecture import ArchSpec
 from .errors import GenerationError, PackageError
 from .export.dynamic_graph import rotary_tables
-from .package import Manifest
+from .external_data import external_data_files
+from .package import Package
 
 
 class StaticEngine:
     """Sessions for every part of both roles; each runner (generator) owns its own cache."""
 
-    def __init__(self, backend, path: Path, manifest: Manifest, options):
+    def __init__(self, backend, package: Package, options):
         self.backend = backend
-        self.manifest = manifest
+        self.manifest = manifest = package.manifest
         self.options = backend.package_options(manifest.precision, options) if hasattr(backend, "package_options") else options
         graphs = manifest.graphs
         if "prefill" not in graphs or "decode" not in graphs:
-            raise PackageError(f"{path} has no prefill/decode graphs: re-export it with `edgeinfer export --target qnn`")
+            raise PackageError(f"{package.folder} has no prefill/decode graphs: re-export it with `edgeinfer export --target qnn`")
         self.compile_s: dict[str, float] = {}
-        self.sessions = {role: [self._session(path, part) for part in graphs[role]["parts"]] for role in ("prefill", "decode")}
-        embeddings = graphs["host"]["embeddings"]
-        self.embeddings = np.load(path / embeddings["file"], mmap_mode="r")
+        self.sessions = {role: [self._session(package, part) for part in graphs[role]["parts"]] for role in ("prefill", "decode")}
+        self.embeddings = self.host_embeddings(package)
 
-    def _session(self, path: Path, part: dict):
+    def _session(self, package: Package, part: dict):
         started = time.perf_counter()
-        file = path / part["file"]
-        fingerprint = [self.manifest.files.get(name, {}).get("sha256", "") for name in (part["file"], part.get("data"))]
+        file = package.graph(part.get("file"), "a graph part")
+        fingerprint = "/".join(self.manifest.files[name]["sha256"] for name in (file.name, *sorted(external_data_files(file))))
         if getattr(self.backend, "uses_context_cache", False):
-            session = self.backend.create_session(str(file), self.options, fingerprint="/".join(fingerprint))
+            session = self.backend.create_session(str(file), self.options, fingerprint=fingerprint)
         else:
             session = self.backend.create_session(str(file), self.options)
-        self.compile_s[part["file"]] = time.perf_counter() - started
+        self.compile_s[file.name] = time.perf_counter() - started
         return session
 
     def new_runner(self) -> "StaticRunner":
         return StaticRunner(self.sessions, self.manifest.graphs, self.manifest.spec, self.manifest.context_length,
                             self.embeddings)
+
+    @staticmethod
+    def host_embeddings(package: Package) -> np.ndarray:
+        """The host's embedding table, memory-mapped: a plain numeric .npy of [vocab, hidden], never a pickle."""
+        spec = package.manifest.spec
+        path = package.file(package.manifest.graphs["host"]["embeddings"].get("file"), "the embedding table")
+        try:
+            table = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise PackageError(f"{path} is not a plain numeric array ({exc}): the package is damaged, re-export it") from None
+        if table.dtype not in (np.float16, np.float32) or table.shape != (spec.vocab_size, spec.hidden_size):
+            raise PackageError(
+                f"{path} holds {table.dtype} {table.shape}, the model needs float {(spec.vocab_size, spec.hidden_size)}: "
+                "the package is damaged, re-export it"
+            )
+        return table
 
 
 class StaticRunner:

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer
 
 from .errors import GenerationError, PackageError
+
+if TYPE_CHECKING:
+    from .package import Package
+
+MAX_TOKENIZER_BYTES = 64 << 20  # the largest real tokenizer.json files are ~30 MB (262k-token vocabularies)
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 class TextTokenizer:
@@ -22,12 +32,19 @@ class TextTokenizer:
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
 
     @classmethod
-    def from_package(cls, folder: Path, bos_token_id: int | None, add_bos: bool) -> "TextTokenizer":
+    def from_package(cls, package: "Package", bos_token_id: int | None, add_bos: bool) -> "TextTokenizer":
+        tokenizer_file = package.file("tokenizer.json", "the tokenizer")
+        config_file = package.file("tokenizer_config.json", "the tokenizer settings")
+        for path in (tokenizer_file, config_file):
+            if path.stat().st_size > MAX_TOKENIZER_BYTES:
+                raise PackageError(f"{path} has {path.stat().st_size} bytes, more than any tokenizer needs: re-export the package")
         try:
-            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+            tokenizer = Tokenizer.from_file(str(tokenizer_file))
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            if not isinstance(config, dict):
+                raise ValueError("tokenizer_config.json is not a JSON object")
         except Exception as exc:
-            raise PackageError(f"{folder}: cannot read the tokenizer ({exc}): re-export the package") from None
+            raise PackageError(f"{package.folder}: cannot read the tokenizer ({_first_line(exc)}): re-export the package") from None
         return cls(tokenizer, config, bos_token_id, add_bos)
 
     def encode(self, text: str, parse_special: bool = True, add_bos: bool | None = None) -> list[int]:

@@ -16,7 +16,7 @@ import edgeinfer
 from edgeinfer.backends import BackendOptions, get_backend
 from edgeinfer.errors import GenerationError
 from edgeinfer.generator import Generator
-from edgeinfer.package import load_manifest
+from edgeinfer.package import load_manifest, load_package
 from edgeinfer.sampler import GREEDY
 from edgeinfer.static_runner import StaticEngine
 
@@ -40,9 +40,9 @@ def fp32_cpu_pkg(tmp_path_factory) -> Path:
 
 def cpu_static_generator(package: Path) -> Generator:
     """The static package on the CPU EP: the reference the HTP must match."""
-    manifest = load_manifest(package)
-    engine = StaticEngine(get_backend("cpu"), package, manifest, BackendOptions())
-    return Generator(engine.new_runner(), manifest.spec.vocab_size, GREEDY)
+    loaded = load_package(package)
+    engine = StaticEngine(get_backend("cpu"), loaded, BackendOptions())
+    return Generator(engine.new_runner(), loaded.manifest.spec.vocab_size, GREEDY)
 
 
 def greedy(generator: Generator, prompt: list[int], steps: int) -> list[int]:
@@ -108,16 +108,25 @@ def test_assume_filled_positions_decode(qdq_pkg):
     assert np.isfinite(gen.logits).all() and gen.position == 201
 
 
-def test_context_binary_is_written_then_reused_and_rebuilt_when_stale(qdq_pkg):
-    for stale in qdq_pkg.glob("*_ctx*"):
-        stale.unlink()
+def tree_digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_context_binary_is_written_then_reused_and_rebuilt_when_stale(qdq_pkg, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path))
+    package_before = tree_digest(qdq_pkg)
     started = time.perf_counter()
     first = edgeinfer.load(qdq_pkg, device="qnn", verify=False)
     first_s = time.perf_counter() - started
-    stamps = sorted(qdq_pkg.glob("*_ctx.json"))
-    assert [p.name for p in stamps] == ["decode_ctx.json", "prefill_ctx.json"]
-    assert list(qdq_pkg.glob("decode_ctx*.bin")) and (qdq_pkg / "decode_ctx.onnx").is_file()
-    binary = next(qdq_pkg.glob("decode_ctx*.bin"))
+    stamps = sorted((tmp_path / "qnn").glob("*/*_ctx.json"))
+    assert sorted(p.name for p in stamps) == ["decode_ctx.json", "prefill_ctx.json"]
+    folder = next(p.parent for p in stamps if p.name == "decode_ctx.json")
+    assert list(folder.glob("decode_ctx*.bin")) and (folder / "decode_ctx.onnx").is_file()
+    assert tree_digest(qdq_pkg) == package_before  # loading never writes into the package
+    binary = next(folder.glob("decode_ctx*.bin"))
+    assert (binary.stat().st_mode & 0o777, folder.stat().st_mode & 0o777) == (0o600, 0o700)
     written = binary.stat().st_mtime_ns
     started = time.perf_counter()
     second = edgeinfer.load(qdq_pkg, device="qnn", verify=False)
@@ -127,22 +136,42 @@ def test_context_binary_is_written_then_reused_and_rebuilt_when_stale(qdq_pkg):
     tokens = greedy(second.generator(GREEDY), prompt(7), 4)
     assert tokens == greedy(first.generator(GREEDY), prompt(7), 4)
 
-    stamp = json.loads(stamps[0].read_text())
-    stamp["qnn_build"] = "v0.0.0.other"  # as if QNN had been upgraded since the compile
-    stamps[0].write_text(json.dumps(stamp))
+    stamp_file = folder / "decode_ctx.json"
+    stamp = json.loads(stamp_file.read_text())
+    stamp["stamp"]["qnn_build"] = "v0.0.0.other"  # as if QNN had been upgraded since the compile
+    stamp_file.write_text(json.dumps(stamp))
     edgeinfer.load(qdq_pkg, device="qnn", verify=False)
-    assert json.loads(stamps[0].read_text())["qnn_build"] != "v0.0.0.other"
-    assert next(qdq_pkg.glob("decode_ctx*.bin")).stat().st_mtime_ns != written
+    assert json.loads(stamp_file.read_text())["stamp"]["qnn_build"] != "v0.0.0.other"
+    assert next(folder.glob("decode_ctx*.bin")).stat().st_mtime_ns != written
 
 
-def test_read_only_package_caches_contexts_elsewhere(qdq_pkg, tmp_path, monkeypatch):
-    import os
-
+def test_a_swapped_context_binary_is_rebuilt_not_run(qdq_pkg, tmp_path, monkeypatch):
+    """The stamp vouches for the binary's bytes: one changed after the compile is compiled again, not run."""
     monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path))
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == qdq_pkg and mode == os.W_OK else real_access(p, mode))
     edgeinfer.load(qdq_pkg, device="qnn", verify=False)
-    assert len(list((tmp_path / "qnn").glob("*/decode_ctx.json"))) == 1
+    binary = next((tmp_path / "qnn").glob("*/decode_ctx*.bin"))
+    binary.write_bytes(b"not the compiled graph")
+    model = edgeinfer.load(qdq_pkg, device="qnn", verify=False)
+    assert binary.read_bytes() != b"not the compiled graph"
+    assert greedy(model.generator(GREEDY), prompt(7), 4) == greedy(cpu_static_generator(qdq_pkg), prompt(7), 4)
+
+
+def test_context_binaries_shipped_beside_a_package_are_never_used(qdq_pkg, tmp_path, monkeypatch):
+    """A stranger's package may carry *_ctx files and a stamp that vouches for them: the load ignores them and
+    compiles its own into the private cache."""
+    import shutil
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(qdq_pkg, shipped)
+    (shipped / "decode_ctx.onnx").write_bytes(b"crafted")
+    (shipped / "decode_ctx_qnn.bin").write_bytes(b"crafted")
+    (shipped / "decode_ctx.json").write_text("{}")
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    before = tree_digest(shipped)
+    model = edgeinfer.load(shipped, device="qnn", verify=False)
+    assert tree_digest(shipped) == before
+    assert list((tmp_path / "cache" / "qnn").glob("*/decode_ctx.onnx"))
+    assert greedy(model.generator(GREEDY), prompt(5), 4) == greedy(cpu_static_generator(shipped), prompt(5), 4)
 
 
 def test_qdq_top1_agreement_with_the_fp32_cpu_package(qdq_pkg, fp32_cpu_pkg):

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import sys
 import threading
 from collections import Counter
@@ -26,6 +27,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf, NoSuchFile
 
 from ..errors import BackendError, PackageError
+from ..package import sha256_of
 from .base import Availability, Backend, BackendOptions, _first_line
 
 EP_NAME = "QNNExecutionProvider"
@@ -219,33 +221,56 @@ def cache_root() -> Path:
     return Path(os.environ.get("EDGEINFER_CACHE", Path.home() / ".cache" / "edgeinfer"))
 
 
+def private_folder(folder: Path) -> Path:
+    """FOLDER created if needed, ours and readable by us alone (0700): other local users may not swap binaries in."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = os.lstat(folder)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+        raise BackendError(f"qnn: the context cache {folder} is a link or not yours: remove it, or set EDGEINFER_CACHE elsewhere")
+    os.chmod(folder, 0o700)
+    return folder
+
+
 class ContextCache:
-    """X.onnx -> X_ctx.onnx + X_ctx_qnn.bin + X_ctx.json (the stamp), next to X when that folder is writable,
-    else under $EDGEINFER_CACHE/qnn/<key>/."""
+    """X.onnx -> X_ctx.onnx + X_ctx_qnn.bin + X_ctx.json (the stamp) under $EDGEINFER_CACHE/qnn/<key>/.
+
+    Never beside the package: a package from a stranger could ship a compiled binary, and a stamp vouching for
+    it, that would run instead of its verified graph. The stamp records the sha256 of every file the compile
+    wrote, and every load hashes them again; a cache that does not match is compiled again. Folders 0700,
+    files 0600.
+    """
 
     def __init__(self, source: Path, stamp: dict):
         self.stamp = stamp
-        folder = source.parent
-        if not os.access(folder, os.W_OK):
-            key = hashlib.sha256(f"{source.resolve()}|{stamp['package']}".encode()).hexdigest()[:16]
-            folder = cache_root() / "qnn" / key
-            folder.mkdir(parents=True, exist_ok=True)
+        key = hashlib.sha256(f"{stamp['package']}|{source.name}".encode()).hexdigest()[:24]
+        folder = private_folder(cache_root() / "qnn") / key
+        private_folder(folder)
         self.model = folder / f"{source.stem}_ctx.onnx"
         self.stamp_file = folder / f"{source.stem}_ctx.json"
 
-    def files(self) -> list[Path]:
-        return [self.model, self.stamp_file, *self.model.parent.glob(f"{self.model.stem}*.bin")]
+    def written(self) -> list[Path]:
+        """The files a compile wrote: the EP context model and its binaries."""
+        return sorted([self.model, *self.model.parent.glob(f"{self.model.stem}*.bin")])
 
     def is_current(self) -> bool:
         try:
-            return self.model.is_file() and json.loads(self.stamp_file.read_text(encoding="utf-8")) == self.stamp
-        except (OSError, ValueError):
+            recorded = json.loads(self.stamp_file.read_text(encoding="utf-8"))
+            files = {path.name: path for path in self.written() if path.is_file() and not path.is_symlink()}
+            return (recorded.get("stamp") == self.stamp and self.model.name in files
+                    and recorded.get("sha256") == {name: sha256_of(path) for name, path in files.items()})
+        except (OSError, ValueError, AttributeError):
             return False
 
     def clear(self) -> None:
-        for path in self.files():
+        for path in [*self.written(), self.stamp_file]:
             path.unlink(missing_ok=True)
 
     def write_stamp(self) -> None:
         # Written last: a compile that died halfway leaves no stamp, so the next load compiles again.
-        self.stamp_file.write_text(json.dumps(self.stamp, indent=2), encoding="utf-8")
+        hashes = {}
+        for path in self.written():
+            os.chmod(path, 0o600)
+            hashes[path.name] = sha256_of(path)
+        fd = os.open(self.stamp_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"stamp": self.stamp, "sha256": hashes}, f, indent=2)
