@@ -39,7 +39,6 @@ def main() -> None:
 
     import edgeinfer
     from edgeinfer.bench.memory import _gpu_used_mib
-    from edgeinfer.model import GenerationResult
     from edgeinfer.sampler import GREEDY
 
     model = edgeinfer.load(args.package, device=args.device, verify=False)
@@ -50,12 +49,13 @@ def main() -> None:
     process, rows, requests = psutil.Process(), [], []
     for i in range(args.requests):
         started = time.perf_counter()
-        first, result = None, GenerationResult("", "", "", [], 0, "")
-        for _ in model.stream(words, max_new_tokens=args.new_tokens, sampling=sampling, raw=True, ignore_eos=True, result=result):
+        first = None
+        stream = model.stream(words, max_new_tokens=args.new_tokens, sampling=sampling, raw=True, ignore_eos=True)
+        for _ in stream:
             first = first or time.perf_counter()
         done = time.perf_counter()
         requests.append({"first_piece_ms": (first - started) * 1e3, "request_ms": (done - started) * 1e3,
-                         "decode_tokens_per_s": result.timings.decode_tokens_per_s})
+                         "decode_tokens_per_s": stream.result.timings.decode_tokens_per_s})
         if (i + 1) % args.block == 0:
             block = requests[-args.block:]
             row = {

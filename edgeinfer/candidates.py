@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper
 
 CANDIDATES = 64
 
@@ -19,6 +18,8 @@ CANDIDATES = 64
 def candidates_model(vocab_size: int, logits_dtype: np.dtype) -> bytes:
     """logits [1, 1, V], temperature [1] -> top_logits [1, 1, K] (of logits / temperature, best first),
     top_ids [1, 1, K], logsumexp [1, 1, 1] (over the whole row of logits / temperature)."""
+    from onnx import TensorProto, helper  # only GPU loads build this graph: CPU loads never import onnx
+
     k = min(CANDIDATES, vocab_size)
     nodes = [
         helper.make_node("Cast", ["logits"], ["logits_f32"], to=TensorProto.FLOAT),

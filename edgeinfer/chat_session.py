@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .errors import GenerationError
-from .model import GenerationResult, Model
+from .model import Model
 from .sampler import SamplingParams
 
 
@@ -32,6 +32,7 @@ class ChatSession:
     def send(self, text: str):
         """Yield the reply's text pieces; the answer (without reasoning) joins the history."""
         messages = self._fit([*self.history, {"role": "user", "content": text}])
-        result = GenerationResult("", "", "", [], 0, "")
-        yield from self.model.stream(messages, self.max_new_tokens, self.sampling, result=result)
+        stream = self.model.stream(messages, self.max_new_tokens, self.sampling)
+        yield from stream
+        result = stream.result
         self.history = [*messages, {"role": "assistant", "content": result.answer or result.text}]

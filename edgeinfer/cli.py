@@ -44,22 +44,21 @@ def _backend_options(args):
 
 
 def _run(args) -> None:
-    from .model import GenerationResult, load
+    from .model import load
 
     model = load(args.package, device=args.device, options=_backend_options(args))
-    sampling = _sampling(args)
-    result = GenerationResult("", "", "", [], 0, "")
-    pieces = model.stream(args.prompt, args.max_new_tokens, sampling, tuple(args.stop), args.raw,
-                          ignore_eos=args.ignore_eos, result=result)
+    pieces = model.stream(args.prompt, args.max_new_tokens, _sampling(args), tuple(args.stop), args.raw,
+                          ignore_eos=args.ignore_eos)
     if args.json:
         for _ in pieces:
             pass
-        payload = result.to_dict()
+        payload = pieces.result.to_dict()
         payload["timings"]["load_s"] = model.load_s
         print(json.dumps(payload, ensure_ascii=False))
         return
     for piece in pieces:
         print(piece, end="", flush=True)
+    result = pieces.result
     t = result.timings
     print(f"\n[{t.prompt_tokens} prompt tokens, TTFT {t.ttft_s * 1000:.0f} ms, {t.new_tokens} new tokens at "
           f"{t.decode_tokens_per_s:.1f} tok/s, stopped by {result.finish_reason}]", file=sys.stderr)

@@ -27,3 +27,12 @@ class GenerationError(EdgeInferError):
 
 class SamplingError(EdgeInferError, ValueError):
     """A sampling parameter is out of range."""
+
+
+def check_fits(tokens: int, capacity: int) -> None:
+    """The one "context full" check: TOKENS must fit a CAPACITY-token context."""
+    if tokens > capacity:
+        raise GenerationError(
+            f"{tokens} tokens do not fit the {capacity}-token context: start a new conversation, shorten the prompt, "
+            "or export the package with a larger --context"
+        )

@@ -7,11 +7,13 @@ and `stream` in model.py are thin loops over it. Each generator owns its KV cach
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import GenerationError
+from .errors import GenerationError, check_fits
+from .runner import Runner
 from .sampler import GREEDY, SamplingParams, sample, sample_from_candidates
 
 PREFILL_CHUNK = 512  # long prompts run in chunks: bounded activation memory, same result
@@ -24,7 +26,6 @@ class Timings:
     prefill_s: float = 0.0  # running the prompt through the model
     ttft_s: float = 0.0  # prompt in -> first new token out (prefill + first sample)
     decode_s: float = 0.0  # first new token -> last new token
-    step_s: list[float] = field(default_factory=list)  # each decode step
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -43,12 +44,12 @@ class Timings:
 
 
 class Generator:
-    def __init__(self, runner, vocab_size: int, sampling: SamplingParams = GREEDY, prefill_chunk: int = PREFILL_CHUNK):
+    def __init__(self, runner: Runner, vocab_size: int, sampling: SamplingParams = GREEDY):
         self.runner = runner
         self.vocab_size = vocab_size
         self.sampling = sampling
         self.rng = np.random.default_rng(sampling.seed)
-        self.prefill_chunk = prefill_chunk
+        self.prefill_chunk = runner.prefill_chunk or PREFILL_CHUNK
         self.tokens: list[int] = []  # everything in the cache, in order
         self._logits: np.ndarray | None = None
         self._pending = False  # the runner holds results for the last appended token, not yet fetched
@@ -80,11 +81,7 @@ class Generator:
         if ids.min() < 0 or ids.max() >= self.vocab_size:
             bad = int(ids[(ids < 0) | (ids >= self.vocab_size)][0])
             raise GenerationError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size}): check the ids")
-        if self.position + ids.size > self.capacity:
-            raise GenerationError(
-                f"{self.position + ids.size} tokens do not fit the {self.capacity}-token context: "
-                "shorten the prompt, or export the package with a larger --context"
-            )
+        check_fits(self.position + ids.size, self.capacity)
         for start in range(0, ids.size, self.prefill_chunk):
             chunk = ids[start : start + self.prefill_chunk]
             self._feed(chunk)
@@ -92,11 +89,8 @@ class Generator:
 
     def _feed(self, chunk: np.ndarray) -> None:
         try:
-            if hasattr(self.runner, "run"):  # the results stay with the runner (on a GPU) until the sampler asks
-                self.runner.run(chunk, self.position)
-                self._logits, self._pending = None, True
-            else:
-                self.logits = self.runner.forward(chunk, self.position)
+            self.runner.run(chunk, self.position)  # the results stay with the runner (on a GPU) until the sampler asks
+            self._logits, self._pending = None, True
         except GenerationError:
             raise
         except Exception as exc:  # onnxruntime's own types: one line for the app, not a C++ trace
@@ -153,41 +147,61 @@ def _last_line(exc: Exception) -> str:
     return lines[-1][:300] if lines else type(exc).__name__
 
 
-@dataclass
-class StopConditions:
+@dataclass(frozen=True)
+class StopCriteria:
+    """Everything that ends a generation: eos, the token budget, the context, a stop string in the text."""
+
     max_new_tokens: int = 256
     eos_token_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()  # matched on the text (tokenizer.TextStopper), never let out
     ignore_eos: bool = False  # benchmarks run to exactly max_new_tokens
 
+    def is_eos(self, token: int) -> bool:
+        return not self.ignore_eos and token in self.eos_token_ids
 
-def run_loop(generator: Generator, prompt_ids: list[int], stop: StopConditions):
-    """Prefill PROMPT_IDS then decode until a stop condition; yields token ids, records timings.
-
-    Returns (via StopIteration.value) the finish reason: "eos", "length" or "context". Stop strings are a
-    matter of text, handled by the caller (model.TextStopper), which simply stops pulling tokens.
-    """
-    timings = Timings(prompt_tokens=len(prompt_ids))
-    generator.timings = timings
-    start = time.perf_counter()
-    generator.append(prompt_ids)
-    timings.prefill_s = time.perf_counter() - start
-    first_token_at = None
-    while True:
-        token = generator.next_token()
-        now = time.perf_counter()
-        if first_token_at is None:
-            first_token_at = now
-            timings.ttft_s = now - start
-        timings.new_tokens += 1
-        timings.decode_s = now - first_token_at
-        if not stop.ignore_eos and token in stop.eos_token_ids:
-            timings.new_tokens -= 1  # eos is not part of the reply
-            return "eos"
-        yield token
-        if timings.new_tokens >= stop.max_new_tokens:
+    def after_token(self, new_tokens: int, position: int, capacity: int) -> str | None:
+        """Why to stop once a token was kept (the NEW_TOKENS-th, not yet fed at POSITION); None: go on."""
+        if new_tokens >= self.max_new_tokens:
             return "length"
-        if generator.position + 1 > generator.capacity:
+        if position + 1 > capacity:
             return "context"
-        step_start = time.perf_counter()
-        generator.append([token])
-        timings.step_s.append(time.perf_counter() - step_start)
+        return None
+
+
+class TokenLoop:
+    """Prefill a prompt, then sample and feed tokens until STOP says otherwise.
+
+    Iterating yields the kept token ids; `timings` fill in as it runs and `finish_reason` is set when it ends
+    ("eos", "length", "context", or "stop_string" when the caller stops it for one with `stop`).
+    """
+
+    def __init__(self, generator: Generator, prompt_ids: list[int], stop: StopCriteria):
+        self.generator, self.prompt_ids, self.criteria = generator, prompt_ids, stop
+        self.timings = Timings(prompt_tokens=len(prompt_ids))
+        self.finish_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        self.finish_reason = reason
+
+    def __iter__(self) -> Iterator[int]:
+        generator, timings = self.generator, self.timings
+        start = time.perf_counter()
+        generator.append(self.prompt_ids)
+        timings.prefill_s = time.perf_counter() - start
+        first_token_at = None
+        while self.finish_reason is None:
+            token = generator.next_token()
+            now = time.perf_counter()
+            if first_token_at is None:
+                first_token_at = now
+                timings.ttft_s = now - start
+            timings.decode_s = now - first_token_at
+            if self.criteria.is_eos(token):  # eos is not part of the reply
+                self.finish_reason = "eos"
+                return
+            timings.new_tokens += 1
+            yield token
+            if self.finish_reason is None:
+                self.finish_reason = self.criteria.after_token(timings.new_tokens, generator.position, generator.capacity)
+            if self.finish_reason is None:
+                generator.append([token])

@@ -6,7 +6,6 @@ KV cache, and onnxruntime sessions accept concurrent runs. One generator must no
 
 from __future__ import annotations
 
-import itertools
 import numbers
 import threading
 import time
@@ -14,25 +13,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from .backends import BackendOptions, get_backend
 from .chat import ChatFormat, Reply, split_reasoning
-from .errors import GenerationError, PackageError
-from .generator import PREFILL_CHUNK, Generator, StopConditions, Timings, run_loop
+from .errors import GenerationError, PackageError, check_fits
+from .generator import Generator, StopCriteria, Timings, TokenLoop
+from .dynamic_runner import DynamicEngine
 from .package import Manifest, Package, load_package
+from .runner import Engine
 from .sampler import SamplingParams
 from .tokenizer import TextStopper, TextTokenizer
 
 
 @dataclass
 class GenerationResult:
-    text: str  # the whole reply as generated (reasoning included)
-    reasoning: str  # DeepSeek-R1: the part inside <think>...</think>
-    answer: str  # the part after </think> (the whole text for models that do not think)
-    token_ids: list[int]  # generated ids only
-    prompt_tokens: int
-    finish_reason: str  # eos | stop_string | length | context
+    text: str = ""  # the whole reply as generated (reasoning included)
+    reasoning: str = ""  # DeepSeek-R1: the part inside <think>...</think>
+    answer: str = ""  # the part after </think> (the whole text for models that do not think)
+    token_ids: list[int] = field(default_factory=list)  # generated ids only
+    prompt_tokens: int = 0
+    finish_reason: str = ""  # eos | stop_string | length | context
     timings: Timings = field(default_factory=Timings)
 
     def to_dict(self) -> dict:
@@ -91,11 +91,7 @@ class Model:
 
     def generator(self, sampling: SamplingParams | None = None) -> Generator:
         """A fresh generator with its own KV cache."""
-        return self._generator(self.engine.new_runner(), sampling)
-
-    def _generator(self, runner, sampling: SamplingParams | None) -> Generator:
-        chunk = getattr(runner, "prefill_chunk", None) or PREFILL_CHUNK
-        return Generator(runner, self.spec.vocab_size, sampling or self.default_sampling(), prefill_chunk=chunk)
+        return Generator(self.engine.new_runner(), self.spec.vocab_size, sampling or self.default_sampling())
 
     def encode_prompt(self, prompt_or_messages, raw: bool = False) -> list[int]:
         if raw:
@@ -109,9 +105,45 @@ class Model:
         return ids
 
     def stream(self, prompt_or_messages, max_new_tokens: int = 256, sampling: SamplingParams | None = None,
-               stop: tuple[str, ...] = (), raw: bool = False, ignore_eos: bool = False,
-               result: GenerationResult | None = None) -> Iterator[str]:
-        """Yield text pieces as they are generated. Pass RESULT to receive ids, split text and timings at the end."""
+               stop: tuple[str, ...] = (), raw: bool = False, ignore_eos: bool = False) -> "TextStream":
+        """Text pieces as they are generated; once the stream ends, its `result` holds ids, split text and timings."""
+        return TextStream(self._pieces(prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos))
+
+    def generate(self, prompt_or_messages, max_new_tokens: int = 256, sampling: SamplingParams | None = None,
+                 stop: tuple[str, ...] = (), raw: bool = False, ignore_eos: bool = False) -> GenerationResult:
+        stream = self.stream(prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos)
+        for _ in stream:
+            pass
+        return stream.result
+
+    def _pieces(self, prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos):
+        """The request's text pieces; returns (via StopIteration, read by TextStream) its GenerationResult."""
+        criteria = self._criteria(prompt_or_messages, max_new_tokens, stop, ignore_eos)
+        prompt_ids = self.encode_prompt(prompt_or_messages, raw)
+        check_fits(len(prompt_ids) + 1, self.context_length)  # room for at least the first new token
+        runner = self._runners.acquire()
+        loop = TokenLoop(Generator(runner, self.spec.vocab_size, sampling or self.default_sampling()), prompt_ids, criteria)
+        decoder, stopper = self.tokenizer.stream_decoder(), TextStopper(criteria.stop_strings)
+        ids: list[int] = []
+        try:
+            for token in loop:
+                ids.append(token)
+                if piece := stopper.feed(decoder.feed(token)):
+                    yield piece
+                if stopper.stopped:
+                    loop.stop("stop_string")
+        finally:  # finished, cancelled or failed: the next request may reuse the runner
+            self._runners.release(runner)
+        if not stopper.stopped:
+            if tail := stopper.feed(decoder.flush()) + stopper.flush():
+                yield tail
+            if stopper.stopped:
+                loop.stop("stop_string")
+        reply: Reply = split_reasoning(stopper.text, self.chat_format.opens_thinking and not raw)
+        return GenerationResult(reply.raw, reply.reasoning, reply.answer, ids, len(prompt_ids),
+                                "stop_string" if stopper.stopped else loop.finish_reason, loop.timings)
+
+    def _criteria(self, prompt_or_messages, max_new_tokens, stop, ignore_eos) -> StopCriteria:
         if isinstance(prompt_or_messages, str) and not prompt_or_messages.strip():
             raise GenerationError("the prompt is empty: pass some text")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
@@ -119,53 +151,29 @@ class Model:
         stop = (stop,) if isinstance(stop, str) else tuple(stop)  # one string is one stop string, not its letters
         if not all(isinstance(s, str) and s for s in stop):
             raise GenerationError(f"stop strings must be non-empty strings, got {stop!r}")
-        prompt_ids = self.encode_prompt(prompt_or_messages, raw)
-        if len(prompt_ids) >= self.context_length:
-            raise GenerationError(
-                f"the prompt has {len(prompt_ids)} tokens, the context holds {self.context_length}: "
-                "shorten it or export with a larger --context"
-            )
-        runner = self._runners.acquire()
-        generator = self._generator(runner, sampling)
-        decoder = self.tokenizer.stream_decoder()
-        stopper = TextStopper(stop)
-        ids: list[int] = []
-        loop = run_loop(generator, prompt_ids, StopConditions(max_new_tokens, self.eos_token_ids, ignore_eos))
-        finish = "length"
-        try:
-            while True:
-                try:
-                    token = next(loop)
-                except StopIteration as done:
-                    finish = done.value
-                    break
-                ids.append(token)
-                piece = stopper.feed(decoder.feed(token))
-                if piece:
-                    yield piece
-                if stopper.stopped:
-                    finish = "stop_string"
-                    break
-        finally:  # finished, cancelled or failed: the next request may reuse the runner
-            loop.close()
-            self._runners.release(runner)
-        if not stopper.stopped:
-            tail = stopper.feed(decoder.flush()) + stopper.flush()
-            finish = "stop_string" if stopper.stopped else finish
-            if tail:
-                yield tail
-        if result is not None:
-            reply: Reply = split_reasoning(stopper.text, self.chat_format.opens_thinking and not raw)
-            result.text, result.reasoning, result.answer = reply.raw, reply.reasoning, reply.answer
-            result.token_ids, result.prompt_tokens, result.finish_reason = ids, len(prompt_ids), finish
-            result.timings = generator.timings
+        return StopCriteria(int(max_new_tokens), self.eos_token_ids, stop, ignore_eos)
 
-    def generate(self, prompt_or_messages, max_new_tokens: int = 256, sampling: SamplingParams | None = None,
-                 stop: tuple[str, ...] = (), raw: bool = False, ignore_eos: bool = False) -> GenerationResult:
-        result = GenerationResult("", "", "", [], 0, "")
-        for _ in self.stream(prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos, result):
-            pass
-        return result
+
+class TextStream:
+    """Iterates a request's text pieces; `result` is its GenerationResult once the last piece is out."""
+
+    def __init__(self, pieces: Iterator[str]):
+        self._pieces = pieces
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> "TextStream":
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration as end:
+            self.result = end.value
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Cancel the request (its cache goes back to the pool)."""
+        self._pieces.close()
 
 
 class RunnerPool:
@@ -192,75 +200,9 @@ class RunnerPool:
                 self._idle.append(runner)
 
 
-def _engine(backend, package: Package, options: BackendOptions):
+def _engine(backend, package: Package, options: BackendOptions) -> Engine:
     if package.manifest.graph_flavour == "static":
         from .static_runner import StaticEngine
 
         return StaticEngine(backend, package, options)
     return DynamicEngine(backend, package, options)
-
-
-class DynamicEngine:
-    """One session over model.onnx; each runner (generator) binds its own cache to it.
-
-    Where the backend captures CUDA graphs, each runner's decode step is its own graph (ids 1, 2, ...) and
-    runs take turns: graph replays share the session's scratch memory.
-    """
-
-    def __init__(self, backend, package: Package, options: BackendOptions):
-        self.backend = backend
-        self.manifest = manifest = package.manifest
-        decoder = manifest.graphs.get("decoder")
-        if not isinstance(decoder, dict):
-            raise PackageError(f"{package.folder}: the manifest names no decoder graph: re-export the package")
-        self.session = backend.create_session(str(package.graph(decoder.get("file"), "the decoder graph")), options)
-        check_graph(package.folder, self.session, manifest)
-        self.graph_capture = backend.graph_capture(options)
-        self.head = backend.candidate_head(manifest.architecture["vocab_size"], np.dtype(manifest.activation_dtype), options)
-        self._graph_ids = itertools.count(1)
-        self._run_lock = threading.Lock() if self.graph_capture else None
-
-    def new_runner(self):
-        from .kv_runner import DynamicRunner, binding_plan
-
-        graph_id = next(self._graph_ids) if self.graph_capture else None
-        plan = binding_plan(self.manifest, self.backend.ort_device, graph_id)
-        return DynamicRunner(self.session, self.manifest, self.backend.ort_device, plan=plan, run_lock=self._run_lock,
-                             head=self.head)
-
-
-_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}
-
-
-def check_graph(path: Path, session, manifest: Manifest) -> None:
-    """The graph must be the one the manifest describes: the runner binds buffers by the manifest's names,
-    shapes and dtypes, and a mismatch would otherwise fail deep inside onnxruntime at the first token."""
-
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            raise PackageError(f"{path}: the graph does not match the manifest: {what}: the package is damaged, re-export it")
-
-    decoder, kv = manifest.graphs["decoder"], manifest.kv_cache
-    inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name: o for o in session.get_outputs()}
-    listed_in, listed_out = decoder.get("inputs"), decoder.get("outputs")
-    for kind, graph, listed in (("inputs", inputs, listed_in), ("outputs", outputs, listed_out)):
-        need(isinstance(listed, list) and all(isinstance(n, str) for n in listed), f"the manifest lists no {kind} names")
-        only_graph, only_manifest = sorted(set(graph) - set(listed))[:3], sorted(set(listed) - set(graph))[:3]
-        need(not only_graph and not only_manifest, f"{kind} only in the graph {only_graph}, only in the manifest {only_manifest}")
-    need({"input_ids", "seqlens_k", "total_sequence_length"} <= set(inputs) and "logits" in outputs,
-         "input_ids, seqlens_k, total_sequence_length and logits are required")
-    # One past input and one present output per layer for keys, and again for values.
-    past = [n for n in listed_in if n.startswith("past_key_values.")]
-    present = [n for n in listed_out if n.startswith("present.")]
-    need(len(past) == len(present) == 2 * kv["num_layers"], f"{len(past)} cache inputs for {kv['num_layers']} layers")
-    for name in past + present:
-        value = inputs.get(name) or outputs[name]
-        need(len(value.shape) == 4 and value.shape[1] == kv["num_kv_heads"] and value.shape[3] == kv["head_dim"],
-             f"{name} has shape {value.shape}, the manifest says {kv['num_kv_heads']} heads of {kv['head_dim']}")
-        need(value.type == _ORT_TYPES[kv["dtype"]], f"{name} is {value.type}, the manifest says {kv['dtype']}")
-    logits = outputs["logits"]
-    need(logits.shape[-1] == manifest.architecture["vocab_size"],
-         f"logits have {logits.shape[-1]} columns, the manifest says vocab_size {manifest.architecture['vocab_size']}")
-    need(logits.type == _ORT_TYPES[manifest.activation_dtype],
-         f"logits are {logits.type}, the manifest says {manifest.activation_dtype}")

@@ -19,6 +19,7 @@ import psutil
 from .architecture import ArchSpec
 from .errors import PackageError
 from .external_data import external_data_files
+from .graph_contract import CACHE_KINDS, cache_slot
 from .limits import size_problem, spec_sizes
 
 MANIFEST = "manifest.json"
@@ -170,7 +171,7 @@ def check_manifest(folder: Path, m: Manifest) -> None:
 
 def _check_static_graphs(m: Manifest, spec: ArchSpec, need) -> None:
     """The structure the static runner walks: roles with token counts and parts, cache names it can bind, host data."""
-    names = {f"{kind}_{cache}.{i}" for kind in ("past", "new") for cache in ("key", "value") for i in range(spec.num_layers)}
+    names = {f"{way}_{cache_slot(i, kind)}" for way in ("past", "new") for kind in CACHE_KINDS for i in range(spec.num_layers)}
     strings = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
     for role in ("prefill", "decode"):
         entry = m.graphs.get(role)

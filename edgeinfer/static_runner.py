@@ -14,19 +14,20 @@ from pathlib import Path
 import numpy as np
 
 from .architecture import ArchSpec
-from .errors import GenerationError, PackageError
-from .export.dynamic_graph import rotary_tables
+from .errors import GenerationError, PackageError, check_fits
+from .graph_contract import ATTENTION_MASK, CACHE_KINDS, POSITION_COS, POSITION_SIN, cache_slot, rotary_tables
 from .external_data import external_data_files
 from .package import Package
+from .runner import Engine, Runner
 
 
-class StaticEngine:
+class StaticEngine(Engine):
     """Sessions for every part of both roles; each runner (generator) owns its own cache."""
 
     def __init__(self, backend, package: Package, options):
         self.backend = backend
         self.manifest = manifest = package.manifest
-        self.options = backend.package_options(manifest.precision, options) if hasattr(backend, "package_options") else options
+        self.options = backend.package_options(manifest.precision, options)
         graphs = manifest.graphs
         if "prefill" not in graphs or "decode" not in graphs:
             raise PackageError(f"{package.folder} has no prefill/decode graphs: re-export it with `edgeinfer export --target qnn`")
@@ -38,10 +39,7 @@ class StaticEngine:
         started = time.perf_counter()
         file = package.graph(part.get("file"), "a graph part")
         fingerprint = "/".join(self.manifest.files[name]["sha256"] for name in (file.name, *sorted(external_data_files(file))))
-        if getattr(self.backend, "uses_context_cache", False):
-            session = self.backend.create_session(str(file), self.options, fingerprint=fingerprint)
-        else:
-            session = self.backend.create_session(str(file), self.options)
+        session = self.backend.create_session(str(file), self.options, fingerprint=fingerprint)
         self.compile_s[file.name] = time.perf_counter() - started
         return session
 
@@ -66,7 +64,7 @@ class StaticEngine:
         return table
 
 
-class StaticRunner:
+class StaticRunner(Runner):
     """Owns one KV cache; `forward` feeds tokens at a position and returns the last token's logits."""
 
     def __init__(self, sessions: dict, graphs: dict, spec: ArchSpec, context: int, embeddings: np.ndarray):
@@ -80,29 +78,27 @@ class StaticRunner:
         self.vocab_size = spec.vocab_size
         shape = (1, spec.num_kv_heads, context, spec.head_dim)
         # Zeroed: slots a runner never wrote (Generator.assume_filled) hold zeros, not garbage.
-        self.cache = {f"{kind}.{i}": np.zeros(shape, dtype=np.float32)
-                      for i in range(spec.num_layers) for kind in ("key", "value")}
-        self.cos, self.sin = rotary_tables(spec, context)
-
-    @property
-    def cache_bytes(self) -> int:
-        return sum(a.nbytes for a in self.cache.values())
+        self.cache = {cache_slot(i, kind): np.zeros(shape, dtype=np.float32)
+                      for i in range(spec.num_layers) for kind in CACHE_KINDS}
+        self.cos, self.sin = rotary_tables(spec.head_dim, spec.rope_theta, context)
 
     def cache_arrays(self) -> list[np.ndarray]:
-        return [self.cache[f"{kind}.{i}"] for i in range(self.spec.num_layers) for kind in ("key", "value")]
+        return [self.cache[cache_slot(i, kind)] for i in range(self.spec.num_layers) for kind in CACHE_KINDS]
 
-    def forward(self, token_ids, position: int, all_rows: bool = False) -> np.ndarray:
-        """Run TOKEN_IDS placed at POSITION..; returns float32 logits of the last one."""
+    def run(self, token_ids, position: int) -> None:
+        """Run TOKEN_IDS placed at POSITION..: one token through the decode graph, more in prefill chunks."""
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        check_fits(position + ids.size, self.capacity)
+        if ids.size == 1:
+            self._logits = self._run("decode", ids, position)
+            return
+        for start in range(0, ids.size, self.prefill_chunk):
+            self._logits = self._run("prefill", ids[start : start + self.prefill_chunk], position + start)
+
+    def last_logits(self, all_rows: bool = False) -> np.ndarray:
         if all_rows:
             raise GenerationError("static (qnn) packages return the last position's logits only: use a cpu package for all rows")
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-        if position + ids.size > self.capacity:
-            raise GenerationError(f"context is full ({self.capacity} tokens): start a new conversation or export with a larger --context")
-        if ids.size == 1:
-            return self._run("decode", ids, position)
-        for start in range(0, ids.size, self.prefill_chunk):
-            logits = self._run("prefill", ids[start : start + self.prefill_chunk], position + start)
-        return logits
+        return self._logits
 
     def _run(self, role: str, ids: np.ndarray, position: int) -> np.ndarray:
         n = self.graphs[role]["tokens"]
@@ -113,13 +109,16 @@ class StaticRunner:
         cos, sin = self.cos[rows][None, None], self.sin[rows][None, None]
         mask = self._mask(n, pad, position)
         for k, (session, part) in enumerate(zip(self.sessions[role], self.graphs[role]["parts"])):
-            feed = {part["inputs"][0]: hidden, "position_cos": cos, "position_sin": sin, "attention_mask": mask}
-            for name in part["inputs"][4:]:
-                feed[name] = self.cache[name.removeprefix("past_")]
-            outputs = session.run(part["outputs"], feed)
-            for name, new in zip(part["outputs"][1:], outputs[1:]):
-                self.cache[name.removeprefix("new_")][:, :, position : position + real] = new[:, :, pad:]
-            hidden = outputs[0]
+            # The hidden state comes first in and out (graph_contract.static_io); the rest go by name.
+            feed = {part["inputs"][0]: hidden, POSITION_COS: cos, POSITION_SIN: sin, ATTENTION_MASK: mask}
+            for name in part["inputs"]:
+                if name.startswith("past_"):
+                    feed[name] = self.cache[name.removeprefix("past_")]
+            outputs = dict(zip(part["outputs"], session.run(part["outputs"], feed)))
+            for name, new in outputs.items():
+                if name.startswith("new_"):
+                    self.cache[name.removeprefix("new_")][:, :, position : position + real] = new[:, :, pad:]
+            hidden = outputs[part["outputs"][0]]
         return hidden[0, -1].astype(np.float32, copy=False)
 
     def _mask(self, n: int, pad: int, position: int) -> np.ndarray:

@@ -12,9 +12,9 @@ from edgeinfer.backends import BackendOptions, get_backend
 from edgeinfer.backends import cuda as cuda_backend
 from edgeinfer.candidates import CandidateHead
 from edgeinfer.errors import BackendError, GenerationError
-from edgeinfer.export.dynamic_graph import GREEDY_OUTPUT
+from edgeinfer.graph_contract import GREEDY_OUTPUT
 from edgeinfer.generator import Generator
-from edgeinfer.kv_runner import DynamicRunner, binding_plan
+from edgeinfer.dynamic_runner import DynamicRunner, binding_plan
 from edgeinfer.package import load_manifest
 from edgeinfer.sampler import GREEDY, SamplingParams
 
@@ -244,18 +244,27 @@ def test_cuda_package_matches_cpu_package_tokens(cuda_pkg, qwen2_fp32):
     assert cuda_tokens == cpu_tokens
 
 
-def test_forward_only_runners_still_drive_the_generator(qwen2_fp32):
-    """Runners without run/last_logits (the static qnn runner) keep working through forward."""
+def test_a_runner_with_only_the_required_methods_drives_the_generator(qwen2_fp32):
+    """The Runner interface's required part (run, last_logits, cache_arrays) is enough: no device-side argmax
+    or candidates, so the sampler reads the logits row (as the static qnn runner does)."""
+    from edgeinfer.runner import Runner
+
     inner = _cpu_runner(qwen2_fp32)
 
-    class ForwardOnly:
+    class Minimal(Runner):
         capacity = inner.capacity
 
-        def forward(self, token_ids, position, all_rows=False):
-            return inner.forward(token_ids, position, all_rows).copy()
+        def run(self, token_ids, position):
+            inner.run(token_ids, position)
+
+        def last_logits(self, all_rows=False):
+            return inner.last_logits(all_rows).copy()
+
+        def cache_arrays(self):
+            return inner.cache_arrays()
 
     expected, _ = _greedy_run(_cpu_runner(qwen2_fp32), [3, 4, 5], steps=8)
-    gen = Generator(ForwardOnly(), inner.vocab_size, GREEDY)
+    gen = Generator(Minimal(), inner.vocab_size, GREEDY)
     gen.append([3, 4, 5])
     tokens = []
     for _ in range(8):

@@ -199,10 +199,9 @@ def test_package_for_another_target_is_refused(qwen2_fp32, tmp_path):
 def test_stop_string_cuts_the_text_and_never_streams_past_it(fp32_model):
     full = fp32_model.generate("stop me", max_new_tokens=24, sampling=GREEDY, raw=True, ignore_eos=True).text
     stop = full[5:8]
-    from edgeinfer.model import GenerationResult
-
-    result = GenerationResult("", "", "", [], 0, "")
-    pieces = list(fp32_model.stream("stop me", 24, GREEDY, stop=(stop, "\x00never"), raw=True, ignore_eos=True, result=result))
+    stream = fp32_model.stream("stop me", 24, GREEDY, stop=(stop, "\x00never"), raw=True, ignore_eos=True)
+    pieces = list(stream)
+    result = stream.result
     assert result.text == full[: full.find(stop)] == "".join(pieces)
     assert result.finish_reason == "stop_string"
 

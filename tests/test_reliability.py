@@ -545,8 +545,9 @@ def test_eight_threads_stream_200_requests_equal_to_single_threaded(model):
     def worker(mine):
         for i in mine:
             try:
-                result = edgeinfer.model.GenerationResult("", "", "", [], 0, "")
-                text = "".join(model.stream(prompts[i], max_new_tokens=12, sampling=GREEDY, result=result))
+                stream = model.stream(prompts[i], max_new_tokens=12, sampling=GREEDY)
+                text = "".join(stream)
+                result = stream.result
                 ok = text == expected[i].text and result.token_ids == expected[i].token_ids
             except Exception as exc:  # surfaced below
                 errors.append(exc)

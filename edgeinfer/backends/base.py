@@ -65,6 +65,14 @@ class Backend(ABC):
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": ort.__version__}
 
+    def device_id(self, options: BackendOptions) -> int:
+        """Which device of this kind the sessions run on (buffers bound to them must live there too)."""
+        return 0
+
+    def package_options(self, precision: str, options: BackendOptions) -> BackendOptions:
+        """OPTIONS with what a package of PRECISION needs on this backend (the user's own settings win)."""
+        return options
+
     def graph_capture(self, options: BackendOptions) -> bool:
         """Whether sessions from OPTIONS capture and replay device graphs (each run must then name its graph)."""
         return False
@@ -88,7 +96,9 @@ class Backend(ABC):
         so.enable_profiling = options.profile
         return so
 
-    def create_session(self, model_path: str, options: BackendOptions) -> ort.InferenceSession:
+    def create_session(self, model_path: str, options: BackendOptions, fingerprint: str | None = None) -> ort.InferenceSession:
+        """A session for MODEL_PATH. FINGERPRINT (the graph files' sha256) lets a backend that compiles graphs
+        keep the compiled form between loads; others ignore it."""
         self.require()
         try:
             return ort.InferenceSession(

@@ -1,7 +1,7 @@
 """CUDA: onnxruntime-gpu's CUDA execution provider; KV cache and logits stay in GPU memory.
 
 Decode steps are captured once as a CUDA graph and replayed (provider option enable_cuda_graph, on by
-default here; kv_runner.py explains the binding that makes it possible). Set it to "0" in
+default here; dynamic_runner.py explains the binding that makes it possible). Set it to "0" in
 BackendOptions.provider_options to run every step kernel by kernel.
 """
 
@@ -66,6 +66,12 @@ class CUDABackend(Backend):
     def providers(self, options: BackendOptions) -> list:
         return [("CUDAExecutionProvider", self.provider_options(options)), "CPUExecutionProvider"]
 
+    def device_id(self, options: BackendOptions) -> int:
+        try:
+            return int(self.provider_options(options)["device_id"])
+        except ValueError:
+            raise BackendError(f"cuda: device_id {options.provider_options['device_id']!r} is not a GPU index: pass 0, 1, ...") from None
+
     def graph_capture(self, options: BackendOptions) -> bool:
         return self.provider_options(options)["enable_cuda_graph"].strip().lower() not in _OFF
 
@@ -81,7 +87,7 @@ class CUDABackend(Backend):
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "0")
         return so
 
-    def create_session(self, model_path: str, options: BackendOptions) -> ort.InferenceSession:
+    def create_session(self, model_path: str, options: BackendOptions, fingerprint: str | None = None) -> ort.InferenceSession:
         self.require()
         _preload_cuda_libraries()
         try:

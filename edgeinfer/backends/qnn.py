@@ -93,7 +93,6 @@ class QNNBackend(Backend):
     target = "qnn"
     graph_flavour = "static"
     kv_location = "host"
-    uses_context_cache = True  # StaticEngine passes a package fingerprint to create_session
 
     def availability(self) -> Availability:
         try:

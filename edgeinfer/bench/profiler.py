@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from ..generator import Generator, StopConditions, run_loop
+from ..generator import Generator, StopCriteria, TokenLoop
 from .stats import summarize
 
 
@@ -48,9 +48,9 @@ def random_prompt(length: int, vocab_size: int, seed: int) -> list[int]:
 
 def measure_run(generator: Generator, prompt: list[int], new_tokens: int) -> dict:
     generator.reset()
-    stop = StopConditions(max_new_tokens=new_tokens, ignore_eos=True)
-    produced = sum(1 for _ in run_loop(generator, prompt, stop))
-    t = generator.timings
+    loop = TokenLoop(generator, prompt, StopCriteria(max_new_tokens=new_tokens, ignore_eos=True))
+    produced = sum(1 for _ in loop)
+    t = loop.timings
     assert produced == new_tokens == t.new_tokens
     return t.to_dict()
 

@@ -14,6 +14,7 @@ from onnx import TensorProto
 from tqdm import tqdm
 
 from ..architecture import ArchSpec
+from ..graph_contract import GREEDY_OUTPUT, dynamic_io, rotary_tables
 from .onnx_writer import GraphWriter
 from .options import ExportOptions
 from .quantize import quantize_blocks
@@ -21,18 +22,6 @@ from .sources import WeightSource
 
 MS = "com.microsoft"
 _ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
-
-
-GREEDY_OUTPUT = "next_token"  # cuda packages: argmax of each logits row, so greedy decode moves one id to the host
-
-
-def io_names(spec: ArchSpec, greedy_output: bool = False) -> dict[str, list[str]]:
-    past = [f"past_key_values.{i}.{kv}" for i in range(spec.num_layers) for kv in ("key", "value")]
-    present = [f"present.{i}.{kv}" for i in range(spec.num_layers) for kv in ("key", "value")]
-    return {
-        "inputs": ["input_ids", "seqlens_k", "total_sequence_length", *past],
-        "outputs": ["logits", *present, *([GREEDY_OUTPUT] if greedy_output else [])],
-    }
 
 
 def has_greedy_output(options: ExportOptions) -> bool:
@@ -57,13 +46,6 @@ def weight_bits(source: WeightSource, names: list[str], options: ExportOptions) 
     sensitive = [n for n in names if n.endswith(("v_proj.weight", "down_proj.weight"))]
     layers = [int(n.split(".")[2]) for n in sensitive]
     return 8 if any(more_bits_layer(i, source.spec.num_layers) for i in layers) else 4
-
-
-def rotary_tables(spec: ArchSpec, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin of [length, head_dim / 2], the non-interleaved (GPT-NeoX) rotary that HF Qwen2/Llama use."""
-    inv_freq = 1.0 / (spec.rope_theta ** (np.arange(0, spec.head_dim, 2, dtype=np.float64) / spec.head_dim))
-    angles = np.outer(np.arange(length, dtype=np.float64), inv_freq)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
 class DynamicDecoderGraph:
@@ -139,13 +121,13 @@ class DynamicDecoderGraph:
     # -- graph ----------------------------------------------------------------------------------------------
     def build(self, progress: bool = True) -> None:
         spec, w, t = self.spec, self.w, self.onnx_type
-        names = io_names(spec)
+        names = dynamic_io(spec.num_layers)
         kv_shape = ["batch_size", spec.num_kv_heads, "max_sequence_length", spec.head_dim]
         input_ids = w.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
         seqlens_k = w.input("seqlens_k", TensorProto.INT32, ["batch_size"])
         total_len = w.input("total_sequence_length", TensorProto.INT32, [])
         w.output("logits", t, ["batch_size", "logits_length", spec.vocab_size])
-        cos, sin = rotary_tables(spec, self.options.context_length)
+        cos, sin = rotary_tables(spec.head_dim, spec.rope_theta, self.options.context_length)
         cos = w.initializer("rotary.cos", cos.astype(self.dtype))
         sin = w.initializer("rotary.sin", sin.astype(self.dtype))
 

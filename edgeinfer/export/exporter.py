@@ -75,7 +75,8 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
         from .static_graph import build_static_graphs
 
         return build_static_graphs(weights, options, folder, progress)
-    from .dynamic_graph import DynamicDecoderGraph, has_greedy_output, io_names
+    from ..graph_contract import dynamic_io
+    from .dynamic_graph import DynamicDecoderGraph, has_greedy_output
 
     writer = GraphWriter(folder / "model.onnx.data")
     try:
@@ -83,7 +84,7 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
         writer.save(folder / "model.onnx", producer=f"edgeinfer {__version__}")
     finally:
         writer.close()
-    return {"decoder": {"file": "model.onnx", **io_names(weights.spec, has_greedy_output(options))}, "kv_dtype": options.activation_dtype}
+    return {"decoder": {"file": "model.onnx", **dynamic_io(weights.spec.num_layers, has_greedy_output(options))}, "kv_dtype": options.activation_dtype}
 
 
 def _write_tokenizer(folder: Path, tokenizer: TokenizerFiles) -> None:

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..architecture import ArchSpec
 from ..errors import ExportError
+from ..graph_contract import static_io
 from .onnx_writer import GraphWriter
 from .options import ExportOptions
 from .sources import WeightSource
@@ -62,15 +63,6 @@ def layer_parts(spec: ArchSpec, precision: str, part_bytes: int = PART_BYTES) ->
         start = layer
     parts.append((start, spec.num_layers))
     return parts
-
-
-def part_io(spec: ArchSpec, layers: tuple[int, int], first: bool, last: bool) -> dict[str, list[str]]:
-    kv = [f"{kind}.{i}" for i in range(*layers) for kind in ("key", "value")]
-    return {
-        "inputs": ["inputs_embeds" if first else "hidden_in", "position_cos", "position_sin", "attention_mask",
-                   *[f"past_{name}" for name in kv]],
-        "outputs": ["logits" if last else "hidden_out", *[f"new_{name}" for name in kv]],
-    }
 
 
 class StaticDecoderGraph:
@@ -142,7 +134,7 @@ class StaticDecoderGraph:
     def build(self) -> None:
         s, w, n, c = self.spec, self.w, self.n, self.c
         f32 = TensorProto.FLOAT
-        io = part_io(s, self.layers, self.first, self.last)
+        io = static_io(self.layers, self.first, self.last)
         x = w.input(io["inputs"][0], f32, [1, n, s.hidden_size])
         for name in ("position_cos", "position_sin"):
             w.input(name, f32, [1, 1, n, s.head_dim // 2])
@@ -206,7 +198,7 @@ def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Pa
             writer.save(folder / f"{stem}.onnx", producer=f"edgeinfer {__version__}")
         finally:
             writer.close()
-        entry = {"file": f"{stem}.onnx", "data": f"{stem}.onnx.data", "layers": list(layers), **part_io(weights.spec, layers, first, last)}
+        entry = {"file": f"{stem}.onnx", "data": f"{stem}.onnx.data", "layers": list(layers), **static_io(layers, first, last)}
         graphs.setdefault(role, {"tokens": roles[role], "parts": []})["parts"].append(entry)
     return graphs
 

@@ -14,16 +14,23 @@ token instead of several hundred. Prefill has a new shape each time and runs wit
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
-from .candidates import CandidateHead
-from .errors import GenerationError, PackageError
-from .export.dynamic_graph import GREEDY_OUTPUT
-from .package import Manifest
+from .errors import GenerationError, PackageError, check_fits
+from .graph_contract import GREEDY_OUTPUT, INPUT_IDS, LOGITS, SEQLENS, TOTAL_LENGTH, cache_pairs
+from .package import Manifest, Package
+from .runner import Engine, Runner
+
+if TYPE_CHECKING:
+    from .backends import Backend, BackendOptions
+    from .candidates import CandidateHead
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16}
 NO_GRAPH = -1  # onnxruntime's gpu_graph_id for a run that neither captures nor replays a graph
@@ -57,13 +64,11 @@ def binding_plan(manifest: Manifest, device: str = "cpu", graph_id: int | None =
     """The plan for DEVICE. GRAPH_ID: the session captures CUDA graphs and this runner's decode step owns
     graph GRAPH_ID (>= 1; onnxruntime reserves 0). FIXED_DECODE_INPUTS defaults to on for GPUs."""
     graph = manifest.graphs["decoder"]
-    outputs = set(graph["outputs"])
-    pairs = []
-    for past in graph["inputs"][3:]:
-        present = past.replace("past_key_values.", "present.", 1)
-        if present not in outputs:
-            raise PackageError(f"the decoder has input {past} but no output {present}: re-export the package")
-        pairs.append((past, present))
+    inputs, outputs = set(graph["inputs"]), set(graph["outputs"])
+    pairs = cache_pairs(manifest.kv_cache["num_layers"])
+    for past, present in pairs:
+        if past not in inputs or present not in outputs:
+            raise PackageError(f"the decoder lacks the cache input {past} or output {present}: re-export the package")
     kv = manifest.kv_cache
     on_device = device != "cpu"
     if graph_id is not None and (not on_device or graph_id < 1):
@@ -87,7 +92,7 @@ def binding_plan(manifest: Manifest, device: str = "cpu", graph_id: int | None =
     )
 
 
-class DynamicRunner:
+class DynamicRunner(Runner):
     """Owns one KV cache; `forward` feeds tokens at the current position and returns the last logits row.
 
     `run` + `last_logits` / `greedy_token` split the same work so that a GPU runner copies to the host
@@ -124,42 +129,30 @@ class DynamicRunner:
                 b.bind_ortvalue_output(present, buffer)
         self._bind_outputs(1)  # last position only: one buffer for every run
         if self._decode is not None:
-            self._ids = self._buffer("input_ids", np.zeros((1, 1), dtype=np.int64))
-            self._seqlens = self._buffer("seqlens_k", np.zeros(1, dtype=np.int32))
+            self._ids = self._buffer(INPUT_IDS, np.zeros((1, 1), dtype=np.int64))
+            self._seqlens = self._buffer(SEQLENS, np.zeros(1, dtype=np.int32))
             total = np.array(self.plan.decode_total_length, dtype=np.int32)
-            self._total = self._host_value("total_sequence_length", total)  # GQA reads it on the host
-            self._decode.bind_ortvalue_input("input_ids", self._ids)
-            self._decode.bind_ortvalue_input("seqlens_k", self._seqlens)
-            self._decode.bind_ortvalue_input("total_sequence_length", self._total)
+            self._total = self._host_value(TOTAL_LENGTH, total)  # GQA reads it on the host
+            self._decode.bind_ortvalue_input(INPUT_IDS, self._ids)
+            self._decode.bind_ortvalue_input(SEQLENS, self._seqlens)
+            self._decode.bind_ortvalue_input(TOTAL_LENGTH, self._total)
         self.run_options = _run_options(self.plan.run_config(decode=False))
         self._decode_options = _run_options(self.plan.run_config(decode=True))
-
-    @property
-    def cache_bytes(self) -> int:
-        kv = self.manifest.kv_cache
-        return 2 * kv["num_layers"] * kv["num_kv_heads"] * kv["length"] * kv["head_dim"] * np.dtype(kv["dtype"]).itemsize
-
-    def forward(self, token_ids: np.ndarray, position: int, all_rows: bool = False) -> np.ndarray:
-        """Run TOKEN_IDS placed at POSITION..; returns float32 logits of the last one (every one with ALL_ROWS,
-        for packages exported with all_logits)."""
-        self.run(token_ids, position)
-        return self.last_logits(all_rows)
 
     def run(self, token_ids: np.ndarray, position: int) -> None:
         """Run TOKEN_IDS placed at POSITION..; the results stay where the plan put them."""
         ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
         total = position + ids.shape[1]
-        if total > self.capacity:
-            raise GenerationError(f"context is full ({self.capacity} tokens): start a new conversation or export with a larger --context")
+        check_fits(total, self.capacity)
         if self._decode is not None and ids.shape[1] == 1 and position > 0:
             self._ids.update_inplace(ids)
             self._seqlens.update_inplace(np.array([total - 1], dtype=np.int32))
             binding, options = self._decode, self._decode_options
         else:
             binding, options = self.binding, self.run_options
-            binding.bind_cpu_input("input_ids", ids)
-            binding.bind_cpu_input("seqlens_k", np.array([total - 1], dtype=np.int32))
-            binding.bind_cpu_input("total_sequence_length", np.array(total, dtype=np.int32))
+            binding.bind_cpu_input(INPUT_IDS, ids)
+            binding.bind_cpu_input(SEQLENS, np.array([total - 1], dtype=np.int32))
+            binding.bind_cpu_input(TOTAL_LENGTH, np.array(total, dtype=np.int32))
             if self.all_logits:
                 self._bind_outputs(ids.shape[1])  # one row per token: the shape follows the chunk
         with self._lock:
@@ -196,13 +189,13 @@ class DynamicRunner:
     # -- buffers --------------------------------------------------------------------------------------------
     def _bind_outputs(self, rows: int) -> None:
         self._logits = np.empty((1, rows, self.vocab_size), dtype=self.logits_dtype)
-        self._logits_value = self._buffer("logits", self._logits)
+        self._logits_value = self._buffer(LOGITS, self._logits)
         self._greedy_value = None
         if self.plan.greedy_output:
             self._greedy = np.zeros((1, rows), dtype=np.int64)
             self._greedy_value = self._buffer(self.plan.greedy_output, self._greedy)
         for b in filter(None, (self.binding, self._decode)):
-            b.bind_ortvalue_output("logits", self._logits_value)
+            b.bind_ortvalue_output(LOGITS, self._logits_value)
             if self._greedy_value is not None:
                 b.bind_ortvalue_output(self.plan.greedy_output, self._greedy_value)
 
@@ -222,3 +215,68 @@ def _run_options(config: dict[str, str]) -> ort.RunOptions:
     for key, value in config.items():
         options.add_run_config_entry(key, value)
     return options
+
+
+class DynamicEngine(Engine):
+    """One session over model.onnx; each runner (generator) binds its own cache to it.
+
+    Where the backend captures CUDA graphs, each runner's decode step is its own graph (ids 1, 2, ...) and
+    runs take turns: graph replays share the session's scratch memory.
+    """
+
+    def __init__(self, backend: Backend, package: Package, options: BackendOptions):
+        self.backend = backend
+        self.manifest = manifest = package.manifest
+        decoder = manifest.graphs.get("decoder")
+        if not isinstance(decoder, dict):
+            raise PackageError(f"{package.folder}: the manifest names no decoder graph: re-export the package")
+        self.session = backend.create_session(str(package.graph(decoder.get("file"), "the decoder graph")), options)
+        check_graph(package.folder, self.session, manifest)
+        self.graph_capture = backend.graph_capture(options)
+        self.device_id = backend.device_id(options)
+        self.head = backend.candidate_head(manifest.architecture["vocab_size"], np.dtype(manifest.activation_dtype), options)
+        self._graph_ids = itertools.count(1)
+        self._run_lock = threading.Lock() if self.graph_capture else None
+
+    def new_runner(self) -> "DynamicRunner":
+        graph_id = next(self._graph_ids) if self.graph_capture else None
+        plan = binding_plan(self.manifest, self.backend.ort_device, graph_id)
+        return DynamicRunner(self.session, self.manifest, self.backend.ort_device, self.device_id, plan=plan,
+                             run_lock=self._run_lock, head=self.head)
+
+
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}
+
+
+def check_graph(path: Path, session, manifest: Manifest) -> None:
+    """The graph must be the one the manifest describes: the runner binds buffers by the manifest's names,
+    shapes and dtypes, and a mismatch would otherwise fail deep inside onnxruntime at the first token."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise PackageError(f"{path}: the graph does not match the manifest: {what}: the package is damaged, re-export it")
+
+    decoder, kv = manifest.graphs["decoder"], manifest.kv_cache
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    listed_in, listed_out = decoder.get("inputs"), decoder.get("outputs")
+    for kind, graph, listed in (("inputs", inputs, listed_in), ("outputs", outputs, listed_out)):
+        need(isinstance(listed, list) and all(isinstance(n, str) for n in listed), f"the manifest lists no {kind} names")
+        only_graph, only_manifest = sorted(set(graph) - set(listed))[:3], sorted(set(listed) - set(graph))[:3]
+        need(not only_graph and not only_manifest, f"{kind} only in the graph {only_graph}, only in the manifest {only_manifest}")
+    need({"input_ids", "seqlens_k", "total_sequence_length"} <= set(inputs) and "logits" in outputs,
+         "input_ids, seqlens_k, total_sequence_length and logits are required")
+    # One past input and one present output per layer for keys, and again for values.
+    past = [n for n in listed_in if n.startswith("past_key_values.")]
+    present = [n for n in listed_out if n.startswith("present.")]
+    need(len(past) == len(present) == 2 * kv["num_layers"], f"{len(past)} cache inputs for {kv['num_layers']} layers")
+    for name in past + present:
+        value = inputs.get(name) or outputs[name]
+        need(len(value.shape) == 4 and value.shape[1] == kv["num_kv_heads"] and value.shape[3] == kv["head_dim"],
+             f"{name} has shape {value.shape}, the manifest says {kv['num_kv_heads']} heads of {kv['head_dim']}")
+        need(value.type == _ORT_TYPES[kv["dtype"]], f"{name} is {value.type}, the manifest says {kv['dtype']}")
+    logits = outputs["logits"]
+    need(logits.shape[-1] == manifest.architecture["vocab_size"],
+         f"logits have {logits.shape[-1]} columns, the manifest says vocab_size {manifest.architecture['vocab_size']}")
+    need(logits.type == _ORT_TYPES[manifest.activation_dtype],
+         f"logits are {logits.type}, the manifest says {manifest.activation_dtype}")

@@ -1,0 +1,71 @@
+"""The graph contract: the names and tables the exporter writes and the runtime reads.
+
+Both sides import this module and neither imports the other, so loading a package never pulls in onnx,
+the quantizer or the graph builders. Runners find inputs and outputs by these names, never by position.
+
+Dynamic graphs (cpu, cuda): input_ids, seqlens_k, total_sequence_length and one past input per layer and kind;
+logits, one present output per layer and kind, and on cuda the greedy token.
+Static graphs (qnn), one or more parts per role: the hidden state in (inputs_embeds for the first part), rotary
+rows, the additive mask and each layer's past; the hidden state out (logits for the last part) and each layer's
+new rows of the cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CACHE_KINDS = ("key", "value")
+
+# Dynamic graphs.
+INPUT_IDS, SEQLENS, TOTAL_LENGTH = "input_ids", "seqlens_k", "total_sequence_length"
+LOGITS = "logits"
+GREEDY_OUTPUT = "next_token"  # cuda packages: argmax of each logits row, so greedy decode moves one id to the host
+
+
+def past_name(layer: int, kind: str) -> str:
+    return f"past_key_values.{layer}.{kind}"
+
+
+def present_name(layer: int, kind: str) -> str:
+    return f"present.{layer}.{kind}"
+
+
+def dynamic_io(num_layers: int, greedy_output: bool = False) -> dict[str, list[str]]:
+    """The dynamic graph's input and output names, in the order the exporter declares them."""
+    cache = [(i, kind) for i in range(num_layers) for kind in CACHE_KINDS]
+    return {
+        "inputs": [INPUT_IDS, SEQLENS, TOTAL_LENGTH, *(past_name(i, k) for i, k in cache)],
+        "outputs": [LOGITS, *(present_name(i, k) for i, k in cache), *([GREEDY_OUTPUT] if greedy_output else [])],
+    }
+
+
+def cache_pairs(num_layers: int) -> list[tuple[str, str]]:
+    """(past input, present output) of every layer and kind: the pairs a runner binds to one buffer each."""
+    return [(past_name(i, k), present_name(i, k)) for i in range(num_layers) for k in CACHE_KINDS]
+
+
+# Static graphs.
+EMBEDS_IN, HIDDEN_IN, HIDDEN_OUT = "inputs_embeds", "hidden_in", "hidden_out"
+POSITION_COS, POSITION_SIN, ATTENTION_MASK = "position_cos", "position_sin", "attention_mask"
+
+
+def cache_slot(layer: int, kind: str) -> str:
+    """The host cache's key for one layer and kind; static inputs are past_<slot>, outputs new_<slot>."""
+    return f"{kind}.{layer}"
+
+
+def static_io(layers: tuple[int, int], first: bool, last: bool) -> dict[str, list[str]]:
+    """A static part's input and output names for layers [start, stop)."""
+    slots = [cache_slot(i, kind) for i in range(*layers) for kind in CACHE_KINDS]
+    return {
+        "inputs": [EMBEDS_IN if first else HIDDEN_IN, POSITION_COS, POSITION_SIN, ATTENTION_MASK,
+                   *(f"past_{slot}" for slot in slots)],
+        "outputs": [LOGITS if last else HIDDEN_OUT, *(f"new_{slot}" for slot in slots)],
+    }
+
+
+def rotary_tables(head_dim: int, rope_theta: float, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin of [length, head_dim / 2], the non-interleaved (GPT-NeoX) rotary that HF Qwen2/Llama use."""
+    inv_freq = 1.0 / (rope_theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    angles = np.outer(np.arange(length, dtype=np.float64), inv_freq)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)

@@ -1,0 +1,50 @@
+"""The interface between the generator and a package's graphs: a runner owns one KV cache and runs tokens.
+
+Two implementations: DynamicRunner (dynamic_runner.py: cpu, cuda) and StaticRunner (static_runner.py: qnn).
+An Engine holds a loaded package's sessions and makes runners; a Generator drives one runner.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class Runner(ABC):
+    capacity: int  # cache slots: the most tokens a conversation holds
+    # Tokens per prefill run this runner wants (a static graph's N, a GPU's whole prompt); None: the generator's own.
+    prefill_chunk: int | None = None
+
+    @abstractmethod
+    def run(self, token_ids: np.ndarray, position: int) -> None:
+        """Run TOKEN_IDS placed at POSITION..; the results stay with the runner until asked for."""
+
+    @abstractmethod
+    def last_logits(self, all_rows: bool = False) -> np.ndarray:
+        """float32 logits of the last run's last token (every token with ALL_ROWS, where the package has them)."""
+
+    def greedy_token(self) -> int | None:
+        """The last row's argmax where the graph computes it (one id crosses to the host); None: read the logits."""
+        return None
+
+    def candidates(self, temperature: float) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """The most likely next tokens picked where the logits live (see candidates.py); None: read the logits."""
+        return None
+
+    @abstractmethod
+    def cache_arrays(self) -> list[np.ndarray]:
+        """The cache buffers as host arrays (host caches only): for tests and inspection."""
+
+    def forward(self, token_ids, position: int, all_rows: bool = False) -> np.ndarray:
+        """run + last_logits in one call."""
+        self.run(token_ids, position)
+        return self.last_logits(all_rows)
+
+
+class Engine(ABC):
+    """A loaded package's sessions on one backend; each runner it makes owns its own cache."""
+
+    @abstractmethod
+    def new_runner(self) -> Runner:
+        ...
