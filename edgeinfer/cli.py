@@ -40,7 +40,7 @@ def _sampling(args):
 def _backend_options(args):
     from .backends import BackendOptions
 
-    return BackendOptions(threads=args.threads, allow_fallback=getattr(args, "allow_fallback", False))
+    return BackendOptions(threads=args.threads, allow_fallback=args.allow_fallback)
 
 
 def _run(args) -> None:

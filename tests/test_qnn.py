@@ -240,3 +240,22 @@ def test_weight_shared_contexts_are_written_but_crash_the_simulator_on_load(qdq_
     assert len(shared["binaries"]) == 1 and shared["tokens_equal_cpu_ep"]
     assert shared["bytes"] < 0.9 * apart["bytes"]  # one copy of the weights, not two
     assert shared["fresh_load"]["returncode"] == -11, "weight-shared QNN contexts now load: wire them into the cache"
+
+
+def test_run_json_on_qnn_prints_only_json_on_stdout(qdq_pkg, tmp_path):
+    """QNN's libraries print a `# LIBNATIVE` line when they load; it must not reach stdout."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EDGEINFER_CACHE": str(tmp_path)}  # a cold cache: compile and library load both happen
+    done = subprocess.run([sys.executable, "-m", "edgeinfer.cli", "run", str(qdq_pkg), "Hi", "--device", "qnn", "--json",
+                           "--max-new-tokens", "3", "--temperature", "0"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["finish_reason"] in ("length", "eos")
+
+
+def test_the_htp_library_is_named_for_each_platform():
+    from edgeinfer.backends.qnn import htp_library_name
+
+    assert htp_library_name("Windows") == "QnnHtp.dll" and htp_library_name("Linux") == "libQnnHtp.so"

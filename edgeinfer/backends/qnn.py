@@ -20,6 +20,7 @@ import stat
 import sys
 import threading
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,6 +54,25 @@ def qnn_ep_devices() -> list:
     return [d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]
 
 
+@contextmanager
+def native_stdout_to_stderr():
+    """QNN's libraries print to the process's stdout when they load (`# LIBNATIVE: ...`). Point file descriptor 1
+    at stderr meanwhile, so stdout carries only what the command promises (`edgeinfer run --json | ...`)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def htp_library_name(system: str | None = None) -> str:
+    """The HTP backend library's file name on SYSTEM (this one by default): QnnHtp.dll on Windows on Snapdragon."""
+    return "QnnHtp.dll" if (system or platform.system()) == "Windows" else "libQnnHtp.so"
+
+
 def qnn_build_id() -> str:
     """The HTP library's exact build (e.g. v2.51.0.260929181845, what EPContext nodes record as ep_sdk_version)."""
     import ctypes
@@ -68,7 +88,8 @@ def qnn_build_id() -> str:
     try:
         import onnxruntime_qnn
 
-        lib = ctypes.CDLL(str(Path(onnxruntime_qnn.get_library_path()).parent / "libQnnHtp.so"))
+        with native_stdout_to_stderr():
+            lib = ctypes.CDLL(str(Path(onnxruntime_qnn.get_library_path()).parent / htp_library_name()))
         providers, count = ctypes.POINTER(ctypes.POINTER(Interface))(), ctypes.c_uint32()
         if lib.QnnInterface_getProviders(ctypes.byref(providers), ctypes.byref(count)) or not count.value:
             return ""
@@ -166,7 +187,8 @@ class QNNBackend(Backend):
         if options.allow_fallback:
             so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
         try:
-            session = ort.InferenceSession(model_path, sess_options=so)
+            with native_stdout_to_stderr():
+                session = ort.InferenceSession(model_path, sess_options=so)
         except (InvalidProtobuf, InvalidGraph, NoSuchFile) as exc:  # the file, not the device
             raise PackageError(f"{model_path} is not a valid model ({_first_line(exc)}): the package is damaged, re-export it") from None
         except Exception as exc:
