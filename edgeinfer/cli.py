@@ -113,6 +113,11 @@ def _table(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .backends import backend_names
+    from .export.options import PRECISIONS, TARGETS
+    from .sampler import SamplingParams
+
+    DEFAULTS = SamplingParams()  # noqa: N806 - the one place sampling defaults live
     parser = argparse.ArgumentParser(prog="edgeinfer", description="On-device LLM runtime: export, run, chat, bench.")
     parser.add_argument("--version", action="version", version=f"edgeinfer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint to an ONNX package")
     p.add_argument("source", help="Hugging Face folder, .gguf file, preset:NAME, or hub id ORG/NAME")
     p.add_argument("-o", "--output", required=True, help="package folder to write")
-    p.add_argument("--precision", default="w4a16", choices=["w4a16", "fp16", "fp32"])
-    p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "qnn"])
+    p.add_argument("--precision", default="w4a16", choices=PRECISIONS)
+    p.add_argument("--target", default="cpu", choices=TARGETS)
     p.add_argument("--context", type=int, default=4096, help="context length (KV cache size) in tokens")
     p.add_argument("--block-size", type=int, default=128, help="4-bit block size: 128 fastest, 16 most faithful")
     p.add_argument("--symmetric", action="store_true", help="4-bit without zero points (default: asymmetric)")
@@ -136,14 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
 
     def generation_args(p):
-        p.add_argument("--device", default="cpu", help="cpu, cuda or qnn")
+        p.add_argument("--device", default="cpu", help=", ".join(backend_names()))
         p.add_argument("--max-new-tokens", type=int, default=512)
-        p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
-        p.add_argument("--top-k", type=int, default=0)
-        p.add_argument("--top-p", type=float, default=0.95)
-        p.add_argument("--min-p", type=float, default=0.0)
-        p.add_argument("--repetition-penalty", type=float, default=1.0)
-        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="0 = greedy")
+        p.add_argument("--top-k", type=int, default=DEFAULTS.top_k, help="0 = off")
+        p.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
+        p.add_argument("--min-p", type=float, default=DEFAULTS.min_p)
+        p.add_argument("--repetition-penalty", type=float, default=DEFAULTS.repetition_penalty)
+        p.add_argument("--seed", type=int, default=DEFAULTS.seed)
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--allow-fallback", action="store_true", help="qnn: run unsupported nodes on the CPU")
 

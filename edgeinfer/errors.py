@@ -29,6 +29,12 @@ class SamplingError(EdgeInferError, ValueError):
     """A sampling parameter is out of range."""
 
 
+def last_line(exc: BaseException) -> str:
+    """One line of a library's exception for our own message: native libraries put the cause last."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else type(exc).__name__
+
+
 def check_fits(tokens: int, capacity: int) -> None:
     """The one "context full" check: TOKENS must fit a CAPACITY-token context."""
     if tokens > capacity:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import GenerationError, check_fits
+from .errors import GenerationError, check_fits, last_line
 from .runner import Runner
 from .sampler import GREEDY, SamplingParams, sample, sample_from_candidates
 
@@ -94,7 +94,7 @@ class Generator:
         except GenerationError:
             raise
         except Exception as exc:  # onnxruntime's own types: one line for the app, not a C++ trace
-            raise GenerationError(f"the model failed to run ({_last_line(exc)}): the package may be damaged, re-export it") from None
+            raise GenerationError(f"the model failed to run ({last_line(exc)}): the package may be damaged, re-export it") from None
 
     def next_token(self) -> int:
         """Sample the next token from the current logits (does not append it)."""
@@ -140,11 +140,6 @@ class Generator:
             raise GenerationError(f"position {position} is outside the {self.capacity}-token context")
         self.tokens = [0] * position
         self.logits = None
-
-
-def _last_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[-1][:300] if lines else type(exc).__name__
 
 
 @dataclass(frozen=True)

@@ -86,8 +86,7 @@ class Model:
         return self.manifest.context_length
 
     def default_sampling(self) -> SamplingParams:
-        # DeepSeek-R1's recommendation (0.6 / 0.95) is also a sound default for other chat models.
-        return SamplingParams(temperature=0.6, top_p=0.95)
+        return SamplingParams()  # DeepSeek-R1's recommendation (0.6 / 0.95), a sound default for other chat models
 
     def generator(self, sampling: SamplingParams | None = None) -> Generator:
         """A fresh generator with its own KV cache."""

@@ -19,7 +19,8 @@ _TOP_P_CANDIDATES = 1024
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.6  # DeepSeek-R1's recommended setting
+    # The defaults are DeepSeek-R1's recommendation, a sound default for other chat models too.
+    temperature: float = 0.6
     top_k: int = 0  # 0 = off
     top_p: float = 0.95
     min_p: float = 0.0

@@ -8,7 +8,6 @@ is left-padded, so the logits row is always the last one; a single token runs th
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +30,13 @@ class StaticEngine(Engine):
         graphs = manifest.graphs
         if "prefill" not in graphs or "decode" not in graphs:
             raise PackageError(f"{package.folder} has no prefill/decode graphs: re-export it with `edgeinfer export --target qnn`")
-        self.compile_s: dict[str, float] = {}
         self.sessions = {role: [self._session(package, part) for part in graphs[role]["parts"]] for role in ("prefill", "decode")}
         self.embeddings = self.host_embeddings(package)
 
     def _session(self, package: Package, part: dict):
-        started = time.perf_counter()
         file = package.graph(part.get("file"), "a graph part")
         fingerprint = "/".join(self.manifest.files[name]["sha256"] for name in (file.name, *sorted(external_data_files(file))))
-        session = self.backend.create_session(str(file), self.options, fingerprint=fingerprint)
-        self.compile_s[file.name] = time.perf_counter() - started
-        return session
+        return self.backend.create_session(str(file), self.options, fingerprint=fingerprint)
 
     def new_runner(self) -> "StaticRunner":
         return StaticRunner(self.sessions, self.manifest.graphs, self.manifest.spec, self.manifest.context_length,

@@ -7,17 +7,12 @@ from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer
 
-from .errors import GenerationError, PackageError
+from .errors import GenerationError, PackageError, last_line
 
 if TYPE_CHECKING:
     from .package import Package
 
 MAX_TOKENIZER_BYTES = 64 << 20  # the largest real tokenizer.json files are ~30 MB (262k-token vocabularies)
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 class TextTokenizer:
@@ -44,7 +39,7 @@ class TextTokenizer:
             if not isinstance(config, dict):
                 raise ValueError("tokenizer_config.json is not a JSON object")
         except Exception as exc:
-            raise PackageError(f"{package.folder}: cannot read the tokenizer ({_first_line(exc)}): re-export the package") from None
+            raise PackageError(f"{package.folder}: cannot read the tokenizer ({last_line(exc)}): re-export the package") from None
         return cls(tokenizer, config, bos_token_id, add_bos)
 
     def encode(self, text: str, parse_special: bool = True, add_bos: bool | None = None) -> list[int]:
@@ -66,9 +61,6 @@ class TextTokenizer:
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special)
-
-    def token_text(self, token_id: int) -> str | None:
-        return self._tok.id_to_token(token_id)
 
     def token_id(self, text: str) -> int | None:
         return self._tok.token_to_id(text)

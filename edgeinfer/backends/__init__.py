@@ -11,11 +11,6 @@ from .qnn import QNNBackend
 _REGISTRY: dict[str, type[Backend]] = {cls.name: cls for cls in (CPUBackend, CUDABackend, QNNBackend)}
 
 
-def register(cls: type[Backend]) -> type[Backend]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
 def backend_names() -> list[str]:
     return list(_REGISTRY)
 
@@ -26,4 +21,4 @@ def get_backend(name: str) -> Backend:
     return _REGISTRY[name]()
 
 
-__all__ = ["Availability", "Backend", "BackendOptions", "backend_names", "get_backend", "register"]
+__all__ = ["Availability", "Backend", "BackendOptions", "backend_names", "get_backend"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 
-from ..errors import BackendError, PackageError
+from ..errors import BackendError, PackageError, last_line
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,6 @@ _OPT_LEVELS = {
 class Backend(ABC):
     name: str  # registry key and --device value
     target: str  # the package target it runs
-    graph_flavour: str  # "dynamic" or "static"
     kv_location: str  # "host" or "device": where the KV cache buffers live
     ort_device: str = "cpu"  # OrtValue device type for buffers bound to this backend
     memory_arena: bool = True  # onnxruntime's CPU arena by default
@@ -105,19 +104,14 @@ class Backend(ABC):
                 model_path, sess_options=self.session_options(options), providers=self.providers(options)
             )
         except (InvalidProtobuf, InvalidGraph, InvalidArgument, NoSuchFile) as exc:  # the file, not the device
-            raise PackageError(f"{model_path} is not a valid model ({_first_line(exc)}): the package is damaged, re-export it") from None
+            raise PackageError(f"{model_path} is not a valid model ({last_line(exc)}): the package is damaged, re-export it") from None
         except Exception as exc:  # onnxruntime raises its own exception types; give one line instead
-            raise BackendError(f"{self.name}: cannot create a session for {model_path}: {_first_line(exc)}") from None
+            raise BackendError(f"{self.name}: cannot create a session for {model_path}: {last_line(exc)}") from None
 
     def require(self) -> None:
         status = self.availability()
         if not status.ok:
             raise BackendError(f"backend {self.name} is not available: {status}")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
 
 
 def cpu_model() -> str:

@@ -7,6 +7,7 @@ BackendOptions.provider_options to run every step kernel by kernel.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -24,7 +25,6 @@ _OFF = ("0", "false", "no", "off")
 class CUDABackend(Backend):
     name = "cuda"
     target = "cuda"
-    graph_flavour = "dynamic"
     kv_location = "device"
     ort_device = "cuda"
 
@@ -34,18 +34,23 @@ class CUDABackend(Backend):
                 False, f"onnxruntime {ort.__version__} has no CUDA execution provider (onnxruntime-gpu is not installed)",
                 INSTALL_FIX,
             )
-        if not gpu_info():
+        if not self.gpu:
             return Availability(False, "no NVIDIA GPU is visible (nvidia-smi finds none)", "run on a machine with a CUDA GPU and driver")
         return Availability(True)
 
+    @functools.cached_property
+    def gpu(self) -> dict[str, str]:
+        """nvidia-smi asked once per backend: availability, the device name and the versions all read it."""
+        return gpu_info()
+
     def device_description(self) -> str:
-        info = gpu_info()
+        info = self.gpu
         if not info:
             return "no CUDA GPU"
         return describe_gpu(info)
 
     def versions(self) -> dict[str, str]:
-        info = gpu_info()
+        info = self.gpu
         return {
             **super().versions(),
             "onnxruntime_cuda": ort_cuda_version(),

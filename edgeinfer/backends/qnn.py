@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import platform
-import stat
 import sys
 import threading
 from collections import Counter
@@ -27,9 +26,10 @@ from pathlib import Path
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf, NoSuchFile
 
-from ..errors import BackendError, PackageError
+from ..errors import BackendError, PackageError, last_line
+from ..cache_dir import cache_root, private_folder
 from ..package import sha256_of
-from .base import Availability, Backend, BackendOptions, _first_line
+from .base import Availability, Backend, BackendOptions
 
 EP_NAME = "QNNExecutionProvider"
 _registered = threading.Lock()
@@ -112,7 +112,6 @@ def qnn_version() -> str:
 class QNNBackend(Backend):
     name = "qnn"
     target = "qnn"
-    graph_flavour = "static"
     kv_location = "host"
 
     def availability(self) -> Availability:
@@ -190,9 +189,9 @@ class QNNBackend(Backend):
             with native_stdout_to_stderr():
                 session = ort.InferenceSession(model_path, sess_options=so)
         except (InvalidProtobuf, InvalidGraph, NoSuchFile) as exc:  # the file, not the device
-            raise PackageError(f"{model_path} is not a valid model ({_first_line(exc)}): the package is damaged, re-export it") from None
+            raise PackageError(f"{model_path} is not a valid model ({last_line(exc)}): the package is damaged, re-export it") from None
         except Exception as exc:
-            message = _first_line(exc)
+            message = last_line(exc)
             if "fallback" in message.lower() or "CPU EP" in message:
                 rejected = self.rejected_ops(model_path, options)
                 raise BackendError(
@@ -236,20 +235,6 @@ def describe_assignment(a: dict) -> str:
     if a["cpu_ops"]:
         line += "; on the CPU: " + ", ".join(f"{op} x{n}" for op, n in sorted(a["cpu_ops"].items()))
     return line
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGEINFER_CACHE", Path.home() / ".cache" / "edgeinfer"))
-
-
-def private_folder(folder: Path) -> Path:
-    """FOLDER created if needed, ours and readable by us alone (0700): other local users may not swap binaries in."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    info = os.lstat(folder)
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
-        raise BackendError(f"qnn: the context cache {folder} is a link or not yours: remove it, or set EDGEINFER_CACHE elsewhere")
-    os.chmod(folder, 0o700)
-    return folder
 
 
 class ContextCache:

@@ -16,9 +16,12 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda or qnn")
+    from ..backends import backend_names
+    from ..export.options import PRECISIONS
+
+    p.add_argument("--device", default="cpu", help=", ".join(backend_names()))
     p.add_argument("--model", default=None, help="package, or a source to export first (default: the 1.5B preset, random weights)")
-    p.add_argument("--precision", default="w4a16", choices=["w4a16", "fp16", "fp32"], help="when exporting")
+    p.add_argument("--precision", default="w4a16", choices=PRECISIONS, help="when exporting")
     p.add_argument("--prompt-len", type=_int_list, default=[128, 1024], help="prompt lengths, e.g. 128,1024")
     p.add_argument("--gen-len", type=int, default=128)
     p.add_argument("--repeat", type=int, default=5)

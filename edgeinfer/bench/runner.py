@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 from .. import __version__
 from ..backends import BackendOptions, get_backend
+from ..cache_dir import cache_root
 from ..errors import EdgeInferError, PackageError
 from ..export.options import ExportOptions
 from ..export.presets import DEFAULT_PRESET
@@ -20,10 +20,6 @@ from .profiler import decode_at_depth, run_test
 from .results import DEFINITIONS, SCHEMA
 
 SWEEP_CONTEXTS = (128, 1024, 4096, 16384)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGEINFER_CACHE", Path.home() / ".cache" / "edgeinfer"))
 
 
 def resolve_package(model: str | None, target: str, precision: str, context: int, progress: bool = True) -> Path:
