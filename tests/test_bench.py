@@ -43,7 +43,7 @@ def test_two_machines_merge_into_one_table(result, tmp_path):
     other["tests"] = other["tests"][:1]
     save_json(result, tmp_path / "a.json")
     save_json(other, tmp_path / "b.json")
-    table = markdown_table(load_results([tmp_path / "a.json", tmp_path / "b.json"]), extra=())
+    table = markdown_table(load_results([tmp_path / "a.json", tmp_path / "b.json"]), extra=False)
     lines = table.splitlines()
     assert lines[0] == "| Device | Backend | Precision | TTFT | Prefill | Decode | Context Size | File Size |"
     assert len(lines) == 2 + 3 and "Snapdragon X Elite" in lines[-1]
@@ -87,6 +87,6 @@ def test_source_is_exported_once_into_the_cache(tmp_path, monkeypatch):
 
 
 def test_file_sizes_read_in_the_unit_that_fits():
-    from edgeinfer.bench.results import _fmt_bytes
+    from edgeinfer.bench.results import format_bytes
 
-    assert [_fmt_bytes(n) for n in (419167, 900 * 2**20, 1_160_000_000)] == ["409 KiB", "900 MiB", "1.08 GiB"]
+    assert [format_bytes(n) for n in (419167, 900 * 2**20, 1_160_000_000)] == ["409 KiB", "900 MiB", "1.08 GiB"]

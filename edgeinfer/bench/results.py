@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import EdgeInferError
@@ -27,9 +28,6 @@ DEFINITIONS = {
     "load": "session creation time, including any compile or cache step",
     "statistics": "median over repeats (warm-up runs excluded), with min, max and stddev",
 }
-
-TABLE_COLUMNS = ["Device", "Backend", "Precision", "TTFT", "Prefill", "Decode", "Context Size", "File Size"]
-
 
 def save_json(result: dict, path: str | Path) -> None:
     """Write atomically: a bench killed midway never leaves a half-written or clobbered result file."""
@@ -65,71 +63,99 @@ def load_results(paths: list[str | Path]) -> list[dict]:
     return results
 
 
-def _fmt_bytes(n: int) -> str:
+def format_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
     if n >= 2**30:
         return f"{n / 2**30:.2f} GiB"
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
-def _fmt(stat: dict, unit: str, digits: int = 1) -> str:
-    if not stat or stat.get("median") is None:
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} tok/s"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
         return "-"
-    return f"{stat['median']:.{digits}f} {unit}"
+    return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.0f} ms"
 
 
-def table_rows(results: list[dict]) -> list[dict]:
-    """One row per (result, test): the reference table's columns plus the prompt and generation lengths."""
-    rows = []
-    for r in results:
-        model = r["model"]
+def _column(title: str, render=str, headline: bool = True):
+    """A field shown in the Markdown table under TITLE (the reference table's own columns when HEADLINE)."""
+    return field(metadata={"column": title, "render": render, "headline": headline})
+
+
+@dataclass(frozen=True)
+class BenchRecord:
+    """One test of one system on one device: the row every printer renders (Markdown, CSV, peers).
+
+    Field names carry their units; the Markdown columns are the Performance Reference table's, in order.
+    """
+
+    device: str = _column("Device")
+    backend: str = _column("Backend")
+    precision: str = _column("Precision")
+    ttft_ms: float | None = _column("TTFT", _ms)
+    prefill_tokens_per_s: float | None = _column("Prefill", _rate)
+    decode_tokens_per_s: float | None = _column("Decode", _rate)
+    context_size: int | None = _column("Context Size", lambda v: "-" if v is None else str(v))
+    file_bytes: int | None = _column("File Size", format_bytes)
+    model: str = _column("Model", headline=False)
+    prompt_tokens: int = _column("Prompt", headline=False)
+    new_tokens: int = _column("Generated", headline=False)
+    test: str = ""  # llama-bench's name: pp128+tg128
+    system: str = "edgeinfer"  # which runtime measured it (peer comparisons)
+    random_weights: bool = False
+    peak_rss_bytes: int | None = None
+    load_s: float | None = None
+    onnxruntime: str = ""
+
+    @classmethod
+    def from_result(cls, result: dict) -> list["BenchRecord"]:
+        """One record per test of an `edgeinfer bench` JSON document."""
+        model = result["model"]
+        simulator = "simulator" in result["device_description"].lower()
         precision = model["precision"].upper() + (" (random weights, speed only)" if model.get("random_weights") else "")
-        for test in r["tests"]:
-            s = test["summary"]
-            ttft = s["ttft_ms"]["median"]
-            rows.append({
-                "Device": r["device_description"],
-                "Backend": r["backend"] + (" (simulator)" if "simulator" in r["device_description"].lower() else ""),
-                "Precision": precision,
-                "TTFT": f"{ttft / 1000:.2f} s" if ttft >= 1000 else f"{ttft:.0f} ms",
-                "Prefill": _fmt(s["prefill_tokens_per_s"], "tok/s"),
-                "Decode": _fmt(s["decode_tokens_per_s"], "tok/s"),
-                "Context Size": str(model["context_size"]),
-                "File Size": _fmt_bytes(model["file_bytes"]),
-                "Model": model["source"].removeprefix("preset:").rsplit("/", 1)[-1],
-                "Prompt": test["prompt_tokens"],
-                "Generated": test["new_tokens"],
-            })
-    return rows
+        return [cls(
+            device=result["device_description"], backend=result["backend"] + (" (simulator)" if simulator else ""),
+            precision=precision, ttft_ms=test["summary"]["ttft_ms"]["median"],
+            prefill_tokens_per_s=test["summary"]["prefill_tokens_per_s"]["median"],
+            decode_tokens_per_s=test["summary"]["decode_tokens_per_s"]["median"], context_size=model["context_size"],
+            file_bytes=model["file_bytes"], model=model["source"].removeprefix("preset:").rsplit("/", 1)[-1],
+            prompt_tokens=test["prompt_tokens"], new_tokens=test["new_tokens"], test=test["name"],
+            random_weights=bool(model.get("random_weights")), peak_rss_bytes=result.get("peak_rss_bytes"),
+            load_s=result.get("load_s"), onnxruntime=result["versions"].get("onnxruntime", ""),
+        ) for test in result["tests"]]
 
 
-def markdown_table(results: list[dict], extra: tuple[str, ...] = ("Model", "Prompt", "Generated")) -> str:
-    columns = TABLE_COLUMNS + list(extra)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in table_rows(results):
-        lines.append("| " + " | ".join(str(row[c]) for c in columns) + " |")
+def records(results: list[dict]) -> list[BenchRecord]:
+    return [record for result in results for record in BenchRecord.from_result(result)]
+
+
+def markdown_table(results: list[dict], extra: bool = True) -> str:
+    return render_markdown(records(results), extra)
+
+
+def render_markdown(rows: list[BenchRecord], extra: bool = True) -> str:
+    """The reference table (plus model and test lengths unless EXTRA is off)."""
+    shown = [f for f in fields(BenchRecord) if "column" in f.metadata and (extra or f.metadata["headline"])]
+    lines = ["| " + " | ".join(f.metadata["column"] for f in shown) + " |", "|" + "---|" * len(shown)]
+    for row in rows:
+        lines.append("| " + " | ".join(f.metadata["render"](getattr(row, f.name)) for f in shown) + " |")
     return "\n".join(lines)
 
 
 def csv_text(results: list[dict]) -> str:
-    """Machine-friendly rows: numbers, not formatted strings."""
+    return render_csv(records(results))
+
+
+def render_csv(rows: list[BenchRecord]) -> str:
+    """Machine-friendly rows: every field, numbers as numbers."""
     out = io.StringIO()
-    fields = ["device", "backend", "precision", "random_weights", "prompt_tokens", "new_tokens", "ttft_ms",
-              "prefill_tokens_per_s", "decode_tokens_per_s", "context_size", "file_bytes", "peak_rss_bytes", "load_s",
-              "onnxruntime"]
-    writer = csv.DictWriter(out, fieldnames=fields)
+    writer = csv.DictWriter(out, fieldnames=[f.name for f in fields(BenchRecord)])
     writer.writeheader()
-    for r in results:
-        for test in r["tests"]:
-            s = test["summary"]
-            writer.writerow({
-                "device": r["device_description"], "backend": r["backend"], "precision": r["model"]["precision"],
-                "random_weights": r["model"].get("random_weights"), "prompt_tokens": test["prompt_tokens"],
-                "new_tokens": test["new_tokens"], "ttft_ms": s["ttft_ms"]["median"],
-                "prefill_tokens_per_s": s["prefill_tokens_per_s"]["median"],
-                "decode_tokens_per_s": s["decode_tokens_per_s"]["median"], "context_size": r["model"]["context_size"],
-                "file_bytes": r["model"]["file_bytes"], "peak_rss_bytes": r.get("peak_rss_bytes"),
-                "load_s": r.get("load_s"), "onnxruntime": r["versions"].get("onnxruntime"),
-            })
+    writer.writerows(asdict(row) for row in rows)
     return out.getvalue()
 
 
