@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -114,12 +115,24 @@ class Backend(ABC):
             raise BackendError(f"backend {self.name} is not available: {status}")
 
 
-def cpu_model() -> str:
+def cpu_model(system: str | None = None) -> str:
+    """The CPU's marketing name on SYSTEM (this one by default): bench rows from many machines must tell them apart."""
+    system = system or platform.system()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
+        if system == "Linux":
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                for line in f:
+                    # x86 says "model name"; some ARM kernels say "Processor" or only "Hardware".
+                    if line.split(":")[0].strip() in ("model name", "Processor", "Hardware"):
+                        return line.split(":", 1)[1].strip()
+        elif system == "Windows":  # e.g. "Snapdragon(R) X Elite - X1E78100 - Qualcomm(R) Oryon(TM) CPU"
+            import winreg
+
+            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"HARDWARE\DESCRIPTION\System\CentralProcessor\0") as key:
+                return str(winreg.QueryValueEx(key, "ProcessorNameString")[0]).strip()
+        elif system == "Darwin":
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=5, check=True).stdout.strip()
+    except (OSError, ImportError, ValueError, IndexError, subprocess.SubprocessError):
         pass
     return platform.processor() or platform.machine()
