@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ExportError
-from .destination import check_destination
+from .destination import check_destination, is_package
 
 # Written into every folder this module may later delete (its staging folder, an old package set aside), so
 # that sweeping a killed export's leftovers never deletes a user's folder that merely has a matching name.
@@ -30,7 +30,7 @@ def staging_dir(out: Path, force: bool, source: Path | None = None):
     _mark(tmp)
     try:
         yield tmp
-        check_destination(out, force, source)  # again: OUT may have changed during a long export
+        check_destination(out, True, source)  # again, as --force would: whatever appeared at OUT meanwhile, only a package is replaced
         _replace(tmp, out)
     except BaseException:
         _delete_marked(tmp)
@@ -100,7 +100,7 @@ def _remove_stale(out: Path) -> None:
         for path in out.parent.glob(f".{out.name}.{kind}-*"):
             pid = path.name.removeprefix(f".{out.name}.{kind}-").split("-")[0]
             if pid.isdigit() and not _alive(int(pid)) and _left_by_export(path):
-                if kind == "old" and not out.exists():
+                if kind == "old" and not out.exists() and is_package(path):
                     os.rename(path, out)
                     _unmark(out)
                 else:
