@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from .errors import SourceError
+from .limits import size_problem
 
 
 @dataclass(frozen=True)
@@ -121,18 +122,23 @@ class ArchSpec:
         rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             raise SourceError(f"rope scaling {rope!r} is not supported yet: export a checkpoint with plain RoPE")
+        missing = [key for key in _HF_REQUIRED if key not in config]
+        if missing:
+            raise SourceError(f"config.json has no {missing[0]}: restore config.json from the original checkpoint")
         heads = config["num_attention_heads"]
-        return cls(
+        return checked_spec(
+            "config.json",
+            _HF_FIELDS,
             family=family.name,
             hidden_size=config["hidden_size"],
             num_layers=config["num_hidden_layers"],
             num_heads=heads,
             num_kv_heads=config.get("num_key_value_heads", heads),
-            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            head_dim=config.get("head_dim") or None,  # some configs write null or 0: derive it
             intermediate_size=config["intermediate_size"],
             vocab_size=config["vocab_size"],
-            rope_theta=float(config.get("rope_theta", rope.get("rope_theta", 10000.0))),
-            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=config.get("rope_theta", rope.get("rope_theta", 10000.0)),
+            rms_norm_eps=config.get("rms_norm_eps", 1e-6),
             max_position_embeddings=config.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         )
@@ -166,3 +172,51 @@ class ArchSpec:
     def from_dict(cls, data: dict) -> "ArchSpec":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_HF_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+# ArchSpec field -> the config.json key it comes from, so that errors name what the user sees in the file.
+_HF_FIELDS = {
+    "hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "intermediate_size": "intermediate_size",
+    "vocab_size": "vocab_size", "max_position_embeddings": "max_position_embeddings",
+    "rope_theta": "rope_theta", "rms_norm_eps": "rms_norm_eps",
+}
+
+
+def checked_spec(where: str, file_fields: dict[str, str], head_dim=None, **values) -> ArchSpec:
+    """An ArchSpec from sizes read out of an untrusted file (WHERE), each checked before anything uses it:
+    a crafted checkpoint claiming 10^12 layers or 0 heads is refused with one line, not a traceback or an
+    allocation that never ends. FILE_FIELDS maps spec fields to the file's own key names for the message.
+    HEAD_DIM None means hidden_size / num_heads."""
+
+    def refuse(field: str, problem: str) -> SourceError:
+        return SourceError(
+            f"{where}: {file_fields[field]} {problem}: the file is damaged or not a real model; "
+            "restore it from the original checkpoint"
+        )
+
+    sizes = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size")
+    for field in sizes:
+        problem = size_problem({field: values[field]})
+        if problem:
+            raise refuse(field, problem.removeprefix(field + " "))
+    hidden, heads, kv_heads = values["hidden_size"], values["num_heads"], values["num_kv_heads"]
+    if heads % kv_heads:
+        raise refuse("num_kv_heads", f"is {kv_heads}, which does not divide the {heads} attention heads")
+    if head_dim is None:
+        if hidden % heads:
+            raise refuse("num_heads", f"is {heads}, which does not divide hidden size {hidden}")
+        head_dim = hidden // heads
+    problem = size_problem({"head_dim": head_dim})
+    if problem:
+        raise refuse("head_dim", problem.removeprefix("head_dim "))
+    positions = values["max_position_embeddings"]
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
+        raise refuse("max_position_embeddings", f"is {positions!r}, not a whole number >= 1")
+    for field in ("rope_theta", "rms_norm_eps"):
+        value = values[field]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise refuse(field, f"is {value!r}, not a positive number")
+        values[field] = float(value)
+    return ArchSpec(head_dim=head_dim, **values)

@@ -20,7 +20,7 @@ def _export(args) -> None:
         accuracy_level=args.accuracy_level, all_logits=args.all_logits,
         quantize_embeddings=not args.float_embeddings, prefill_chunk=args.prefill_chunk,
     )
-    export(args.source, args.output, options, force=args.force)
+    export(args.source, args.output, options, force=args.force, follow_symlinks=args.follow_symlinks)
     if args.compile:
         from .model import load
 
@@ -122,12 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgeinfer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("export", help="export a checkpoint to an ONNX package")
+    p = sub.add_parser(
+        "export", help="export a checkpoint to an ONNX package",
+        description="Export a checkpoint to an ONNX package. Checkpoints from strangers are untrusted: files in a "
+        "checkpoint folder that are links to places outside it (outside the repo's cache folder for hub ids) are "
+        "refused unless --follow-symlinks; -o must lie outside the source, and --force replaces only an earlier "
+        "edgeinfer package or an empty folder.",
+    )
     p.add_argument("source", help="Hugging Face folder, .gguf file, preset:NAME, or hub id ORG/NAME")
     p.add_argument("-o", "--output", required=True, help="package folder to write")
     p.add_argument("--precision", default="w4a16", choices=PRECISIONS)
     p.add_argument("--target", default="cpu", choices=TARGETS)
-    p.add_argument("--context", type=int, default=4096, help="context length (KV cache size) in tokens")
+    p.add_argument("--context", type=int, default=None,
+                   help="context length (KV cache size) in tokens (default: 4096, or the model's limit if smaller)")
     p.add_argument("--block-size", type=int, default=128, help="4-bit block size: 128 fastest, 16 most faithful")
     p.add_argument("--symmetric", action="store_true", help="4-bit without zero points (default: asymmetric)")
     p.add_argument("--uniform-bits", action="store_true", help="4 bits everywhere (default: 8-bit v/down in some layers)")
@@ -137,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--float-embeddings", action="store_true", help="keep the embedding table in float")
     p.add_argument("--prefill-chunk", type=int, default=128, help="qnn: tokens per static prefill run")
     p.add_argument("--compile", action="store_true", help="qnn: also compile the context binaries on this host")
-    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUTPUT if it is an edgeinfer package (never another folder, never the source)")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="read checkpoint files that link outside the checkpoint folder (only for links you trust)")
     p.set_defaults(func=_export)
 
     def generation_args(p):

@@ -31,7 +31,7 @@ def test_run_streams_text(preset_pkg, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["export", "/no/such/dir", "-o", "/tmp/x"], "does not exist"),
+    (["export", "/no/such/dir", "-o", "/no/such/out"], "does not exist"),
     (["run", "/no/such/pkg", "hi"], "does not exist"),
     (["run", "{pkg}", "hi", "--device", "tpu"], "unknown device"),
     (["run", "{pkg}", "hi", "--top-p", "2"], "top_p must be"),

@@ -69,8 +69,13 @@ def test_existing_output_needs_force(qwen2_dir, tmp_path):
     with pytest.raises(ExportError, match="--force"):
         export(str(qwen2_dir), out, ExportOptions(context_length=64), progress=False)
     assert (out / "keep.txt").read_text() == "mine"
-    export(str(qwen2_dir), out, ExportOptions(context_length=64), force=True, progress=False)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    with pytest.raises(ExportError, match="--force replaces only packages"):  # a user's folder is never deleted
+        export(str(qwen2_dir), out, ExportOptions(context_length=64), force=True, progress=False)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    export(str(qwen2_dir), out, ExportOptions(context_length=64), progress=False)
+    export(str(qwen2_dir), out, ExportOptions(context_length=128), force=True, progress=False)  # a package is
+    assert json.loads((out / "manifest.json").read_text())["context_length"] == 128
 
 
 def test_failed_export_leaves_nothing(qwen2_dir, tmp_path, monkeypatch):

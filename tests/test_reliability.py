@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 import edgeinfer
 from edgeinfer.errors import EdgeInferError, ExportError, GenerationError, PackageError, SamplingError, SourceError
+from edgeinfer.export.atomic import STAGING_MARKER
 from edgeinfer.export.exporter import export
 from edgeinfer.export.options import ExportOptions
 from edgeinfer.export.presets import PresetSource
@@ -435,6 +436,7 @@ def test_stale_folders_of_dead_exports_are_swept(tmp_path):
     for folder in (*stale, mine):
         folder.mkdir()
         (folder / "model.onnx.data").write_bytes(b"\0" * 4096)
+        (folder / STAGING_MARKER).write_text("")  # what the staging code writes: only marked folders are swept
     export("preset:tiny-qwen2", out, ExportOptions(context_length=64), progress=False)
     assert not any(p.exists() for p in stale) and mine.exists()
 

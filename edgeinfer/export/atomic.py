@@ -12,35 +12,38 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ExportError
+from .destination import check_destination, is_package
 
-
-def check_destination(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} exists and is not a folder: choose another -o path")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out} exists and is not empty: pass --force to replace it, or choose another -o path")
+# Written into every folder this module may later delete (its staging folder, an old package set aside), so
+# that sweeping a killed export's leftovers never deletes a user's folder that merely has a matching name.
+STAGING_MARKER = ".edgeinfer-staging"
 
 
 @contextmanager
-def staging_dir(out: Path, force: bool):
-    """Yield a temp folder next to OUT; on success it replaces OUT in one rename."""
+def staging_dir(out: Path, force: bool, source: Path | None = None):
+    """Yield a temp folder next to OUT; on success it replaces OUT in one rename. SOURCE: see check_destination."""
     out = Path(out).absolute()
-    check_destination(out, force)
+    check_destination(out, force, source)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    _mark(tmp)
     try:
         yield tmp
+        check_destination(out, True, source)  # again, as --force would: whatever appeared at OUT meanwhile, only a package is replaced
         _replace(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _delete_marked(tmp)
         raise
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    if out.exists() and _exchange(tmp, out):
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old package
-        return
+    if out.exists():
+        _mark(out)  # the old package is about to get a temp name: mark it so a sweep may delete it
+        if _exchange(tmp, out):
+            _unmark(out)
+            _delete_marked(tmp)  # tmp now holds the old package
+            return
     old = None
     if out.exists():  # no atomic exchange here: two renames, with a window a kill can fall into
         old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -50,9 +53,31 @@ def _replace(tmp: Path, out: Path) -> None:
     except OSError:
         if old is not None:
             os.rename(old, out)
+            _unmark(out)
         raise
+    _unmark(out)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _delete_marked(old)
+
+
+def _mark(folder: Path) -> None:
+    (folder / STAGING_MARKER).write_text(f"edgeinfer export, pid {os.getpid()}\n", encoding="utf-8")
+
+
+def _unmark(folder: Path) -> None:
+    (folder / STAGING_MARKER).unlink(missing_ok=True)
+
+
+def _delete_marked(folder: Path) -> None:
+    """Delete a marked folder, the marker last: a kill midway leaves it marked (or empty) for the next sweep."""
+    try:
+        for child in folder.iterdir():
+            if child.name != STAGING_MARKER:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        _unmark(folder)
+        folder.rmdir()
+    except OSError:
+        pass  # a leftover: the next export's sweep deletes it
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -69,15 +94,23 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def _remove_stale(out: Path) -> None:
     # Temp folders of exports that were killed (their process is gone) are safe to delete. An old package that a
-    # killed --force export had set aside (two-rename fallback) goes back to OUT if OUT is missing.
+    # killed --force export had set aside (two-rename fallback) goes back to OUT if OUT is missing. Only folders
+    # that carry the marker (or are empty) count: a user's own `.out.tmp-123` stays.
     for kind in ("tmp", "old"):
         for path in out.parent.glob(f".{out.name}.{kind}-*"):
             pid = path.name.removeprefix(f".{out.name}.{kind}-").split("-")[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                if kind == "old" and not out.exists():
+            if pid.isdigit() and not _alive(int(pid)) and _left_by_export(path):
+                if kind == "old" and not out.exists() and is_package(path):
                     os.rename(path, out)
+                    _unmark(out)
                 else:
-                    shutil.rmtree(path, ignore_errors=True)
+                    _delete_marked(path)
+
+
+def _left_by_export(path: Path) -> bool:
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return (path / STAGING_MARKER).is_file() or not any(path.iterdir())
 
 
 def _alive(pid: int) -> bool:

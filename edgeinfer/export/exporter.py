@@ -8,27 +8,31 @@ from pathlib import Path
 from .. import __version__
 from ..errors import ExportError
 from ..package import MANIFEST, Manifest, describe_files
-from .atomic import check_destination, raise_disk_error, staging_dir
+from .atomic import STAGING_MARKER, raise_disk_error, staging_dir
+from .destination import check_destination
 from .onnx_writer import GraphWriter
-from .options import ExportOptions
-from .sources import FiniteWeights, TokenizerFiles, WeightSource, open_source
+from .options import DEFAULT_CONTEXT, ExportOptions
+from .sources import FiniteWeights, TokenizerFiles, WeightSource, open_source, source_location
 
 
 def export(source: str | WeightSource, out: str | Path, options: ExportOptions = ExportOptions(),
-           force: bool = False, progress: bool = True) -> Manifest:
-    """Export SOURCE to a package folder OUT; returns its manifest."""
+           force: bool = False, progress: bool = True, follow_symlinks: bool = False) -> Manifest:
+    """Export SOURCE to a package folder OUT; returns its manifest. FOLLOW_SYMLINKS: read a checkpoint folder's
+    files even where they link outside it (see HFFolderSource)."""
     out = Path(out)
-    check_destination(out, force)  # before reading any weights: refusing should be instant
-    weights = FiniteWeights(open_source(source) if isinstance(source, str) else source)
+    location = source_location(source) if isinstance(source, str) else None
+    check_destination(out, force, location)  # before reading any weights: refusing should be instant
+    opened = open_source(source, follow_symlinks) if isinstance(source, str) else source
+    weights = FiniteWeights(opened)
     spec = weights.spec
-    if options.context_length > spec.max_position_embeddings:
-        raise ExportError(
-            f"context {options.context_length} exceeds the model's {spec.max_position_embeddings} positions: "
-            f"pass --context {spec.max_position_embeddings} or less"
-        )
+    chosen = options.for_model(spec.max_position_embeddings)
+    if progress:
+        how = "--context" if options.context_length else f"the default: at most {DEFAULT_CONTEXT}, the model's limit"
+        print(f"context {chosen.context_length} tokens ({how}; the model has {spec.max_position_embeddings} positions)")
+    options = chosen
     started = time.perf_counter()
     try:
-        with staging_dir(out, force) as tmp:
+        with staging_dir(out, force, location) as tmp:
             graphs = _build_graphs(weights, options, tmp, progress)
             tokenizer = weights.tokenizer()
             _write_tokenizer(tmp, tokenizer)
@@ -59,7 +63,7 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
                 source={"description": weights.description, "random_weights": weights.random_weights},
                 edgeinfer_version=__version__,
             )
-            names = sorted(p.name for p in tmp.iterdir())
+            names = sorted(p.name for p in tmp.iterdir() if p.name != STAGING_MARKER)
             manifest.files = describe_files(tmp, names)
             (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     except OSError as exc:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..architecture import ArchSpec
+from ..architecture import ArchSpec, checked_spec
 from ..errors import SourceError
+from .gguf_header import check_gguf_header
 from .sources import TokenizerFiles
 
 # GGUF tensor names -> Hugging Face names ({i} is the layer index).
@@ -31,6 +32,14 @@ _GLOBAL_NAMES = {
     "output.weight": "lm_head.weight",
 }
 _FAMILIES = {"qwen2": "qwen2", "llama": "llama"}
+# ArchSpec field -> GGUF metadata key (after "{arch}."), so that errors name the key the file holds.
+_GGUF_FIELDS = {
+    "hidden_size": "embedding_length", "num_layers": "block_count", "num_heads": "attention.head_count",
+    "num_kv_heads": "attention.head_count_kv", "head_dim": "attention.key_length",
+    "intermediate_size": "feed_forward_length", "vocab_size": "tokenizer.ggml.tokens (its length)",
+    "max_position_embeddings": "context_length", "rope_theta": "rope.freq_base",
+    "rms_norm_eps": "attention.layer_norm_rms_epsilon",
+}
 
 
 def hf_name(gguf_name: str) -> str | None:
@@ -48,6 +57,7 @@ class GGUFSource:
     def __init__(self, path: Path):
         import gguf
 
+        check_gguf_header(path)  # GGUFReader trusts the header's counts: a crafted one exhausts memory
         try:
             self.reader = gguf.GGUFReader(path)
         except Exception as exc:  # gguf raises ValueError, struct.error, IndexError... on a damaged file
@@ -65,25 +75,29 @@ class GGUFSource:
 
     def _field(self, key: str, default=None):
         field = self.reader.fields.get(key)
-        return default if field is None else field.contents()
+        try:
+            return default if field is None else field.contents()
+        except (UnicodeDecodeError, IndexError, ValueError) as exc:
+            raise SourceError(f"{self.path}: GGUF metadata {key} is unreadable ({exc}): re-download the file") from None
 
     def _spec(self, arch: str) -> ArchSpec:
         k = lambda name, default=None: self._field(f"{arch}.{name}", default)  # noqa: E731
+        tokens = self.reader.fields.get("tokenizer.ggml.tokens")
         heads = k("attention.head_count")
-        hidden = k("embedding_length")
-        vocab = len(self.reader.fields["tokenizer.ggml.tokens"].data)
         has_output = any(t.name == "output.weight" for t in self.reader.tensors)
-        return ArchSpec(
+        return checked_spec(
+            f"{self.path} (GGUF metadata)",
+            {field: key if key.startswith("tokenizer.") else f"{arch}.{key}" for field, key in _GGUF_FIELDS.items()},
             family=_FAMILIES[arch],
-            hidden_size=hidden,
+            hidden_size=k("embedding_length"),
             num_layers=k("block_count"),
             num_heads=heads,
             num_kv_heads=k("attention.head_count_kv", heads),
-            head_dim=k("attention.key_length", hidden // heads),
+            head_dim=k("attention.key_length"),
             intermediate_size=k("feed_forward_length"),
-            vocab_size=vocab,
-            rope_theta=float(k("rope.freq_base", 10000.0)),
-            rms_norm_eps=float(k("attention.layer_norm_rms_epsilon", 1e-6)),
+            vocab_size=None if tokens is None else len(tokens.data),
+            rope_theta=k("rope.freq_base", 10000.0),
+            rms_norm_eps=k("attention.layer_norm_rms_epsilon", 1e-6),
             max_position_embeddings=k("context_length", 4096),
             tie_word_embeddings=not has_output,
         )

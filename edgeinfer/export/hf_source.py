@@ -12,18 +12,30 @@ from .safetensors_reader import SafetensorsFile
 from .sources import TokenizerFiles, read_json
 
 
+# Every file an export reads from a checkpoint folder (besides *.safetensors).
+READ_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
 class HFFolderSource:
+    """A checkpoint folder. Its files are read only where they resolve inside ROOT (the folder itself, or a
+    hub repo's cache folder whose snapshots link into ../../blobs): a stranger's checkpoint whose
+    chat_template.jinja links to ~/.ssh/id_rsa would otherwise copy the key into the package's manifest.
+    follow_symlinks=True reads links wherever they lead."""
+
     random_weights = False
 
-    def __init__(self, folder: Path):
-        config_path = folder / "config.json"
-        if not config_path.is_file():
-            raise SourceError(f"{folder} has no config.json: pass the folder of a Hugging Face checkpoint")
+    def __init__(self, folder: Path, root: Path | None = None, follow_symlinks: bool = False):
         self.folder = folder
-        self.config = read_json(config_path)
+        self._root = (root or folder).resolve()
+        self._follow_symlinks = follow_symlinks
+        if self._file("config.json") is None:
+            raise SourceError(f"{folder} has no config.json: pass the folder of a Hugging Face checkpoint")
+        for name in READ_FILES:  # refuse a link out of the folder now, not after minutes of export
+            self._file(name)
+        self.config = read_json(folder / "config.json")
         self.spec = ArchSpec.from_hf_config(self.config)
         self.description = f"hf:{folder.resolve()}"
-        files = sorted(folder.glob("*.safetensors"))
+        files = [f for f in (self._file(p.name) for p in sorted(folder.glob("*.safetensors"))) if f]
         if not files:
             raise SourceError(
                 f"{folder} has no .safetensors files: edgeinfer reads safetensors only (convert .bin with transformers' save_pretrained)"
@@ -41,6 +53,18 @@ class HFFolderSource:
                 "the checkpoint is incomplete"
             )
 
+    def _file(self, name: str) -> Path | None:
+        """FOLDER/NAME if it is a file that may be read, None if there is none; a link out of ROOT is refused."""
+        path = self.folder / name
+        if not path.is_file():
+            return None
+        if not self._follow_symlinks and not path.resolve().is_relative_to(self._root):
+            raise SourceError(
+                f"{path} is a link to {path.resolve()}, outside the checkpoint folder {self._root}: "
+                "copy the real file into the folder, or pass --follow-symlinks if you trust where it points"
+            )
+        return path
+
     def tensor(self, name: str) -> np.ndarray:
         if name not in self._where and name == "lm_head.weight":
             name = "model.embed_tokens.weight"
@@ -51,13 +75,14 @@ class HFFolderSource:
         return np.asarray(array, dtype=np.float32)
 
     def tokenizer(self) -> TokenizerFiles:
-        path = self.folder / "tokenizer.json"
-        if not path.is_file():
+        path = self._file("tokenizer.json")
+        if path is None:
             raise SourceError(f"{self.folder} has no tokenizer.json: save the fast tokenizer with the checkpoint")
-        config = read_json(self.folder / "tokenizer_config.json") if (self.folder / "tokenizer_config.json").is_file() else {}
+        config_path = self._file("tokenizer_config.json")
+        config = read_json(config_path) if config_path else {}
         template = config.get("chat_template")
-        if (self.folder / "chat_template.jinja").is_file():
-            template = (self.folder / "chat_template.jinja").read_text(encoding="utf-8")
+        if template_path := self._file("chat_template.jinja"):
+            template = template_path.read_text(encoding="utf-8")
         tokenizer_json = path.read_text(encoding="utf-8")
         vocab = _token_ids(tokenizer_json)
         special = {
@@ -65,7 +90,7 @@ class HFFolderSource:
             for role in ("bos", "eos", "pad")
             if _token_text(config.get(f"{role}_token"))
         }
-        eos_ids = _eos_ids(self.folder, self.config, vocab.get(special.get("eos", ""), None))
+        eos_ids = _eos_ids(self._file("generation_config.json"), self.config, vocab.get(special.get("eos", ""), None))
         bos = self.config.get("bos_token_id", vocab.get(special.get("bos", "")))
         return TokenizerFiles(
             tokenizer_json=tokenizer_json,
@@ -88,15 +113,19 @@ def _token_ids(tokenizer_json: str) -> dict[str, int]:
     return Tokenizer.from_str(tokenizer_json).get_vocab(with_added_tokens=True)
 
 
-def _eos_ids(folder: Path, config: dict, eos_from_tokenizer: int | None) -> list[int]:
+def _eos_ids(generation: Path | None, config: dict, eos_from_tokenizer: int | None) -> list[int]:
     ids: list[int] = []
-    generation = folder / "generation_config.json"
-    for source in (read_json(generation) if generation.is_file() else {}, config):
+    for source in (read_json(generation) if generation else {}, config):
         value = source.get("eos_token_id")
         ids += value if isinstance(value, list) else [value] if value is not None else []
     if eos_from_tokenizer is not None:
         ids.append(eos_from_tokenizer)
     return list(dict.fromkeys(ids))
+
+
+def hub_repo_root(snapshot: Path) -> Path:
+    """The hub cache folder (models--org--name) that a snapshot's links point into (../../blobs)."""
+    return snapshot.parents[1] if snapshot.parent.name == "snapshots" else snapshot
 
 
 def download_from_hub(repo_id: str) -> Path:

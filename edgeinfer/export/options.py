@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from ..errors import ExportError
+from ..limits import MAX_SIZES
 
 PRECISIONS = ("w4a16", "fp16", "fp32")
 TARGETS = ("cpu", "cuda", "qnn")
+DEFAULT_CONTEXT = 4096  # when the model allows it; a KV cache this long fits a phone's memory for 1-3B models
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     precision: str = "w4a16"
     target: str = "cpu"
-    context_length: int = 4096
+    context_length: int | None = None  # None: min(DEFAULT_CONTEXT, the model's positions), see for_model
     block_size: int = 128  # 4-bit block along the input dimension: 128 is fastest; 16 is the most faithful
     symmetric: bool = False  # asymmetric 4-bit (with zero points): closer to the weights than symmetric
     mixed_bits: bool = True  # 8-bit attn_v and ffn_down where Q4_K_M keeps 6 bits (see dynamic_graph.weight_bits)
@@ -33,12 +35,34 @@ class ExportOptions:
             raise ExportError(f"block size {self.block_size} is not supported: use 16, 32, 64, 128 or 256")
         if self.lm_head_bits not in (0, 4, 8):
             raise ExportError(f"lm_head bits {self.lm_head_bits} is not supported: use 4, 8, or 0 for float")
+        if self.context_length is None:
+            return
         if self.context_length < 16:
             raise ExportError(f"context length {self.context_length} is too small: use at least 16")
+        if self.context_length > MAX_SIZES["context_length"]:
+            raise ExportError(
+                f"context length {self.context_length} is above the {MAX_SIZES['context_length']} edgeinfer supports: "
+                "pass a smaller --context"
+            )
         if self.target == "qnn" and self.context_length % self.prefill_chunk:
             raise ExportError(
                 f"context {self.context_length} is not a multiple of the prefill chunk {self.prefill_chunk}: change one"
             )
+
+    def for_model(self, max_positions: int) -> "ExportOptions":
+        """These options with the context fixed for a model of MAX_POSITIONS: an explicit context must fit it;
+        the default is DEFAULT_CONTEXT or the model's own limit, whichever is smaller."""
+        if self.context_length is None:
+            context = min(DEFAULT_CONTEXT, max_positions)
+            if self.target == "qnn":
+                context -= context % self.prefill_chunk  # static graphs run whole prefill chunks
+            return replace(self, context_length=context)
+        if self.context_length > max_positions:
+            raise ExportError(
+                f"context {self.context_length} exceeds the model's {max_positions} positions: "
+                f"pass --context {max_positions} or less, or leave it out to use the model's limit"
+            )
+        return self
 
     @property
     def activation_dtype(self) -> str:
