@@ -73,7 +73,7 @@ class Model:
                 f"{path}: the tokenizer has {self.tokenizer.vocab_size} tokens, the model {self.spec.vocab_size}: "
                 "the package mixes files of two models, re-export it"
             )
-        self.chat_format = ChatFormat(self.tokenizer, tok["chat_template"], tok["chat_format"])
+        self.chat_format = ChatFormat(self.tokenizer, tok["chat_template"], tok["chat_format"], self.context_length)
         self.eos_token_ids = tuple(tok["eos_token_ids"])
         self.load_s = time.perf_counter() - started
 

@@ -48,7 +48,7 @@ def calibration_prompts(weights: WeightSource, limit: int) -> list[list[int]]:
     files = weights.tokenizer()
     tokenizer = TextTokenizer(Tokenizer.from_str(files.tokenizer_json), files.tokenizer_config(),
                               files.bos_token_id, files.add_bos_token)
-    chat = ChatFormat(tokenizer, files.chat_template, chat_format(files.chat_template))
+    chat = ChatFormat(tokenizer, files.chat_template, chat_format(files.chat_template), limit)
     vocab = weights.spec.vocab_size
     prompts = []
     for text in CALIBRATION_PROMPTS:
