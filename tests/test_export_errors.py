@@ -11,7 +11,7 @@ import edgeinfer
 from edgeinfer.errors import ExportError, PackageError, SourceError
 from edgeinfer.export.exporter import export
 from edgeinfer.export.options import ExportOptions
-from edgeinfer.export.sources import open_source
+from edgeinfer.export.open_source import open_source
 
 
 

@@ -23,7 +23,7 @@ from edgeinfer.cli import main
 from edgeinfer.errors import ExportError, SourceError
 from edgeinfer.export.exporter import export
 from edgeinfer.export.options import ExportOptions
-from edgeinfer.export.sources import open_source
+from edgeinfer.export.open_source import open_source
 
 from .conftest import TINY
 

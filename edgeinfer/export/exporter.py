@@ -12,7 +12,8 @@ from .atomic import STAGING_MARKER, raise_disk_error, staging_dir
 from .destination import check_destination
 from .onnx_writer import GraphWriter
 from .options import DEFAULT_CONTEXT, ExportOptions
-from .sources import FiniteWeights, TokenizerFiles, WeightSource, open_source, source_location
+from .open_source import open_source, source_location
+from .sources import FiniteWeights, TokenizerFiles, WeightSource
 
 
 def export(source: str | WeightSource, out: str | Path, options: ExportOptions = ExportOptions(),
