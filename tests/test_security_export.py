@@ -217,10 +217,10 @@ def _fake_hub_snapshot(checkpoint: Path, cache: Path) -> Path:
 
 
 def test_a_hub_snapshot_made_of_links_into_blobs_exports(checkpoint, tmp_path, monkeypatch):
-    from edgeinfer.export import hf_source
+    from edgeinfer.export import open_source
 
     snapshot = _fake_hub_snapshot(checkpoint, tmp_path / "hub")
-    monkeypatch.setattr(hf_source, "download_from_hub", lambda repo_id: snapshot)
+    monkeypatch.setattr(open_source, "download_from_hub", lambda repo_id: snapshot)
     manifest = export("edgeinfer-test/tiny", tmp_path / "out", ExportOptions(context_length=64), progress=False)
     assert manifest.tokenizer["chat_template"]
     # ...but a snapshot link that leaves the repo's cache folder is refused like any other.
