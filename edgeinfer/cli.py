@@ -9,6 +9,10 @@ import sys
 from . import __version__
 from .errors import EdgeInferError
 
+# `edgeinfer run` with no arguments: the embedded tiny preset, exported in a second; its weights are random.
+DEFAULT_RUN_MODEL = "preset:tiny-qwen2"
+DEFAULT_PROMPT = "Hello! What can you do?"
+
 
 def _export(args) -> None:
     from .export.exporter import export
@@ -43,10 +47,22 @@ def _backend_options(args):
     return BackendOptions(threads=args.threads, allow_fallback=args.allow_fallback)
 
 
-def _run(args) -> None:
+def _load(args):
+    """The model for ARGS.package: a package folder, or a source exported once into the cache first."""
+    from .backends import get_backend
+    from .export.cached import resolve_package
     from .model import load
 
-    model = load(args.package, device=args.device, options=_backend_options(args))
+    package = resolve_package(args.package, get_backend(args.device).target)
+    model = load(package, device=args.device, options=_backend_options(args))
+    if model.manifest.source.get("random_weights"):
+        print(f"edgeinfer: {args.package} has random weights (its text is noise; it shows the path, not a model): "
+              "export a real checkpoint for real text", file=sys.stderr)
+    return model
+
+
+def _run(args) -> None:
+    model = _load(args)
     pieces = model.stream(args.prompt, args.max_new_tokens, _sampling(args), tuple(args.stop), args.raw,
                           ignore_eos=args.ignore_eos)
     if args.json:
@@ -66,9 +82,8 @@ def _run(args) -> None:
 
 def _chat(args) -> None:
     from .chat_session import ChatSession
-    from .model import load
 
-    model = load(args.package, device=args.device, options=_backend_options(args))
+    model = _load(args)
     session = ChatSession(model, _sampling(args), args.max_new_tokens)
     print(f"edgeinfer chat: {args.package} on {args.device} (context {model.context_length}); "
           "/reset clears history, /quit or Ctrl-D ends", file=sys.stderr)
@@ -163,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-fallback", action="store_true", help="qnn: run unsupported nodes on the CPU")
 
     p = sub.add_parser("run", help="generate a reply to one prompt")
-    p.add_argument("package")
-    p.add_argument("prompt")
+    p.add_argument("package", nargs="?", default=DEFAULT_RUN_MODEL,
+                   help=f"package folder, or a source to export into the cache first (default: {DEFAULT_RUN_MODEL})")
+    p.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT)
     generation_args(p)
     p.add_argument("--raw", action="store_true", help="feed the prompt as the tokenizer encodes it, no chat template")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
@@ -173,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
 
     p = sub.add_parser("chat", help="interactive chat with history")
-    p.add_argument("package")
+    p.add_argument("package", help="package folder, or a source to export into the cache first")
     generation_args(p)
     p.set_defaults(func=_chat)
 

@@ -74,7 +74,7 @@ def test_prompt_that_does_not_fit_is_refused(preset_pkg):
 
 
 def test_source_is_exported_once_into_the_cache(tmp_path, monkeypatch):
-    from edgeinfer.bench.runner import resolve_package
+    from edgeinfer.export.cached import resolve_package
 
     monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path))
     first = resolve_package("preset:tiny-llama", "cpu", "w4a16", 128, progress=False)

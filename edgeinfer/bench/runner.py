@@ -8,11 +8,9 @@ from pathlib import Path
 
 from .. import __version__
 from ..backends import BackendOptions, get_backend
-from ..cache_dir import cache_root
-from ..errors import EdgeInferError, PackageError
-from ..export.options import ExportOptions
-from ..export.presets import DEFAULT_PRESET
-from ..package import MANIFEST, load_manifest
+from ..errors import EdgeInferError
+from ..export.cached import resolve_package
+from ..package import load_manifest
 from ..sampler import GREEDY
 from .machine import describe_machine
 from .memory import PeakMemory
@@ -20,28 +18,6 @@ from .profiler import decode_at_depth, run_test
 from .results import DEFINITIONS, SCHEMA
 
 SWEEP_CONTEXTS = (128, 1024, 4096, 16384)
-
-
-def resolve_package(model: str | None, target: str, precision: str, context: int, progress: bool = True) -> Path:
-    """A package path for MODEL: as is if it is one, else exported once into the cache and reused."""
-    if model and (Path(model) / MANIFEST).is_file():
-        return Path(model)
-    source = model or f"preset:{DEFAULT_PRESET}"
-    slug = "".join(c if c.isalnum() or c in "-." else "_" for c in source.removeprefix("preset:"))[-80:]
-    folder = cache_root() / "packages" / f"{slug}-{target}-{precision}-c{context}-v{__version__}"
-    options = ExportOptions(precision=precision, target=target, context_length=context)
-    try:
-        manifest = load_manifest(folder, verify=False)  # sizes checked here; sha256 when the model loads
-        if manifest.export_options == options.to_dict():
-            return folder
-    except PackageError:
-        pass  # missing, stale or damaged: export again
-    from ..export.exporter import export
-
-    if progress:
-        print(f"exporting {source} for {target} ({precision}, context {context}) into the cache {folder}")
-    export(source, folder, options, force=True, progress=progress)
-    return folder
 
 
 def bench(device: str, model: str | None = None, prompt_lens=(128, 1024), gen_len: int = 128, repeat: int = 5,
