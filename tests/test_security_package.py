@@ -306,3 +306,14 @@ def test_fuzzed_file_fields_open_nothing_outside_the_package(fuzz_arena, data):
             one_line(exc)
     assert watch.outside(folder, (outside / "credentials.json",)) == [], (field, name)
     assert tree_digest(outside) == before
+
+
+def test_a_manifest_that_is_a_link_is_refused_unread(preset_pkg, arena):
+    root, outside = arena
+    folder = copy_package(preset_pkg, root / "pkg")
+    shutil.move(folder / "manifest.json", outside / "manifest.json")
+    (folder / "manifest.json").symlink_to(outside / "manifest.json")
+    with Watch(root) as watch, pytest.raises(PackageError, match="is a link") as caught:
+        edgeinfer.load(folder)
+    one_line(caught.value)
+    assert watch.outside(folder) == []
