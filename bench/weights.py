@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 ENV = "EDGEINFER_QWEN_GGUF"
 NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
-FETCH_HINT = f"run bash bench/fetch_real_weights.sh (writes weights/{NAME}), or set {ENV} to the file"
+FETCH_HINT = f"bash bench/fetch_real_weights.sh (writes weights/{NAME}), or set {ENV} to the file"
 
 
 def real_gguf() -> Path:

@@ -9,18 +9,19 @@ from pathlib import Path
 
 from bench.weights import FETCH_HINT, real_gguf
 
-from . import PEERS, SETUP_HINT, PeerNotInstalled, PeerResult, result
+from . import PEERS, PeerNotInstalled, PeerResult, result
 
 BIN = PEERS / "llama.cpp" / "build" / "bin"
+FIX = "bash bench/setup_peers.sh llama_cpp weights"
 
 
 def available(gguf: Path | None = None) -> tuple[bool, str]:
     gguf = gguf or real_gguf()
     for tool in ("llama-bench", "llama-quantize"):
         if not (BIN / tool).exists():
-            return False, f"{BIN / tool} is missing: {SETUP_HINT} llama_cpp"
+            return False, f"{BIN / tool} is missing; fix: {FIX}"
     if not gguf.exists():
-        return False, f"{gguf} is missing: {FETCH_HINT}"
+        return False, f"{gguf} is missing; fix: {FETCH_HINT}"
     return True, f"llama.cpp tools in {BIN}, weights {gguf}"
 
 
