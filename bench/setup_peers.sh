@@ -2,7 +2,8 @@
 # Prepare the benchmark peers under bench/.peers/. Idempotent: each step skips what is already there.
 #   bash bench/setup_peers.sh [llama_cpp] [weights] [ort_genai] [optimum]     (default: all four)
 # Env: JOBS (build parallelism, default 2), LLAMA_CPP_PYTHON_VERSION, ORT_GENAI_VERSION, OPTIMUM_ONNX_VERSION,
-# EDGEINFER_QWEN_GGUF (the real GGUF the llama.cpp peer times; default weights/ in the repository, git-ignored).
+# EDGEINFER_QWEN_GGUF (the real GGUF the llama.cpp peer times; default weights/ in the repository, git-ignored),
+# CPUINFO (default /proc/cpuinfo: where the llama.cpp build reads the CPU's flags).
 # A step that fails is reported and the others still run; the exit status says whether any failed.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ BENCH=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$BENCH")
 PEERS=$BENCH/.peers
 JOBS=${JOBS:-2}
+CPUINFO=${CPUINFO:-/proc/cpuinfo}
 LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 ORT_GENAI_VERSION=${ORT_GENAI_VERSION:-0.18.0}
 OPTIMUM_ONNX_VERSION=${OPTIMUM_ONNX_VERSION:-0.1.0}
@@ -44,7 +46,7 @@ llama_cpp() {
     cmake --build "$build" -j "$JOBS" --target "${targets[@]}" > "$dir/build.log"
     {
         echo "source: llama-cpp-python $LLAMA_CPP_PYTHON_VERSION sdist, vendor/llama.cpp"
-        echo "cpu: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | xargs)"
+        echo "cpu: $(grep -m1 '^model name' "$CPUINFO" | cut -d: -f2- | xargs)"
         echo "cmake flags: ${flags[*]}"
         echo "targets: ${targets[*]}"
         echo "compiler: $(c++ --version | head -1)"
@@ -56,12 +58,12 @@ llama_cpp() {
     log "llama.cpp: built in $((SECONDS - t0)) s; flags in $dir/BUILD_INFO.txt"
 }
 
-# GGML_NATIVE=OFF and each instruction-set switch set from the flags /proc/cpuinfo lists. Not -march=native: on an
+# GGML_NATIVE=OFF and each instruction-set switch set from the flags $CPUINFO lists. Not -march=native: on an
 # Intel VM whose cpuid lists AMX that the hypervisor does not grant, the native build dies at its first matmul
 # (ldtilecfg, general protection fault). AMX stays off whatever cpuinfo says.
 cpu_switches() {
     local have
-    have=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+    have=" $(grep -m1 '^flags' "$CPUINFO" | cut -d: -f2) "
     echo -DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
     local pair flag switch
     for pair in sse4_2:SSE42 avx:AVX avx2:AVX2 bmi2:BMI2 fma:FMA f16c:F16C avx_vnni:AVX_VNNI avx512f:AVX512 \
@@ -112,6 +114,8 @@ optimum() {
     venv venv-optimum "optimum-onnx[onnxruntime]==$OPTIMUM_ONNX_VERSION" gguf onnx-ir
     log "optimum: $PEERS/venv-optimum"
 }
+
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0  # sourced (tests/test_bench_peers.py): the functions only
 
 steps=("$@")
 [[ $# -gt 0 ]] || steps=(llama_cpp weights ort_genai optimum)

@@ -4,8 +4,10 @@ and the machine report never fails on a missing package."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from importlib.metadata import PackageNotFoundError
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -82,3 +84,25 @@ def test_real_gguf_is_named_by_one_variable(monkeypatch, tmp_path):
         (tmp_path / tool).touch()
     ok, reason = llama_cpp.available()
     assert not ok and str(tmp_path / "q.gguf") in reason and "fetch_real_weights.sh" in reason
+
+
+def cpu_switches(tmp_path, flags: str) -> list[str]:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"model name\t: test CPU\nflags\t\t: {flags}\n")
+    setup = Path(__file__).resolve().parent.parent / "bench" / "setup_peers.sh"
+    env = {**os.environ, "CPUINFO": str(cpuinfo)}
+    out = subprocess.run(["bash", "-c", f"source {setup} && cpu_switches"], env=env, check=True, capture_output=True,
+                         text=True).stdout
+    return out.split()
+
+
+def test_llama_cpp_build_takes_its_switches_from_cpuinfo_and_never_amx(tmp_path):
+    # An Intel VM whose cpuid lists AMX that the hypervisor does not grant: -march=native dies at ldtilecfg.
+    intel = cpu_switches(tmp_path, "fpu sse4_2 avx avx2 bmi2 fma f16c avx512f avx512vbmi avx512_vnni avx512_bf16 "
+                                   "avx_vnni amx_tile amx_int8 amx_bf16")
+    assert "-DGGML_NATIVE=OFF" in intel
+    assert {"-DGGML_AVX512=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_BF16=ON", "-DGGML_AVX_VNNI=ON"} <= set(intel)
+    assert {"-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"} <= set(intel)
+    assert not any("AMX" in s and s.endswith("=ON") for s in intel)
+    epyc = cpu_switches(tmp_path, "fpu sse4_2 avx avx2 bmi2 fma f16c")
+    assert {"-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_AVX512=OFF", "-DGGML_AVX512_VNNI=OFF"} <= set(epyc)
