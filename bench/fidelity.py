@@ -4,7 +4,8 @@ Both sides use the same weights: transformers dequantizes the GGUF to fp32 (its 
 exports the same GGUF (dequantized by the gguf package) to a W4A16 package. The text is real: Python standard
 library source and the CPython license prose, tokenized with the GGUF's own tokenizer.
 
-    python bench/fidelity.py ../weights/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --positions 1024
+    python bench/fidelity.py weights/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --positions 1024
+(bash bench/fetch_real_weights.sh makes that file)
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Run the benchmark peers (llama.cpp, onnxruntime-genai, optimum) and write one JSON with the machine.
 
     python bench/run_peers.py --prompt-lens 128 --gen-len 64 --repeat 3 --threads 2
-Peers come from bench/setup_peers.sh; a missing one is recorded with the reason and skipped.
+Peers come from bench/setup_peers.sh. A peer that is missing, or that fails while it runs, is reported in one line
+(which peer, why, the fix), recorded with that reason and skipped; the other peers' results are kept.
 """
 
 from __future__ import annotations
@@ -14,28 +15,74 @@ import os
 import sys
 import time
 from dataclasses import asdict
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.peers import PEERS, PeerResult  # noqa: E402
+from bench.peers import PEERS, PeerResult, failure_reason  # noqa: E402
 from edgeinfer.bench.machine import describe_machine  # noqa: E402
 
 PEER_MODULES = ("edgeinfer_cpu", "llama_cpp", "ort_genai", "optimum_ort")
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
 
 
+def package_version(name: str) -> str | None:
+    """The installed version, or None where the package is not installed (a report never fails on it)."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def cpu_flags() -> list[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return [f for f in CPU_FLAGS if f in flags]
+
+
 def machine() -> dict:
     """edgeinfer's machine description (so tables merge), plus what explains peer figures here."""
-    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
     build_info = PEERS / "llama.cpp" / "BUILD_INFO.txt"
     return {
         **describe_machine(),
-        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+        "cpu_flags": cpu_flags(),
         "loadavg_1_5_15": os.getloadavg(),  # other work on a shared machine skews the figures
-        "system_packages": {name: version(name) for name in ("torch", "transformers", "onnxruntime")},
+        "system_packages": {name: package_version(name) for name in ("torch", "transformers", "onnxruntime")},
         "llama_cpp_build": build_info.read_text().splitlines() if build_info.exists() else None,
     }
+
+
+def run_peer(name: str, peer: ModuleType, args: argparse.Namespace) -> tuple[dict, list[PeerResult]]:
+    """One peer's rows and status. A peer that is missing or fails is skipped with a one-line reason on stderr."""
+    try:
+        ok, reason = peer.available()
+    except Exception as e:  # a broken probe is one more reason to skip, not the end of the run
+        ok, reason = False, f"its availability check failed: {failure_reason(e)}; fix: {peer.FIX}"
+    status = {"available": ok, "reason": reason}
+    if not ok:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+        return status, []
+    print(f"{name}: {reason}", file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        rows = peer.run(args.prompt_lens, args.gen_len, args.repeat, args.threads, args.workdir)
+    except Exception as e:
+        status["error"] = f"failed after {time.perf_counter() - t0:.0f} s: {failure_reason(e)}; fix: {peer.FIX}"
+        print(f"skipped {name}: {status['error']}", file=sys.stderr)
+        return status, []
+    status["seconds"] = round(time.perf_counter() - t0, 1)
+    return status, rows
+
+
+def run_peers(peers: dict[str, ModuleType], args: argparse.Namespace) -> tuple[dict, list[PeerResult]]:
+    """Every peer in turn: the status of each, and the rows of those that ran."""
+    status, results = {}, []
+    for name, peer in peers.items():
+        status[name], rows = run_peer(name, peer, args)
+        results += rows
+    return status, results
 
 
 def table(results: list[PeerResult]) -> str:
@@ -70,16 +117,7 @@ def main() -> None:
     today = datetime.date.today().isoformat()
     out = args.out or Path(__file__).resolve().parent / "results" / f"peers-cpu-{today}.json"
 
-    status, results = {}, []
-    for name in args.peers:
-        peer = importlib.import_module(f"bench.peers.{name}")
-        ok, reason = peer.available()
-        status[name] = {"available": ok, "reason": reason}
-        print(f"{name}: {reason}", file=sys.stderr)
-        if ok:
-            t0 = time.perf_counter()
-            results += peer.run(args.prompt_lens, args.gen_len, args.repeat, args.threads, args.workdir)
-            status[name]["seconds"] = round(time.perf_counter() - t0, 1)
+    status, results = run_peers({name: importlib.import_module(f"bench.peers.{name}") for name in args.peers}, args)
 
     settings = {k: v for k, v in vars(args).items() if k in ("prompt_lens", "gen_len", "repeat", "threads")}
     report = {"date": today, "machine": machine(), "settings": settings, "peers": status,
@@ -89,6 +127,9 @@ def main() -> None:
     print(table(results))
     print()
     print(ratios(results))
+    skipped = [f"- {name}: {st.get('error') or st['reason']}" for name, st in status.items() if "seconds" not in st]
+    if skipped:
+        print("\nskipped:\n" + "\n".join(skipped))
     print(f"wrote {out}", file=sys.stderr)
 
 

@@ -1,12 +1,11 @@
 """tokenizer_from_gguf: tiny GGUFs written here (seconds), and the real Qwen2.5 GGUF against transformers.
 
-The real-file checks need /work/weights/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf (or EDGEINFER_QWEN_GGUF)
-and transformers; they skip without them.
+The real-file checks need the real GGUF (EDGEINFER_QWEN_GGUF, else weights/ in the repository, made by
+bench/fetch_real_weights.sh) and transformers; they skip without them.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -14,11 +13,12 @@ import gguf
 import pytest
 from tokenizers import Tokenizer, pre_tokenizers
 
+from bench.weights import FETCH_HINT, real_gguf
 from edgeinfer.errors import SourceError
 from edgeinfer.export.gguf_tokenizer import tokenizer_from_gguf
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6
-REAL_GGUF = Path(os.environ.get("EDGEINFER_QWEN_GGUF", "/work/weights/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"))
+REAL_GGUF = real_gguf()
 
 
 def write_gguf(path: Path, tokens: list[str], types: list[int], *, model: str = "gpt2", pre: str | None = "qwen2",
@@ -170,7 +170,7 @@ def test_sentencepiece_matches_transformers(tmp_path):
 # --- the real Qwen2.5 GGUF against transformers' own GGUF tokenizer ---
 
 needs_real_gguf = pytest.mark.skipif(
-    not REAL_GGUF.is_file(), reason=f"{REAL_GGUF} is absent (set EDGEINFER_QWEN_GGUF to a Qwen2.5 GGUF to run)"
+    not REAL_GGUF.is_file(), reason=f"{REAL_GGUF} is absent (to run: {FETCH_HINT})"
 )
 
 SAMPLES = [

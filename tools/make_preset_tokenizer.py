@@ -7,6 +7,7 @@ tokens (ids 151643..151664), the special tokens and the chat template. So we con
 with `tokenizer_from_gguf`, keep its regular vocabulary and merges, and put DeepSeek's tokens on top:
 
     python tools/make_preset_tokenizer.py [--gguf qwen2.5-coder-1.5b-instruct-q4_k_m.gguf]
+(default: bench/weights.py's real GGUF, EDGEINFER_QWEN_GGUF or weights/ in the repository)
 
 writes edgeinfer/presets/deepseek-r1-distill-qwen-1.5b/tokenizer.json.gz (gzip with mtime 0, so
 the same input gives the same bytes) and tokenizer_config.json, then checks them (`verify`).
@@ -59,9 +60,9 @@ sys.path.insert(0, str(REPO))
 import gguf  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
+from bench.weights import FETCH_HINT, real_gguf  # noqa: E402
 from edgeinfer.export.gguf_tokenizer import tokenizer_from_gguf  # noqa: E402
 
-DEFAULT_GGUF = Path("/work/weights/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
 PRESET_DIR = REPO / "edgeinfer" / "presets" / "deepseek-r1-distill-qwen-1.5b"
 MAX_GZ_BYTES = 4 * 1024 * 1024
 
@@ -281,11 +282,11 @@ def _check_with_transformers(tokenizer_json: str, config: dict, messages, prompt
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gguf", type=Path, default=DEFAULT_GGUF, help="a Qwen2/Qwen2.5 GGUF (any size)")
+    parser.add_argument("--gguf", type=Path, default=real_gguf(), help="a Qwen2/Qwen2.5 GGUF (any size)")
     parser.add_argument("--out", type=Path, default=PRESET_DIR, help="folder to write the two files into")
     args = parser.parse_args(argv)
     if not args.gguf.is_file():
-        sys.exit(f"{args.gguf} does not exist: pass --gguf with any Qwen2.5 GGUF")
+        sys.exit(f"{args.gguf} does not exist: pass --gguf with any Qwen2.5 GGUF, or {FETCH_HINT}")
     qwen = write_preset(args.gguf, args.out)
     for line in verify(args.out, qwen):
         print("ok:", line)

@@ -1,19 +1,20 @@
 """Peers that edgeinfer is benchmarked against, side by side on one machine.
 
-Each peer module (llama_cpp, ort_genai, optimum_ort) has `available() -> (ok, reason)` and
-`run(prompt_lens, gen_len, repeat, threads, workdir) -> list[PeerResult]`. Peers live under
-bench/.peers/, made by bench/setup_peers.sh; derived models are made once in `workdir`.
+Each peer module (edgeinfer_cpu, llama_cpp, ort_genai, optimum_ort) has `available() -> (ok, reason)`,
+`run(prompt_lens, gen_len, repeat, threads, workdir) -> list[PeerResult]` and `FIX`, the command that sets it up
+(said when it cannot run). Peers live under bench/.peers/, made by bench/setup_peers.sh; derived models are made
+once in `workdir`.
 """
 
 from __future__ import annotations
 
 import statistics
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent
 PEERS = BENCH / ".peers"
-SETUP_HINT = "run bash bench/setup_peers.sh"
 
 # DeepSeek-R1-Distill-Qwen-1.5B shape, as transformers' Qwen2Config arguments (random weights are enough to time it).
 TARGET_SHAPE = dict(
@@ -35,6 +36,24 @@ TARGET_SHAPE = dict(
 
 class PeerNotInstalled(RuntimeError):
     """A peer is missing here; the message says how to install it."""
+
+
+def last_line(text: str | bytes | None) -> str:
+    """The last non-empty line of a tool's output: for a Python traceback, the exception itself."""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line on why a peer failed: for a failed tool, which one, its exit status and its last words."""
+    if isinstance(error, subprocess.CalledProcessError):
+        cmd = error.cmd if isinstance(error.cmd, (list, tuple)) else [error.cmd]
+        tool = " ".join(Path(str(c)).name if i == 0 else str(c) for i, c in enumerate(cmd[:3]))
+        said = last_line(error.stderr) or last_line(error.stdout) or "no output"
+        return f"`{tool} ...` exited {error.returncode}: {said}"
+    return f"{type(error).__name__}: {last_line(str(error)) or repr(error)}"
 
 
 @dataclass

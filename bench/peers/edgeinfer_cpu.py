@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import PeerResult, result
 
+FIX = "pip install -e . (from the repository root)"
 BLOCK_SIZE = int(os.environ.get("EDGEINFER_BLOCK_SIZE", "128"))
 
 

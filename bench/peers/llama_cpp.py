@@ -1,4 +1,5 @@
-"""llama.cpp peer: llama-bench on Q4_0 (requantized once from the real GGUF) and on Q4_K_M as shipped."""
+"""llama.cpp peer: llama-bench on Q4_0 (requantized once from the real GGUF) and on Q4_K_M as shipped.
+The GGUF is bench/weights.py's: EDGEINFER_QWEN_GGUF, else weights/ in the repository."""
 
 from __future__ import annotations
 
@@ -6,19 +7,22 @@ import json
 import subprocess
 from pathlib import Path
 
-from . import PEERS, SETUP_HINT, PeerNotInstalled, PeerResult, result
+from bench.weights import FETCH_HINT, real_gguf
+
+from . import PEERS, PeerNotInstalled, PeerResult, result
 
 BIN = PEERS / "llama.cpp" / "build" / "bin"
-DEFAULT_GGUF = Path("/work/weights/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")  # same shape as the target
+FIX = "bash bench/setup_peers.sh llama_cpp weights"
 
 
-def available(gguf: Path = DEFAULT_GGUF) -> tuple[bool, str]:
+def available(gguf: Path | None = None) -> tuple[bool, str]:
+    gguf = gguf or real_gguf()
     for tool in ("llama-bench", "llama-quantize"):
         if not (BIN / tool).exists():
-            return False, f"{BIN / tool} is missing: {SETUP_HINT} llama_cpp"
+            return False, f"{BIN / tool} is missing; fix: {FIX}"
     if not gguf.exists():
-        return False, f"{gguf} is missing: pass the path of a Q4_K_M GGUF of the target shape"
-    return True, f"llama.cpp tools in {BIN}"
+        return False, f"{gguf} is missing; fix: {FETCH_HINT}"
+    return True, f"llama.cpp tools in {BIN}, weights {gguf}"
 
 
 def q4_0(gguf: Path, workdir: Path) -> Path:
@@ -48,7 +52,8 @@ def bench(model: Path, prompt_lens: list[int], gen_len: int, repeat: int, thread
 
 
 def run(prompt_lens: list[int], gen_len: int, repeat: int, threads: int, workdir: Path,
-        gguf: Path = DEFAULT_GGUF) -> list[PeerResult]:
+        gguf: Path | None = None) -> list[PeerResult]:
+    gguf = gguf or real_gguf()
     ok, why = available(gguf)
     if not ok:
         raise PeerNotInstalled(why)

@@ -8,19 +8,22 @@ import json
 import subprocess
 from pathlib import Path
 
-from . import PEERS, SETUP_HINT, PeerNotInstalled, PeerResult, dir_bytes, from_driver_runs, ort_genai
+from . import PEERS, PeerNotInstalled, PeerResult, dir_bytes, from_driver_runs, last_line, ort_genai
 
 PYTHON = PEERS / "venv-optimum" / "bin" / "python"
 HERE = Path(__file__).resolve().parent
+FIX = "bash bench/setup_peers.sh optimum"
+# optimum's runtime, the random checkpoint's needs (hf_checkpoint.py) and the 4-bit quantizer (onnx_int4.py).
+PROBE = ("import torch, gguf, onnx_ir, optimum.onnxruntime, onnxruntime as o; "
+         "from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer; print(o.__version__)")
 
 
 def available() -> tuple[bool, str]:
     if not PYTHON.exists():
-        return False, f"{PYTHON} is missing: {SETUP_HINT} optimum"
-    probe = subprocess.run([PYTHON, "-c", "import optimum.onnxruntime, onnxruntime as o; print(o.__version__)"],
-                           capture_output=True, text=True)
+        return False, f"{PYTHON} is missing; fix: {FIX}"
+    probe = subprocess.run([PYTHON, "-c", PROBE], capture_output=True, text=True)
     if probe.returncode:
-        return False, f"optimum.onnxruntime does not import in {PYTHON}: {probe.stderr.strip()[-300:]}; {SETUP_HINT} optimum"
+        return False, f"{last_line(probe.stderr)} in {PYTHON}; fix: {FIX}"
     return True, f"optimum on onnxruntime {probe.stdout.strip()}"
 
 

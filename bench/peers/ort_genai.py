@@ -7,19 +7,22 @@ import json
 import subprocess
 from pathlib import Path
 
-from . import BENCH, PEERS, SETUP_HINT, PeerNotInstalled, PeerResult, dir_bytes, from_driver_runs
+from . import BENCH, PEERS, PeerNotInstalled, PeerResult, dir_bytes, from_driver_runs, last_line
 
 PYTHON = PEERS / "venv-genai" / "bin" / "python"
 VOCAB = PEERS / "ggml-vocab-qwen2.gguf"
+FIX = "bash bench/setup_peers.sh ort_genai"
+# What the builder and the random checkpoint (hf_checkpoint.py) import besides onnxruntime-genai itself.
+NEEDS = ("torch", "transformers", "onnx", "onnx_ir", "gguf")
 
 
 def available() -> tuple[bool, str]:
     if not PYTHON.exists() or not VOCAB.exists():
-        return False, f"{PYTHON} or {VOCAB} is missing: {SETUP_HINT} ort_genai"
-    probe = subprocess.run([PYTHON, "-c", "import onnxruntime_genai as og, onnxruntime as o; print(og.__version__, o.__version__)"],
-                           capture_output=True, text=True)
+        return False, f"{PYTHON} or {VOCAB} is missing; fix: {FIX}"
+    code = f"import {', '.join(NEEDS)}; import onnxruntime_genai as og, onnxruntime as o; print(og.__version__, o.__version__)"
+    probe = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True)
     if probe.returncode:
-        return False, f"onnxruntime_genai does not import in {PYTHON}: {probe.stderr.strip()[-300:]}; {SETUP_HINT} ort_genai"
+        return False, f"{last_line(probe.stderr)} in {PYTHON}; fix: {FIX}"
     genai, ort = probe.stdout.split()
     return True, f"onnxruntime-genai {genai} on onnxruntime {ort}"
 
@@ -28,7 +31,8 @@ def hf_checkpoint(workdir: Path, python: Path = PYTHON) -> Path:
     """The random-weight Hugging Face folder of the target shape, made once (shared with the optimum peer)."""
     out = workdir / "qwen2-1.5b-shape-random"
     if not (out / "model.safetensors").exists():
-        subprocess.run([python, "-m", "bench.peers.hf_checkpoint", out, VOCAB], check=True, cwd=BENCH.parent)
+        subprocess.run([python, "-m", "bench.peers.hf_checkpoint", out, VOCAB], check=True, cwd=BENCH.parent,
+                       capture_output=True)
     return out
 
 
