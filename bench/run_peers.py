@@ -20,8 +20,10 @@ from pathlib import Path
 from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.peers import PEERS, PeerResult, failure_reason  # noqa: E402
+from bench.peers import PEERS, PeerResult, bench_records, failure_reason  # noqa: E402
+from edgeinfer.backends import get_backend  # noqa: E402
 from edgeinfer.bench.machine import describe_machine  # noqa: E402
+from edgeinfer.bench.results import render_markdown  # noqa: E402
 
 PEER_MODULES = ("edgeinfer_cpu", "llama_cpp", "ort_genai", "optimum_ort")
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
@@ -124,6 +126,8 @@ def main() -> None:
               "results": [asdict(r) for r in results]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    print(render_markdown(bench_records(results, get_backend("cpu").device_description()), by_system=True))
+    print()
     print(table(results))
     print()
     print(ratios(results))

@@ -106,3 +106,17 @@ def test_llama_cpp_build_takes_its_switches_from_cpuinfo_and_never_amx(tmp_path)
     assert not any("AMX" in s and s.endswith("=ON") for s in intel)
     epyc = cpu_switches(tmp_path, "fpu sse4_2 avx avx2 bmi2 fma f16c")
     assert {"-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_AVX512=OFF", "-DGGML_AVX512_VNNI=OFF"} <= set(epyc)
+
+
+def test_peer_results_render_as_edgeinfer_bench_records():
+    """llama-bench's pp/tg tests of a peer become the pp+tg rows `edgeinfer bench` prints, through one record type."""
+    from bench.peers import PeerResult, bench_records
+    from edgeinfer.bench.results import render_markdown
+
+    results = [PeerResult("llama.cpp", "Q4_0", 1017 * 2**20, "pp128", 95.0, 94.0, 96.0, None),
+               PeerResult("llama.cpp", "Q4_0", 1017 * 2**20, "tg64 @ d128", 27.6, 27.0, 28.0, None),
+               PeerResult("llama.cpp", "Q4_0", 1017 * 2**20, "tg64", 28.0, 27.5, 28.5, None)]
+    [record] = bench_records(results, "AMD EPYC (2 cores, 24 GiB)")
+    assert (record.test, record.prefill_tokens_per_s, record.decode_tokens_per_s) == ("pp128+tg64", 95.0, 27.6)
+    row = render_markdown([record], by_system=True).splitlines()[-1]
+    assert row.startswith("| llama.cpp | AMD EPYC") and "95.0 tok/s" in row and "27.6 tok/s" in row

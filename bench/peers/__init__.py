@@ -13,6 +13,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeinfer.bench.results import BenchRecord
+
 BENCH = Path(__file__).resolve().parent.parent
 PEERS = BENCH / ".peers"
 
@@ -67,6 +69,25 @@ class PeerResult:
     tokens_per_s_max: float
     ttft_ms: float | None
     notes: str = ""
+
+
+def bench_records(results: list[PeerResult], device: str) -> list[BenchRecord]:
+    """The peers' llama-bench tests as edgeinfer's bench records: pp{P} (prefill, TTFT) and tg{N} @ d{P} (decode
+    after that prompt) of one system and weights become one pp{P}+tg{N} row, as `edgeinfer bench` names it."""
+    prefill = {(r.system, r.weights, r.test): r for r in results if r.test.startswith("pp") and "@" not in r.test}
+    rows = []
+    for r in results:
+        if not (r.test.startswith("tg") and " @ d" in r.test):
+            continue
+        new, prompt = r.test.removeprefix("tg").split(" @ d")
+        pp = prefill.get((r.system, r.weights, f"pp{prompt}"))
+        rows.append(BenchRecord(
+            device=device, backend="cpu", precision=r.weights, model="1.5B shape",
+            ttft_ms=pp.ttft_ms if pp else None, prefill_tokens_per_s=pp.tokens_per_s if pp else None,
+            decode_tokens_per_s=r.tokens_per_s, context_size=None, file_bytes=r.file_bytes,
+            prompt_tokens=int(prompt), new_tokens=int(new), test=f"pp{prompt}+tg{new}", system=r.system,
+        ))
+    return rows
 
 
 def result(system: str, weights: str, file_bytes: int, test: str, rates: list[float],

@@ -137,12 +137,15 @@ def markdown_table(results: list[dict], extra: bool = True) -> str:
     return render_markdown(records(results), extra)
 
 
-def render_markdown(rows: list[BenchRecord], extra: bool = True) -> str:
-    """The reference table (plus model and test lengths unless EXTRA is off)."""
+def render_markdown(rows: list[BenchRecord], extra: bool = True, by_system: bool = False) -> str:
+    """The reference table (plus model and test lengths unless EXTRA is off; the runtime first with BY_SYSTEM,
+    for peer comparisons)."""
     shown = [f for f in fields(BenchRecord) if "column" in f.metadata and (extra or f.metadata["headline"])]
-    lines = ["| " + " | ".join(f.metadata["column"] for f in shown) + " |", "|" + "---|" * len(shown)]
+    titles = (["System"] if by_system else []) + [f.metadata["column"] for f in shown]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for row in rows:
-        lines.append("| " + " | ".join(f.metadata["render"](getattr(row, f.name)) for f in shown) + " |")
+        cells = ([row.system] if by_system else []) + [f.metadata["render"](getattr(row, f.name)) for f in shown]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
