@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import EdgeInferError
@@ -55,7 +56,7 @@ def _load(args):
 
     package = resolve_package(args.package, get_backend(args.device).target)
     model = load(package, device=args.device, options=_backend_options(args))
-    if model.manifest.source.get("random_weights"):
+    if package != Path(args.package) and model.manifest.source.get("random_weights"):  # a preset, exported just now
         print(f"edgeinfer: {args.package} has random weights (its text is noise; it shows the path, not a model): "
               "export a real checkpoint for real text", file=sys.stderr)
     return model
