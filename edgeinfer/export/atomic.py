@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,12 +82,15 @@ def _delete_marked(folder: Path) -> None:
 
 
 def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE): OUT is never missing, even for an instant."""
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE): OUT is never missing, even for an instant.
+    False elsewhere (Windows, macOS): the caller falls back to two renames with the old package set aside."""
+    if not sys.platform.startswith("linux"):
+        return False
     import ctypes
 
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return False
     at_fdcwd, rename_exchange = -100, 2
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
