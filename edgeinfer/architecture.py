@@ -60,13 +60,6 @@ class ArchSpec:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
-    def parameter_count(self) -> int:
-        h, q, kv, m, v = self.hidden_size, self.q_size, self.kv_size, self.intermediate_size, self.vocab_size
-        attn = h * (q + 2 * kv) + q * h + (q + 2 * kv if self.qkv_bias else 0)
-        layer = attn + 3 * h * m + 2 * h
-        head = 0 if self.tie_word_embeddings else v * h
-        return v * h + self.num_layers * layer + h + head
-
     def tensor_names(self) -> list[str]:
         """Hugging Face names of every weight, in the order the exporter consumes them."""
         names = ["model.embed_tokens.weight"]
@@ -142,28 +135,6 @@ class ArchSpec:
             max_position_embeddings=config.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         )
-
-    def to_hf_config(self) -> dict:
-        """A transformers config.json for this spec (used for reference models and random checkpoints)."""
-        arch = FAMILIES[self.family].hf_architectures[0]
-        return {
-            "architectures": [arch],
-            "model_type": FAMILIES[self.family].hf_model_types[0],
-            "hidden_size": self.hidden_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
-            "intermediate_size": self.intermediate_size,
-            "vocab_size": self.vocab_size,
-            "rope_theta": self.rope_theta,
-            "rms_norm_eps": self.rms_norm_eps,
-            "max_position_embeddings": self.max_position_embeddings,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "hidden_act": "silu",
-            "attention_bias": self.qkv_bias,
-            "torch_dtype": "float32",
-        }
 
     def to_dict(self) -> dict:
         return asdict(self)
