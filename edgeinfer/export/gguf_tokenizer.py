@@ -21,6 +21,7 @@ import gguf
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from ..errors import SourceError
+from .byte_level import bytes_to_unicode
 from .sources import TokenizerFiles
 
 KEY = gguf.Keys.Tokenizer
@@ -150,7 +151,7 @@ def _byte_level_tokenizer(reader: gguf.GGUFReader, tokens: list[str], types: lis
         )
     # Regular tokens are stored in GPT-2's byte alphabet; added ones (control, user-defined) as the
     # plain text they match. Respell any regular token outside the alphabet, as transformers does.
-    alphabet = _bytes_to_unicode()
+    alphabet = bytes_to_unicode()
     letters = set(alphabet.values())
     spelled = [
         token
@@ -286,15 +287,3 @@ def _bos_eos_template(tokens: list[str], bos_id: int | None, eos_id: int | None)
         "pair": segment("A", 0) + segment("B", 1),
         "special_tokens": {tokens[i]: {"id": tokens[i], "ids": [i], "tokens": [tokens[i]]} for i in used},
     }
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte alphabet: printable bytes stand for themselves, the rest map to 256 and up."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    alphabet = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in alphabet:
-            alphabet[b] = chr(256 + extra)
-            extra += 1
-    return alphabet

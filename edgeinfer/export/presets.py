@@ -16,6 +16,7 @@ import numpy as np
 
 from ..architecture import ArchSpec
 from ..errors import SourceError
+from .byte_level import bytes_to_unicode
 from .sources import TokenizerFiles
 
 DEFAULT_PRESET = "deepseek-r1-distill-qwen-1.5b"
@@ -108,21 +109,11 @@ def byte_tokenizer_json(special_tokens: list[str]) -> tuple[str, dict[str, int]]
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers import AddedToken
 
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    byte_order = sorted(alphabet, key=_byte_of)
+    table = bytes_to_unicode()
+    byte_order = [table[b] for b in range(256)]  # token i is byte i
     tokenizer = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(byte_order)}, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
     ids = {t: tokenizer.token_to_id(t) for t in special_tokens}
     return tokenizer.to_str(), ids
-
-
-def _byte_of(char: str) -> int:
-    # GPT-2's byte-to-unicode table maps printable bytes to themselves and the rest to U+0100 onwards.
-    code = ord(char)
-    printable = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-    if code in printable:
-        return code
-    others = [b for b in range(256) if b not in printable]
-    return others[code - 256]
