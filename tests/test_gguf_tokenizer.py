@@ -6,6 +6,7 @@ bench/fetch_real_weights.sh) and transformers; they skip without them.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
