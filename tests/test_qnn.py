@@ -85,12 +85,28 @@ def test_allow_fallback_reports_the_share_on_qnn(qdq_pkg, capsys):
 
 
 def test_greedy_tokens_equal_cpu_ep_on_the_same_qdq_package(qdq_pkg):
+    """Teacher-forced on the CPU EP's greedy tokens: the HTP picks the same token wherever the CPU EP's top two
+    logits are further apart than the two runs' logits (random weights give near-ties: logits std ~0.15, while
+    the HTP and the CPU EP differ by up to ~0.005; free-running greedy parts for good at the first such tie)."""
     model = edgeinfer.load(qdq_pkg, device="qnn")
     for length in (5, 45):  # one padded prefill chunk; two chunks, the second padded
-        ours = greedy(model.generator(GREEDY), prompt(length, length), 16)
-        reference = greedy(cpu_static_generator(qdq_pkg), prompt(length, length), 16)
-        print(f"prompt {length}: qnn {ours}\n           cpu {reference}")
-        assert ours == reference
+        ours, reference = model.generator(GREEDY), cpu_static_generator(qdq_pkg)
+        ours.append(prompt(length, length))
+        reference.append(prompt(length, length))
+        picked, ties = [], 0
+        for _ in range(16):
+            gap = float(np.abs(ours.logits - reference.logits).max())
+            top2 = np.sort(reference.logits)[-2:]
+            token = int(np.argmax(reference.logits))
+            picked.append(int(np.argmax(ours.logits)))
+            if picked[-1] != token:
+                assert top2[1] - top2[0] <= 2 * gap, f"prompt {length}: the HTP parts from the CPU EP off a tie"
+                ties += 1
+            assert gap < 0.02
+            ours.append([token])
+            reference.append([token])
+        print(f"prompt {length}: qnn picks {picked}, {ties} near-tie(s) resolved differently")
+        assert ties <= 2
 
 
 def test_generate_api_works_on_qnn(qdq_pkg):

@@ -11,7 +11,7 @@ The host owns the cache (C slots per layer): it gathers embeddings and rotary ro
 below the write position plus causal new rows), passes the whole cache as past, and writes the new K/V rows back
 at the write position. Prompts shorter than N are left-padded so the last real token is always row N-1.
 
-A layer is RMSNorm (LpNormalization, Mul) -> q,k,v MatMul (+bias) -> rotate-half RoPE -> Concat(past,
+A layer is RMSNorm (Concat eps channel, LpNormalization, Slice, Mul) -> q,k,v MatMul (+bias) -> rotate-half RoPE -> Concat(past,
 new) -> attention with the query heads of a kv group folded into rows (no KV repetition, 3-D MatMuls) -> o MatMul
 -> RMSNorm -> gate/up MatMul -> SiLU (Sigmoid*x) -> down MatMul. q/k/v and gate/up stay separate matmuls so each
 gets its own 16-bit activation range (Qwen2's k bias is much larger than q's or v's).
@@ -103,14 +103,18 @@ class StaticDecoderGraph:
             y = self.w.node("Add", [y, self.w.initializer(f"{name}.bias", bias)], name=f"{name}/bias")[0]
         return y
 
-    def rms_norm(self, x: str, hf_name: str, name: str) -> str:
+    def rms_norm(self, x: str, hf_name: str, name: str, rows: int | None = None) -> str:
         """RMSNorm as LpNormalization (QNN's L2Norm) times sqrt(H) * weight: x / ||x|| never forms x^2, whose
-        16-bit range the first token's massive activations (|x| ~ 1000 from layer 1 of Qwen2.5 on) would take,
-        leaving every other token's mean square at zero. eps (1e-6 per element) is dropped: it only matters for
-        |x| near 0, and an all-zero row (padding) gives 0 either way."""
-        w = self.w
-        normed = w.node("LpNormalization", [x], name=f"{name}/l2norm", axis=-1, p=2)[0]
-        weight = self.source.tensor(hf_name) * np.float32(np.sqrt(self.spec.hidden_size))
+        16-bit range the first token's massive activations (|x| ~ 1000-2000 from layer 1 of Qwen2.5 on) take,
+        leaving every other token's mean square on a grid step of ~15 (zero). eps stays exact: one extra channel
+        of sqrt(H * eps) goes into the norm and is sliced off after it."""
+        w, h, n = self.w, self.spec.hidden_size, rows or self.n
+        eps = np.full((1, n, 1), np.sqrt(h * self.spec.rms_norm_eps), dtype=np.float32)
+        padded = w.node("Concat", [x, w.initializer(f"{name}/eps", eps)], name=f"{name}/with_eps", axis=-1)[0]
+        normed = w.node("LpNormalization", [padded], name=f"{name}/l2norm", axis=-1, p=2)[0]
+        normed = w.node("Slice", [normed, w.constant(f"{name}/s0", [0]), w.constant(f"{name}/e0", [h]),
+                                  w.constant(f"{name}/axis", [2])], name=f"{name}/drop_eps")[0]
+        weight = self.source.tensor(hf_name) * np.float32(np.sqrt(h))
         return w.node("Mul", [normed, w.initializer(hf_name, weight)], name=f"{name}/scale")[0]
 
     def heads(self, x: str, count: int, name: str) -> str:
@@ -197,7 +201,7 @@ class StaticDecoderGraph:
         if n > 1:  # prompts are left-padded: the last real token is always the last row
             x = w.node("Slice", [x, w.constant("last/start", [n - 1]), w.constant("last/end", [n]), w.constant("last/axis", [1])],
                        name="last_position")[0]
-        x = self.rms_norm(x, "model.norm.weight", "final_norm")
+        x = self.rms_norm(x, "model.norm.weight", "final_norm", rows=1)
         head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
         logits = self.linear(x, "lm_head", head)
         w.node("Identity", [logits], ["logits"], name="logits/identity")
