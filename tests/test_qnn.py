@@ -227,3 +227,40 @@ def test_weight_shared_contexts_are_written_but_crash_the_simulator_on_load(qdq_
     assert len(shared["binaries"]) == 1 and shared["tokens_equal_cpu_ep"]
     assert shared["bytes"] < 0.9 * apart["bytes"]  # one copy of the weights, not two
     assert shared["fresh_load"]["returncode"] == -11, "weight-shared QNN contexts now load: wire them into the cache"
+
+
+def outlier_checkpoint(folder: Path) -> Path:
+    """A tiny Qwen2 with real Qwen2's attention-score structure: large q and k biases on the lowest rotary
+    frequency, so every query's scores sit hundreds below zero (Qwen2.5-1.5B's layer 0 runs from -1935 to
+    12,864). Random weights alone never show it."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from .conftest import make_hf_checkpoint
+
+    make_hf_checkpoint(folder)
+    model = Qwen2ForCausalLM.from_pretrained(folder).eval()
+    half = model.config.hidden_size // model.config.num_attention_heads // 2
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj, sign, heads in ((layer.self_attn.q_proj, -1, 4), (layer.self_attn.k_proj, 1, 2)):
+                bias = proj.bias.view(heads, 2 * half)
+                bias[:, half - 1] = bias[:, 2 * half - 1] = sign * 30.0  # pair of the slowest rotary frequency
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_float_static_graph_masks_scores_far_below_zero(tmp_path):
+    """Old additive mask of -100: empty cache slots (score 0) outranked every real key (scores ~ -450)."""
+    folder = outlier_checkpoint(tmp_path / "outliers")
+    cpu = export_tiny(folder, tmp_path / "cpu32", precision="fp32")
+    static = export_tiny(folder, tmp_path / "qnn32", target="qnn", precision="fp32", prefill_chunk=16)
+    ids = prompt(20, 5)
+    ref, ours = edgeinfer.load(cpu).generator(GREEDY), cpu_static_generator(static)
+    ref.append(ids)
+    ours.append(ids)
+    for _ in range(8):
+        np.testing.assert_allclose(ours.logits, ref.logits, atol=1e-3)
+        token = ref.next_token()
+        ref.append([token])
+        ours.append([token])
