@@ -107,10 +107,14 @@ class RangeSession:
         """Release the session (its copy of the float weights); the ranges stay."""
         self.session = None
 
-    def tensors_data(self):
-        """The ranges as onnxruntime.quantization's TensorsData (MinMax), shaped as its calibrator returns them."""
+    def tensors_data(self, fixed: dict[str, tuple[float, float]] | None = None):
+        """The ranges as onnxruntime.quantization's TensorsData (MinMax), shaped as its calibrator returns them;
+        FIXED maps tensor-name suffixes to ranges that replace the calibrated ones (values outside saturate)."""
         from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
 
-        ranges = {name: (np.array([lo], dtype=np.float32), np.array([hi], dtype=np.float32))
+        def pick(name, lo, hi):
+            return next((r for suffix, r in (fixed or {}).items() if name.endswith(suffix)), (lo, hi))
+
+        ranges = {name: tuple(np.array([v], dtype=np.float32) for v in pick(name, lo, hi))
                   for name, lo, hi in zip(self.names, self.low, self.high)}
         return TensorsData(CalibrationMethod.MinMax, ranges)

@@ -11,7 +11,7 @@ The host owns the cache (C slots per layer): it gathers embeddings and rotary ro
 below the write position plus causal new rows), passes the whole cache as past, and writes the new K/V rows back
 at the write position. Prompts shorter than N are left-padded so the last real token is always row N-1.
 
-A layer is RMSNorm (Mul/ReduceMean/Add/Sqrt/Div/Mul) -> q,k,v MatMul (+bias) -> rotate-half RoPE -> Concat(past,
+A layer is RMSNorm (Concat eps channel, LpNormalization, Slice, Mul) -> q,k,v MatMul (+bias) -> rotate-half RoPE -> Concat(past,
 new) -> attention with the query heads of a kv group folded into rows (no KV repetition, 3-D MatMuls) -> o MatMul
 -> RMSNorm -> gate/up MatMul -> SiLU (Sigmoid*x) -> down MatMul. q/k/v and gate/up stay separate matmuls so each
 gets its own 16-bit activation range (Qwen2's k bias is much larger than q's or v's).
@@ -41,7 +41,16 @@ from .onnx_writer import GraphWriter
 from .options import ExportOptions
 from .sources import WeightSource
 
-MASK_VALUE = -100.0  # additive mask: exp(-100) is 0 in fp32 and the 16-bit range still resolves the scores
+# Additive host mask. Qwen2's attention scores run to thousands (layer 0 of Qwen2.5-Coder-1.5B: [-1935, 12864] on
+# real text, the first token's key taking the largest), so a row's real scores can all lie far below an empty
+# slot's 0: -100 let empty slots win (float static graph 79% top-1 vs the dynamic one on a 2-layer truncation of
+# the real model; 100% at -30000). The mask only reaches the row max; the softmax reads the scores after the
+# max is subtracted, where a fixed 16-bit range (SHIFTED_RANGE) saturates masked and negligible entries alike.
+MASK_VALUE = -30000.0
+# Quantization range of the max-subtracted scores: e^-32 * 4096 slots is below 1e-10 of the row's mass, and the
+# uint16 step is 5e-4 (the calibrated range of the raw scores would give 0.23 in layer 0 and spend it on -30000).
+SHIFTED_RANGE = (-32.0, 1.0)  # +1: the row max is read from a coarser grid and may sit a little below the top
+FIXED_RANGES = {"attn/shifted/out": SHIFTED_RANGE, "attn/shifted_masked/out": SHIFTED_RANGE}  # by name suffix
 PART_BYTES = 1536 * 2**20  # most quantized weight bytes per part (an HTP context stays well under its ~2 GiB limit)
 EMBEDDINGS_FILE = "embeddings.npy"
 
@@ -86,14 +95,19 @@ class StaticDecoderGraph:
             y = self.w.node("Add", [y, self.w.initializer(f"{name}.bias", bias)], name=f"{name}/bias")[0]
         return y
 
-    def rms_norm(self, x: str, hf_name: str, name: str) -> str:
-        w = self.w
-        square = w.node("Mul", [x, x], name=f"{name}/square")[0]
-        mean = w.node("ReduceMean", [square, w.constant(f"{name}/axes", [-1])], name=f"{name}/mean", keepdims=1)[0]
-        eps = w.initializer(f"{name}/eps", np.array(self.spec.rms_norm_eps, dtype=np.float32))
-        root = w.node("Sqrt", [w.node("Add", [mean, eps], name=f"{name}/add_eps")[0]], name=f"{name}/sqrt")[0]
-        normed = w.node("Div", [x, root], name=f"{name}/div")[0]
-        return w.node("Mul", [normed, w.initializer(hf_name, self.source.tensor(hf_name))], name=f"{name}/scale")[0]
+    def rms_norm(self, x: str, hf_name: str, name: str, rows: int | None = None) -> str:
+        """RMSNorm as LpNormalization (QNN's L2Norm) times sqrt(H) * weight: x / ||x|| never forms x^2, whose
+        16-bit range the first token's massive activations (|x| ~ 1000-2000 from layer 1 of Qwen2.5 on) take,
+        leaving every other token's mean square on a grid step of ~15 (zero). eps stays exact: one extra channel
+        of sqrt(H * eps) goes into the norm and is sliced off after it."""
+        w, h, n = self.w, self.spec.hidden_size, rows or self.n
+        eps = np.full((1, n, 1), np.sqrt(h * self.spec.rms_norm_eps), dtype=np.float32)
+        padded = w.node("Concat", [x, w.initializer(f"{name}/eps", eps)], name=f"{name}/with_eps", axis=-1)[0]
+        normed = w.node("LpNormalization", [padded], name=f"{name}/l2norm", axis=-1, p=2)[0]
+        normed = w.node("Slice", [normed, w.constant(f"{name}/s0", [0]), w.constant(f"{name}/e0", [h]),
+                                  w.constant(f"{name}/axis", [2])], name=f"{name}/drop_eps")[0]
+        weight = self.source.tensor(hf_name) * np.float32(np.sqrt(h))
+        return w.node("Mul", [normed, w.initializer(hf_name, weight)], name=f"{name}/scale")[0]
 
     def heads(self, x: str, count: int, name: str) -> str:
         """[1,N,count*D] -> [1,count,N,D]"""
@@ -124,8 +138,11 @@ class StaticDecoderGraph:
         q = w.node("Reshape", [q, w.constant(f"{name}/q_shape", [s.num_kv_heads, g * n, d])], name=f"{name}/q3")[0]
         keys_t = w.node("Transpose", [keys], name=f"{name}/keys_t", perm=[0, 2, 1])[0]
         scores = w.node("MatMul", [q, keys_t], name=f"{name}/scores")[0]  # 1/sqrt(D) is folded into q_proj
-        scores = w.node("Add", [scores, mask], name=f"{name}/mask")[0]
-        probs = w.node("Softmax", [scores], name=f"{name}/softmax", axis=-1)[0]
+        masked = w.node("Add", [scores, mask], name=f"{name}/mask")[0]
+        top = w.node("ReduceMax", [masked, w.constant(f"{name}/max_axes", [-1])], name=f"{name}/row_max", keepdims=1)[0]
+        shifted = w.node("Sub", [scores, top], name=f"{name}/shifted")[0]
+        shifted = w.node("Add", [shifted, mask], name=f"{name}/shifted_masked")[0]
+        probs = w.node("Softmax", [shifted], name=f"{name}/softmax", axis=-1)[0]
         out = w.node("MatMul", [probs, values], name=f"{name}/context")[0]  # [KVH, G*N, D]
         out = w.node("Reshape", [out, w.constant(f"{name}/o_shape", [1, s.num_heads, n, d])], name=f"{name}/o4")[0]
         out = w.node("Transpose", [out], name=f"{name}/o_t", perm=[0, 2, 1, 3])[0]
@@ -176,7 +193,7 @@ class StaticDecoderGraph:
         if n > 1:  # prompts are left-padded: the last real token is always the last row
             x = w.node("Slice", [x, w.constant("last/start", [n - 1]), w.constant("last/end", [n]), w.constant("last/axis", [1])],
                        name="last_position")[0]
-        x = self.rms_norm(x, "model.norm.weight", "final_norm")
+        x = self.rms_norm(x, "model.norm.weight", "final_norm", rows=1)
         head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
         logits = self.linear(x, "lm_head", head)
         w.node("Identity", [logits], ["logits"], name="logits/identity")
