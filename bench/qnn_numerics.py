@@ -92,7 +92,7 @@ def static_run(package: Path, ids: list[int], prefill: int, taps: bool) -> tuple
     """Logits after ids[:prefill] (prefill graph) and after each later token (decode graph); with TAPS, the
     residual stream of the last row after every layer, per step."""
     from edgeinfer.backends import BackendOptions, get_backend
-    from edgeinfer.package import load_manifest
+    from edgeinfer.package import load_manifest, load_package
     from edgeinfer.static_runner import StaticEngine, StaticRunner
 
     manifest = load_manifest(package, verify=False)
@@ -105,7 +105,7 @@ def static_run(package: Path, ids: list[int], prefill: int, taps: bool) -> tuple
         embeddings = np.load(package / manifest.graphs["host"]["embeddings"]["file"], mmap_mode="r")
         runner = StaticRunner(sessions, manifest.graphs, manifest.spec, manifest.context_length, embeddings)
     else:
-        runner = StaticEngine(get_backend("cpu"), package, manifest, BackendOptions()).new_runner()
+        runner = StaticEngine(get_backend("cpu"), load_package(package, verify=False), BackendOptions()).new_runner()
         sessions = None
     rows = [runner.forward(np.array(ids[:prefill]), 0)]
     for pos in range(prefill, len(ids)):

@@ -51,6 +51,15 @@ def split_reasoning(text: str, prompt_opened_think: bool) -> Reply:
     return Reply(text, "", text.strip())
 
 
+def chat_format_name(template: str | None) -> str:
+    """Which conventions the generator applies on top of the template (DeepSeek-R1's <think> handling)."""
+    if template and "<｜Assistant｜>" in template:
+        return "deepseek-r1"
+    if template and "<|im_start|>" in template:
+        return "chatml"
+    return "template" if template else "none"
+
+
 def _environment() -> BoundedSandbox:
     env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = template_refusal

@@ -49,6 +49,16 @@ EMBEDS_IN, HIDDEN_IN, HIDDEN_OUT = "inputs_embeds", "hidden_in", "hidden_out"
 POSITION_COS, POSITION_SIN, ATTENTION_MASK = "position_cos", "position_sin", "attention_mask"
 
 
+# What the host feeds beside the static graphs.
+EMBEDDINGS_FILE = "embeddings.npy"  # [vocab, hidden]: the host gathers each token's row
+# Additive host mask. Qwen2's attention scores run to thousands (layer 0 of Qwen2.5-Coder-1.5B: [-1935, 12864] on
+# real text, the first token's key taking the largest), so a row's real scores can all lie far below an empty
+# slot's 0: -100 let empty slots win (float static graph 79% top-1 vs the dynamic one on a 2-layer truncation of
+# the real model; 100% at -30000). The mask only reaches the row max; the softmax reads the scores after the
+# max is subtracted, where a fixed 16-bit range (static_graph.SHIFTED_RANGE) saturates masked and negligible entries alike.
+MASK_VALUE = -30000.0
+
+
 def cache_slot(layer: int, kind: str) -> str:
     """The host cache's key for one layer and kind; static inputs are past_<slot>, outputs new_<slot>."""
     return f"{kind}.{layer}"

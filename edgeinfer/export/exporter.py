@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ExportError
+from ..chat import chat_format_name
 from ..package import MANIFEST, Manifest, describe_files
 from .atomic import STAGING_MARKER, raise_disk_error, staging_dir
 from .destination import check_destination
@@ -58,7 +59,7 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
                     "eos_token_ids": tokenizer.eos_token_ids,
                     "add_bos_token": tokenizer.add_bos_token,
                     "chat_template": tokenizer.chat_template,
-                    "chat_format": chat_format(tokenizer.chat_template),
+                    "chat_format": chat_format_name(tokenizer.chat_template),
                 },
                 export_options=options.to_dict(),
                 source={"description": weights.description, "random_weights": weights.random_weights},
@@ -99,12 +100,3 @@ def _write_tokenizer(folder: Path, tokenizer: TokenizerFiles) -> None:
     (folder / "tokenizer_config.json").write_text(
         json.dumps(tokenizer.tokenizer_config(), indent=2, ensure_ascii=False), encoding="utf-8"
     )
-
-
-def chat_format(template: str | None) -> str:
-    """Which conventions the generator applies on top of the template (DeepSeek-R1's <think> handling)."""
-    if template and "<｜Assistant｜>" in template:
-        return "deepseek-r1"
-    if template and "<|im_start|>" in template:
-        return "chatml"
-    return "template" if template else "none"

@@ -47,14 +47,13 @@ def calibration_prompts(weights: WeightSource, limit: int) -> list[list[int]]:
     """The prompts as the model will see them: rendered with its own chat template and tokenizer."""
     from tokenizers import Tokenizer
 
-    from ..chat import ChatFormat
+    from ..chat import ChatFormat, chat_format_name
     from ..tokenizer import TextTokenizer
-    from .exporter import chat_format
 
     files = weights.tokenizer()
     tokenizer = TextTokenizer(Tokenizer.from_str(files.tokenizer_json), files.tokenizer_config(),
                               files.bos_token_id, files.add_bos_token)
-    chat = ChatFormat(tokenizer, files.chat_template, chat_format(files.chat_template), limit)
+    chat = ChatFormat(tokenizer, files.chat_template, chat_format_name(files.chat_template), limit)
     vocab = weights.spec.vocab_size
     prompts = []
     for text in (*CALIBRATION_PROMPTS, calibration_text()):
@@ -77,7 +76,7 @@ def calibrate(weights: WeightSource, graphs: dict, float_folder: Path, embedding
     """Generate from PROMPTS with the float graphs on the CPU EP, each augmented to fold its activation ranges as
     it runs (see calibration.py); returns the ranges per (role, part)."""
     from ..static_runner import StaticRunner
-    from .static_graph import MASK_VALUE
+    from ..graph_contract import MASK_VALUE
 
     sessions = {}
     for role in ("prefill", "decode"):
@@ -125,16 +124,14 @@ def quantize_config(float_path: Path):
     )
 
 
-def quantize_graph(float_path: Path, out_path: Path, config, ranges: RangeSession) -> None:
+def quantize_graph(float_path: Path, out_path: Path, config, ranges: RangeSession, fixed_ranges: dict) -> None:
     """Quantize with the ranges already calibrated: they go in as the quantizer's calibration cache, so it
     runs no calibrator of its own (and never holds feeds)."""
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    from .static_graph import FIXED_RANGES
-
     cache = float_path.with_name(f"{float_path.stem}.ranges.json")
-    save_tensors_data(ranges.tensors_data(FIXED_RANGES), cache)
+    save_tensors_data(ranges.tensors_data(fixed_ranges), cache)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" warnings do not apply to these graphs
@@ -152,13 +149,14 @@ def quantize_graph(float_path: Path, out_path: Path, config, ranges: RangeSessio
 
 
 def quantize_graphs(weights: WeightSource, graphs: dict, float_folder: Path, folder: Path, options: ExportOptions,
-                    progress: bool) -> dict:
-    """Calibrate and quantize every float graph of FLOAT_FOLDER into FOLDER (same file names)."""
+                    progress: bool, fixed_ranges: dict) -> dict:
+    """Calibrate and quantize every float graph of FLOAT_FOLDER into FOLDER (same file names). FIXED_RANGES:
+    activation ranges by name suffix that the graph builder sets instead of calibration."""
     started = time.perf_counter()
     prompts = calibration_prompts(weights, options.context_length - DECODE_STEPS - 1)
     if not prompts:
         raise ExportError("no calibration prompt could be tokenized: check the source's tokenizer")
-    from .static_graph import EMBEDDINGS_FILE
+    from ..graph_contract import EMBEDDINGS_FILE
 
     embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
     steps = [(role, k, part) for role in ("prefill", "decode") for k, part in enumerate(graphs[role]["parts"])]
@@ -169,7 +167,7 @@ def quantize_graphs(weights: WeightSource, graphs: dict, float_folder: Path, fol
         session.close()  # the float sessions' memory goes back before the quantizer loads the weights
     calibrate_s = time.perf_counter() - started
     for role, k, part in tqdm(steps, desc="quantize", unit="graph", disable=not progress, leave=False):
-        quantize_graph(float_folder / part["file"], folder / part["file"], configs[(role, k)], ranges[(role, k)])
+        quantize_graph(float_folder / part["file"], folder / part["file"], configs[(role, k)], ranges[(role, k)], fixed_ranges)
     return {
         "scheme": "W4A16 QDQ (onnxruntime.quantization, get_qnn_qdq_config)",
         "weights": "int4 signed, symmetric (zero point 0, explicit), per output channel",

@@ -36,23 +36,16 @@ from tqdm import tqdm
 from .. import __version__
 from ..architecture import ArchSpec
 from ..errors import ExportError
-from ..graph_contract import static_io
+from ..graph_contract import EMBEDDINGS_FILE, MASK_VALUE, static_io
 from .onnx_writer import GraphWriter
 from .options import ExportOptions
 from .sources import WeightSource
 
-# Additive host mask. Qwen2's attention scores run to thousands (layer 0 of Qwen2.5-Coder-1.5B: [-1935, 12864] on
-# real text, the first token's key taking the largest), so a row's real scores can all lie far below an empty
-# slot's 0: -100 let empty slots win (float static graph 79% top-1 vs the dynamic one on a 2-layer truncation of
-# the real model; 100% at -30000). The mask only reaches the row max; the softmax reads the scores after the
-# max is subtracted, where a fixed 16-bit range (SHIFTED_RANGE) saturates masked and negligible entries alike.
-MASK_VALUE = -30000.0
 # Quantization range of the max-subtracted scores: e^-32 * 4096 slots is below 1e-10 of the row's mass, and the
 # uint16 step is 5e-4 (the calibrated range of the raw scores would give 0.23 in layer 0 and spend it on -30000).
 SHIFTED_RANGE = (-32.0, 1.0)  # +1: the row max is read from a coarser grid and may sit a little below the top
 FIXED_RANGES = {"attn/shifted/out": SHIFTED_RANGE, "attn/shifted_masked/out": SHIFTED_RANGE}  # by name suffix
 PART_BYTES = 1536 * 2**20  # most quantized weight bytes per part (an HTP context stays well under its ~2 GiB limit)
-EMBEDDINGS_FILE = "embeddings.npy"
 
 
 def layer_parts(spec: ArchSpec, precision: str, part_bytes: int = PART_BYTES) -> list[tuple[int, int]]:
@@ -268,7 +261,7 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
     with tempfile.TemporaryDirectory(dir=folder, prefix=".float-") as tmp:
         float_folder = Path(tmp)
         graphs = write_float_graphs(weights, options, float_folder, parts, progress)
-        quantization = quantize_graphs(weights, graphs, float_folder, folder, options, progress)
+        quantization = quantize_graphs(weights, graphs, float_folder, folder, options, progress, FIXED_RANGES)
         shutil.rmtree(float_folder, ignore_errors=True)
     share_weight_files(folder, graphs)
     if progress:
