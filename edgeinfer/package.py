@@ -220,6 +220,7 @@ class Package:
     def __init__(self, folder: Path, manifest: Manifest):
         self.folder = folder
         self.manifest = manifest
+        self._graph_files: dict[str, list[str]] = {}  # graph -> it and its external data files, once checked
 
     def file(self, name, what: str) -> Path:
         """The path of NAME, WHAT the load needs it for (named in errors), once it passes the gate."""
@@ -237,9 +238,15 @@ class Package:
     def graph(self, name, what: str) -> Path:
         """NAME as file() does, plus the same gate for every external data file the graph names."""
         path = self.file(name, what)
-        for location in sorted(external_data_files(path)):
+        data = sorted(external_data_files(path))
+        for location in data:
             self.file(location, f"external data of {name}")
+        self._graph_files[name] = [name, *data]
         return path
+
+    def graph_fingerprint(self, name: str) -> str:
+        """The sha256 of a graph checked by graph() and of its external data files: what a compiled form depends on."""
+        return "/".join(self.manifest.files[file]["sha256"] for file in self._graph_files[name])
 
 
 def load_package(folder: Path, verify: bool = True) -> Package:

@@ -15,7 +15,6 @@ import numpy as np
 from .architecture import ArchSpec
 from .errors import GenerationError, PackageError, check_fits
 from .graph_contract import ATTENTION_MASK, CACHE_KINDS, POSITION_COS, POSITION_SIN, cache_slot, rotary_tables
-from .external_data import external_data_files
 from .package import Package
 from .runner import Engine, Runner
 
@@ -35,8 +34,7 @@ class StaticEngine(Engine):
 
     def _session(self, package: Package, part: dict):
         file = package.graph(part.get("file"), "a graph part")
-        fingerprint = "/".join(self.manifest.files[name]["sha256"] for name in (file.name, *sorted(external_data_files(file))))
-        return self.backend.create_session(str(file), self.options, fingerprint=fingerprint)
+        return self.backend.create_session(str(file), self.options, fingerprint=package.graph_fingerprint(file.name))
 
     def new_runner(self) -> "StaticRunner":
         return StaticRunner(self.sessions, self.manifest.graphs, self.manifest.spec, self.manifest.context_length,
