@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,34 +31,43 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int) ->
 
 
 def variant(src: Path, dst: Path, float_package: Path | None, float_weights: str | None, float_acts: str | None,
-            ranges: dict[str, tuple[float, float]] | None = None) -> None:
+            ranges: dict[str, tuple[float, float]] | None = None, block: int = 0) -> None:
     import onnx
     from onnx import helper, numpy_helper
 
+    from edgeinfer.export.int4_blocks import dequantize_int4_blocks, int4_blocks
     from edgeinfer.export.onnx_writer import GraphWriter
 
     dst.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((src / "manifest.json").read_text())
     graphs = [p for role in ("prefill", "decode") for p in manifest["graphs"][role]["parts"]]
-    for item in src.iterdir():  # embeddings and tokenizer files, linked
+    for item in src.iterdir():  # embeddings and tokenizer files, hard-linked (a package holds no symbolic links)
         if not item.name.endswith((".onnx", ".onnx.data")) and item.name != "manifest.json" and not (dst / item.name).exists():
-            (dst / item.name).symlink_to(item.resolve())
+            try:
+                os.link(item, dst / item.name)
+            except OSError:
+                shutil.copyfile(item, dst / item.name)
     for name in [n for n in manifest["files"] if n.endswith((".onnx", ".onnx.data"))]:
         del manifest["files"][name]  # rewritten here: not checked against the source's sizes
     for part in graphs:
         model = onnx.load(str(src / part["file"]))
-        originals = {}
-        if float_package and float_weights:
+        originals, blocked = {}, {}
+        if float_package and (float_weights or block):
             ref = onnx.load(str(float_package / part["file"]), load_external_data=False)
-            originals = {i.name: i for i in ref.graph.initializer if re.search(float_weights, i.name)}
+            originals = {i.name: i for i in ref.graph.initializer if re.search(float_weights or "^$", i.name)}
+            blocked = {i.name: i for i in ref.graph.initializer if block and i.name not in originals}
         inits = {i.name: i for i in model.graph.initializer}
         writer = GraphWriter(dst / f"{part['file']}.data")
         nodes, renames = [], {}
         for node in model.graph.node:
             if node.op_type == "DequantizeLinear" and node.input[0] in inits:
                 base = node.input[0].removesuffix("_quantized")
+                zero = inits.get(node.input[2]) if len(node.input) > 2 else None
                 if base in originals:
                     array = numpy_helper.to_array(originals[base], base_dir=str(float_package))
+                elif zero is not None and zero.data_type == onnx.TensorProto.INT4 and base in blocked:
+                    w = numpy_helper.to_array(blocked[base], base_dir=str(float_package)).astype(np.float32)
+                    array = dequantize_int4_blocks(*int4_blocks(w, block))
                 else:
                     args = [numpy_helper.to_array(inits[n]) for n in node.input[:3]]
                     axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
@@ -111,10 +122,12 @@ def main() -> None:
     parser.add_argument("--float-package", type=Path)
     parser.add_argument("--float-weights")
     parser.add_argument("--float-acts")
+    parser.add_argument("--block", type=int, default=0, help="int4 weights re-quantized from PKG_FLOAT in blocks of BLOCK input rows")
     parser.add_argument("--range", action="append", default=[], help="RE=LOW,HIGH: new uint16 range of matching activations")
     args = parser.parse_args()
     ranges = {r.rsplit("=", 1)[0]: tuple(map(float, r.rsplit("=", 1)[1].split(","))) for r in args.range}
-    variant(args.qdq_package, args.out, args.float_package, args.float_weights, args.float_acts, ranges)
+    variant(args.qdq_package, args.out, args.float_package, args.float_weights, args.float_acts, ranges,
+            args.block)
 
 
 if __name__ == "__main__":

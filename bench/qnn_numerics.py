@@ -188,11 +188,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from edgeinfer.package import load_manifest
+    from edgeinfer.package import load_package
     from edgeinfer.tokenizer import TextTokenizer
 
-    manifest = load_manifest(args.float_package, verify=False)
-    tokenizer = TextTokenizer.from_package(args.float_package, manifest.tokenizer["bos_token_id"], False)
+    package = load_package(args.float_package, verify=False)
+    manifest = package.manifest
+    tokenizer = TextTokenizer.from_package(package, manifest.tokenizer["bos_token_id"], False)
     prefill = args.prefill or manifest.graphs["prefill"]["tokens"]
     prefix = tokenizer.encode(args.prefix.encode().decode("unicode_escape")) if args.prefix else []
     ids = (prefix + tokenizer.encode(args.text.read_text(encoding="utf-8"), parse_special=False))[: prefill + args.positions]

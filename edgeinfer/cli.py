@@ -33,6 +33,22 @@ def _export(args) -> None:
         print(f"compiled for {args.target} in {model.load_s:.1f} s")
 
 
+def _verify(args) -> None:
+    from .verify import format_report, verify, write_json
+
+    text = None
+    if args.text:
+        try:
+            text = Path(args.text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EdgeInferError(f"cannot read --text {args.text}: {exc.__class__.__name__}: pass a UTF-8 text file") from None
+    result = verify(Path(args.package), Path(args.reference) if args.reference else None, text, args.positions,
+                    args.device, verify_files=not args.no_verify)
+    print(format_report(result))
+    if args.json:
+        write_json(result, Path(args.json))
+
+
 def _sampling(args):
     from .sampler import SamplingParams
 
@@ -151,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="cpu", choices=TARGETS)
     p.add_argument("--context", type=int, default=None,
                    help="context length (KV cache size) in tokens (default: 4096, or the model's limit if smaller)")
-    p.add_argument("--block-size", type=int, default=128, help="4-bit block size: 128 fastest, 16 most faithful")
+    p.add_argument("--block-size", type=int, help="4-bit block size (default: 128 on cpu/cuda, the fastest; 32 on qnn); 16 is the most faithful")
     p.add_argument("--symmetric", action="store_true", help="4-bit without zero points (default: asymmetric)")
     p.add_argument("--uniform-bits", action="store_true", help="4 bits everywhere (default: 8-bit v/down in some layers)")
     p.add_argument("--lm-head-bits", type=int, default=8, choices=[0, 4, 8], help="lm_head weights (0 = float)")
@@ -193,6 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("package", help="package folder, or a source to export into the cache first")
     generation_args(p)
     p.set_defaults(func=_chat)
+
+    p = sub.add_parser("verify", help="a qnn package's numerics beside a float reference, on real text")
+    p.add_argument("package")
+    p.add_argument("--reference", help="a float package of the same weights: `--target qnn --precision fp32` gives "
+                   "per-layer SQNR too, a cpu fp32 package the logits only")
+    p.add_argument("--text", help="a UTF-8 text file (default: the source of Python's textwrap and argparse)")
+    p.add_argument("--positions", type=int, default=512, help="scored positions after the first prefill chunk")
+    p.add_argument("--device", default="cpu", help="also run the package here (qnn) and compare it with the CPU EP")
+    p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the package files")
+    p.set_defaults(func=_verify)
 
     p = sub.add_parser("devices", help="list backends and whether they can run here")
     p.set_defaults(func=_devices)

@@ -55,7 +55,7 @@ class Model:
         self.path = path
         package = load_package(path, verify=verify)
         self.manifest: Manifest = package.manifest
-        if self.manifest.target != self.backend.target:
+        if self.manifest.target not in (self.backend.target, *self.backend.also_runs):
             raise PackageError(
                 f"{path} was exported for {self.manifest.target}, not {device}: "
                 f"re-export with `edgeinfer export SOURCE --target {self.backend.target}` or use --device {self.manifest.target}"

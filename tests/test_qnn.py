@@ -252,8 +252,10 @@ def test_weight_shared_contexts_are_written_but_crash_the_simulator_on_load(qdq_
     report = probe(qdq_pkg)
     print(json.dumps({k: report[k] for k in ("apart", "shared", "shared_over_apart")}))
     shared, apart = report["shared"], report["apart"]
-    assert apart["fresh_load"]["returncode"] == 0 and apart["tokens_equal_cpu_ep"] and len(apart["binaries"]) == 2
-    assert len(shared["binaries"]) == 1 and shared["tokens_equal_cpu_ep"]
+    assert apart["fresh_load"]["returncode"] == 0 and len(apart["binaries"]) == 2
+    assert len(shared["binaries"]) == 1
+    for compiled in (apart, shared):  # teacher-forced on the CPU EP's tokens: the same numbers, not just tokens
+        assert compiled["max_logit_gap_cpu_ep"] < 0.02 and compiled["top1_equal_cpu_ep"] >= 0.9
     assert shared["bytes"] < 0.9 * apart["bytes"]  # one copy of the weights, not two
     assert shared["fresh_load"]["returncode"] == -11, "weight-shared QNN contexts now load: wire them into the cache"
 

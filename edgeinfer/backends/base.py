@@ -46,6 +46,9 @@ _OPT_LEVELS = {
 class Backend(ABC):
     name: str  # registry key and --device value
     target: str  # the package target it runs
+    # Other targets whose packages it can also run: the CPU EP runs a qnn package's QDQ graphs, the numerics the
+    # NPU must match (`edgeinfer run QNN_PACKAGE --device cpu`, `edgeinfer verify`).
+    also_runs: tuple[str, ...] = ()
     kv_location: str  # "host" or "device": where the KV cache buffers live
     ort_device: str = "cpu"  # OrtValue device type for buffers bound to this backend
     memory_arena: bool = True  # onnxruntime's CPU arena by default

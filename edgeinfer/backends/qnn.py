@@ -33,9 +33,12 @@ from .base import Availability, Backend, BackendOptions
 
 EP_NAME = "QNNExecutionProvider"
 _registered = threading.Lock()
-_DEFAULT_OPTIONS = {"backend_type": "htp", "htp_performance_mode": "burst", "htp_graph_finalization_optimization_mode": "3"}
-# A float graph does not fit the HTP's fp32 path (the simulator fails with QNN_COMMON_ERROR_MEM_ALLOC); in fp16
-# it runs, and QNN wants a SoC model with fp16. 60 is the Snapdragon X Elite that Qualcomm's own recipes target.
+# enable_block_quant_weight_optimization: block-quantized int4 weights (export/int4_blocks.py) become LPBQ, which the
+# HTP runs with 16-bit integer activations; without it QNN wants fp16 activations for them and a SoC that has fp16.
+_DEFAULT_OPTIONS = {"backend_type": "htp", "htp_performance_mode": "burst", "htp_graph_finalization_optimization_mode": "3",
+                    "enable_block_quant_weight_optimization": "1"}
+# A float graph does not fit the HTP's fp32 path (the simulator fails with QNN_COMMON_ERROR_MEM_ALLOC); in fp16 it runs,
+# and QNN wants a SoC model with fp16. 60 is the Snapdragon X Elite that Qualcomm's own recipes target.
 _FLOAT_OPTIONS = {"enable_htp_fp16_precision": "1", "soc_model": "60"}
 
 

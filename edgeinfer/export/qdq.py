@@ -4,12 +4,13 @@ Calibration runs the float static graphs on the CPU EP over a few chat-template 
 greedy decode steps, so the KV-cache inputs see realistic contents), folding MinMax activation ranges as it goes
 (calibration.py); then onnxruntime.quantization writes QuantizeLinear/DequantizeLinear around every op.
 
-Weight encoding: signed INT4, symmetric, zero point 0 given explicitly, one scale per output channel
-(DequantizeLinear axis=1 of the [K,N] weight). It is the int4 form the HTP was found to read the same way as the
-CPU EP does; with the quantizer's QNN default (asymmetric int4) the HTP's output differed from the CPU EP's run of
-the same QDQ model by ~67-70% (relative max error; ../shared/recipes/qnn.md), so every MatMul weight gets an
-explicit override. lm_head is int8 per channel: it decides the token, and 8 bits cost only
-its own size.
+Weight encoding: signed INT4, symmetric, zero point 0 given explicitly, one scale per block of input rows of each
+output channel (DequantizeLinear axis=0, block_size; int4_blocks.py). The quantizer writes per-channel int4 (the
+override below), then block_weights re-encodes each weight from the float graph in blocks. Symmetric with an
+explicit zero point is the int4 form the HTP reads the same way as the CPU EP does; with the quantizer's QNN default
+(asymmetric int4) the HTP's output differed from the CPU EP's run of the same QDQ model by ~67-70% (relative max
+error; ../shared/recipes/qnn.md). lm_head is int8 per channel: it decides the token, and 8 bits cost only its own
+size.
 """
 
 from __future__ import annotations
@@ -148,6 +149,55 @@ def quantize_graph(float_path: Path, out_path: Path, config, ranges: RangeSessio
         root.setLevel(level)
 
 
+def block_weights(graph_path: Path, float_path: Path, block: int) -> int:
+    """Re-encode GRAPH_PATH's per-channel int4 MatMul weights in blocks of BLOCK input rows, from FLOAT_PATH's float
+    weights (read one tensor at a time); returns how many weights changed. The graph and its data file are rewritten."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    from .int4_blocks import block_size_for, int4_blocks
+
+    model = onnx.load(str(graph_path))
+    floats = {i.name: i for i in onnx.load(str(float_path), load_external_data=False).graph.initializer}
+    tensors = {i.name: i for i in model.graph.initializer}
+    changed = 0
+    for node in model.graph.node:
+        zero = tensors.get(node.input[2]) if node.op_type == "DequantizeLinear" and len(node.input) > 2 else None
+        original = floats.get(node.input[0].removesuffix("_quantized"))
+        if zero is None or zero.data_type != TensorProto.INT4 or original is None:
+            continue
+        weight = numpy_helper.to_array(original, base_dir=str(float_path.parent))  # [K, N]
+        size = block_size_for(weight.shape[0], block)
+        if size is None:
+            continue
+        q, scales = int4_blocks(weight, size)
+        _set_int4(tensors[node.input[0]], q)
+        _set_int4(zero, np.zeros(scales.shape, dtype=np.int8))
+        scale = tensors[node.input[1]]
+        scale.CopyFrom(numpy_helper.from_array(scales.astype(numpy_helper.to_array(scale).dtype), scale.name))
+        del node.attribute[:]
+        node.attribute.extend([onnx.helper.make_attribute("axis", 0), onnx.helper.make_attribute("block_size", size)])
+        changed += 1
+    data = graph_path.with_name(graph_path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save(model, str(graph_path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+              size_threshold=1024)
+    return changed
+
+
+def _set_int4(tensor, values: np.ndarray) -> None:
+    """TENSOR (an INT4 TensorProto) := VALUES (int8 in -8..7), packed two per byte, low nibble first."""
+    flat = values.astype(np.int8).reshape(-1).view(np.uint8) & 0x0F
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    tensor.ClearField("int32_data")
+    tensor.ClearField("external_data")
+    tensor.data_location = 0  # DEFAULT: the bytes live in raw_data until onnx.save moves them out again
+    tensor.raw_data = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8).tobytes()
+    del tensor.dims[:]
+    tensor.dims.extend(values.shape)
+
+
 def quantize_graphs(weights: WeightSource, graphs: dict, float_folder: Path, folder: Path, options: ExportOptions,
                     progress: bool, fixed_ranges: dict) -> dict:
     """Calibrate and quantize every float graph of FLOAT_FOLDER into FOLDER (same file names). FIXED_RANGES:
@@ -168,9 +218,10 @@ def quantize_graphs(weights: WeightSource, graphs: dict, float_folder: Path, fol
     calibrate_s = time.perf_counter() - started
     for role, k, part in tqdm(steps, desc="quantize", unit="graph", disable=not progress, leave=False):
         quantize_graph(float_folder / part["file"], folder / part["file"], configs[(role, k)], ranges[(role, k)], fixed_ranges)
+        block_weights(folder / part["file"], float_folder / part["file"], options.block_size)
     return {
         "scheme": "W4A16 QDQ (onnxruntime.quantization, get_qnn_qdq_config)",
-        "weights": "int4 signed, symmetric (zero point 0, explicit), per output channel",
+        "weights": f"int4 signed, symmetric (zero point 0, explicit), blocks of {options.block_size} input rows",
         "lm_head": "int8 signed, symmetric, per output channel",
         "activations": "uint16 asymmetric, MinMax calibration",
         "kv_cache": "float32 on the host; quantized to uint16 at the graph inputs",

@@ -239,6 +239,10 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
         raise ExportError(f"precision {options.precision} is not offered for qnn: use w4a16 (the NPU's) or fp32")
     if options.prefill_chunk < 2 or options.prefill_chunk > options.context_length:
         raise ExportError(f"prefill chunk {options.prefill_chunk} must be between 2 and the context {options.context_length}")
+    if options.precision == "w4a16" and options.rotate:
+        from .rotation import RotatedResidual
+
+        weights = RotatedResidual(weights)  # the same function; the quantizer sees no massive channels
     spec = weights.spec
     parts = layer_parts(spec, options.precision, part_bytes or PART_BYTES)
     # Embeddings stay on the host (a gather from a memory-mapped table): the table is the largest tensor and a
@@ -266,4 +270,10 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
     share_weight_files(folder, graphs)
     if progress:
         print(f"quantized {len(parts)} part(s) x 2 graphs to W4A16 QDQ in {time.perf_counter() - started:.1f} s")
+    if options.rotate:  # what `edgeinfer verify` needs to compare hidden states with an unrotated reference
+        from ..hadamard import KIND, SEED
+
+        quantization["rotation"] = {"of": "residual stream", "kind": KIND, "seed": SEED, "size": spec.hidden_size}
+    else:
+        quantization["rotation"] = None
     return {**graphs, "host": host, "quantization": quantization, "kv_dtype": "float32"}
