@@ -145,7 +145,7 @@ def rotation_of(package: Package) -> np.ndarray | None:
     recorded = plan.get("rotation")
     if not recorded:
         return None
-    if recorded.get("kind") != KIND or recorded.get("seed") != SEED:
+    if not isinstance(recorded, dict) or recorded.get("kind") != KIND or recorded.get("seed") != SEED:
         raise PackageError(f"{package.folder}: rotation {recorded} is not one this edgeinfer builds: upgrade edgeinfer")
     return rotation(int(recorded["size"]))
 

@@ -129,11 +129,11 @@ def test_llama_gguf_unpermutes_rotary_halves(llama_dir, tmp_path):
 def test_mixed_bits_follow_q4_k_m_and_the_gguf():
     from types import SimpleNamespace
 
-    from edgeinfer.export.dynamic_graph import more_bits_layer, weight_bits
+    from edgeinfer.export.weight_bits import more_bits_layer, weight_bits
     from edgeinfer.export.options import ExportOptions
 
     assert [i for i in range(28) if more_bits_layer(i, 28)] == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 25, 26, 27]
-    hf = SimpleNamespace(spec=SimpleNamespace(num_layers=28))
+    hf = SimpleNamespace(spec=SimpleNamespace(num_layers=28), stored_bits=lambda name: None)
     down = lambda i: [f"model.layers.{i}.mlp.down_proj.weight"]  # noqa: E731
     assert weight_bits(hf, down(5), ExportOptions()) == 8 and weight_bits(hf, down(6), ExportOptions()) == 4
     assert weight_bits(hf, ["model.layers.5.self_attn.q_proj.weight"], ExportOptions()) == 4
@@ -141,3 +141,16 @@ def test_mixed_bits_follow_q4_k_m_and_the_gguf():
     gguf = SimpleNamespace(spec=hf.spec, stored_bits=lambda name: 6 if "v_proj" in name else 4)
     qkv = [f"model.layers.6.self_attn.{p}_proj.weight" for p in "qkv"]
     assert weight_bits(gguf, qkv, ExportOptions()) == 8 and weight_bits(gguf, down(5), ExportOptions()) == 4
+    # The exporter's wrappers must not hide how a GGUF stored its tensors (they once did: every GGUF fell back to
+    # the Q4_K_M rule).
+    from edgeinfer.export.rotation import RotatedResidual
+    from edgeinfer.export.sources import FiniteWeights
+
+    from edgeinfer.architecture import ArchSpec
+
+    gguf.description, gguf.random_weights = "gguf", False
+    gguf.spec = ArchSpec(family="qwen2", hidden_size=64, num_layers=28, num_heads=4, num_kv_heads=2, head_dim=16,
+                         intermediate_size=128, vocab_size=272, rope_theta=1e4, rms_norm_eps=1e-6,
+                         max_position_embeddings=512)
+    for wrapped in (FiniteWeights(gguf), RotatedResidual(FiniteWeights(gguf))):
+        assert weight_bits(wrapped, qkv, ExportOptions()) == 8 and weight_bits(wrapped, down(5), ExportOptions()) == 4

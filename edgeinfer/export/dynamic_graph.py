@@ -19,6 +19,7 @@ from .onnx_writer import GraphWriter
 from .options import ExportOptions
 from .quantize import quantize_blocks
 from .sources import WeightSource
+from .weight_bits import weight_bits
 
 MS = "com.microsoft"
 _ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
@@ -27,25 +28,6 @@ _ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 def has_greedy_output(options: ExportOptions) -> bool:
     """GPU packages pick the greedy token on the device; CPU packages keep their graph as it was."""
     return options.target == "cuda"
-
-
-def more_bits_layer(layer: int, num_layers: int) -> bool:
-    """llama.cpp's Q4_K_M rule (use_more_bits): the first and last eighth of layers, and every third between."""
-    eighth = num_layers // 8
-    return layer < eighth or layer >= num_layers - eighth or (layer - eighth) % 3 == 2
-
-
-def weight_bits(source: WeightSource, names: list[str], options: ExportOptions) -> int:
-    """4 bits, or 8 for the tensors 4 bits hurts most: v_proj and down_proj in some layers (as Q4_K_M does),
-    or, for a source that says how it stored each tensor (GGUF), wherever it kept more than 4 bits."""
-    if not options.mixed_bits:
-        return 4
-    stored = getattr(source, "stored_bits", None)
-    if stored is not None:
-        return 8 if any(stored(n) > 4 for n in names) else 4
-    sensitive = [n for n in names if n.endswith(("v_proj.weight", "down_proj.weight"))]
-    layers = [int(n.split(".")[2]) for n in sensitive]
-    return 8 if any(more_bits_layer(i, source.spec.num_layers) for i in layers) else 4
 
 
 class DynamicDecoderGraph:

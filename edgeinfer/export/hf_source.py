@@ -65,6 +65,9 @@ class HFFolderSource:
             )
         return path
 
+    def stored_bits(self, name: str) -> int | None:
+        return None  # float checkpoint
+
     def tensor(self, name: str) -> np.ndarray:
         if name not in self._where and name == "lm_head.weight":
             name = "model.embed_tokens.weight"

@@ -20,7 +20,7 @@ class ExportOptions:
     context_length: int | None = None  # None: min(DEFAULT_CONTEXT, the model's positions), see for_model
     block_size: int | None = None  # 4-bit block along the input dimension; None: the target's (see for_model)
     symmetric: bool = False  # asymmetric 4-bit (with zero points): closer to the weights than symmetric
-    mixed_bits: bool = True  # 8-bit attn_v and ffn_down where Q4_K_M keeps 6 bits (see dynamic_graph.weight_bits)
+    mixed_bits: bool = True  # 8-bit attn_v and ffn_down where Q4_K_M keeps 6 bits (see weight_bits.py; qnn too)
     accuracy_level: int = 4  # MatMulNBits compute type on CPU: 4 = int8 dot products (fastest on AVX2)
     all_logits: bool = False  # prefill returns logits for every position, not just the last
     quantize_embeddings: bool = True  # w4a16 only: 4-bit embedding table (GatherBlockQuantized)

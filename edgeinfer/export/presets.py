@@ -61,6 +61,9 @@ class PresetSource:
         self.spec = self.preset.spec
         self.description = f"preset:{name}"
 
+    def stored_bits(self, name: str) -> int | None:
+        return None  # random float weights
+
     def tensor(self, name: str) -> np.ndarray:
         shape = self.spec.tensor_shape(name)
         if name.endswith("norm.weight"):

@@ -100,7 +100,9 @@ def calibrate(weights: WeightSource, graphs: dict, float_folder: Path, embedding
     return {(role, k): session for role in sessions for k, session in enumerate(sessions[role])}
 
 
-def weight_overrides(model_path: Path) -> dict[str, list[dict]]:
+def weight_overrides(model_path: Path, eight_bit: set[str]) -> dict[str, list[dict]]:
+    """Every MatMul weight symmetric per output channel: int8 for lm_head and EIGHT_BIT, int4 (later re-encoded in
+    blocks by block_weights) for the rest."""
     import onnx
     from onnxruntime.quantization import QuantType
 
@@ -109,19 +111,19 @@ def weight_overrides(model_path: Path) -> dict[str, list[dict]]:
     overrides = {}
     for node in model.graph.node:
         if node.op_type == "MatMul" and node.input[1] in initializers:
-            bits = QuantType.QInt8 if node.input[1] == HEAD_WEIGHT else QuantType.QInt4
+            bits = QuantType.QInt8 if node.input[1] == HEAD_WEIGHT or node.input[1] in eight_bit else QuantType.QInt4
             overrides[node.input[1]] = [{"quant_type": bits, "symmetric": True, "axis": 1}]
     return overrides
 
 
-def quantize_config(float_path: Path):
+def quantize_config(float_path: Path, eight_bit: set[str]):
     """onnxruntime's QNN QDQ settings (which ops, which types) with our weight encodings."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     return get_qnn_qdq_config(
         str(float_path), None, activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8,
-        per_channel=False, init_overrides=weight_overrides(float_path),
+        per_channel=False, init_overrides=weight_overrides(float_path, eight_bit),
     )
 
 
@@ -199,9 +201,10 @@ def _set_int4(tensor, values: np.ndarray) -> None:
 
 
 def quantize_graphs(weights: WeightSource, graphs: dict, float_folder: Path, folder: Path, options: ExportOptions,
-                    progress: bool, fixed_ranges: dict) -> dict:
+                    progress: bool, fixed_ranges: dict, eight_bit: set[str]) -> dict:
     """Calibrate and quantize every float graph of FLOAT_FOLDER into FOLDER (same file names). FIXED_RANGES:
-    activation ranges by name suffix that the graph builder sets instead of calibration."""
+    activation ranges by name suffix that the graph builder sets instead of calibration; EIGHT_BIT: the weight
+    initializers kept at int8 (weight_bits.py: where Q4_K_M keeps 6 bits, or where the GGUF stored more than 4)."""
     started = time.perf_counter()
     prompts = calibration_prompts(weights, options.context_length - DECODE_STEPS - 1)
     if not prompts:
@@ -210,7 +213,7 @@ def quantize_graphs(weights: WeightSource, graphs: dict, float_folder: Path, fol
 
     embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
     steps = [(role, k, part) for role in ("prefill", "decode") for k, part in enumerate(graphs[role]["parts"])]
-    configs = {(role, k): quantize_config(float_folder / part["file"]) for role, k, part in steps}
+    configs = {(role, k): quantize_config(float_folder / part["file"], eight_bit) for role, k, part in steps}
     ranges = calibrate(weights, graphs, float_folder, embeddings, options, prompts, configs)
     feeds = {key: session.feeds for key, session in ranges.items()}
     for session in ranges.values():
@@ -221,7 +224,9 @@ def quantize_graphs(weights: WeightSource, graphs: dict, float_folder: Path, fol
         block_weights(folder / part["file"], float_folder / part["file"], options.block_size)
     return {
         "scheme": "W4A16 QDQ (onnxruntime.quantization, get_qnn_qdq_config)",
-        "weights": f"int4 signed, symmetric (zero point 0, explicit), blocks of {options.block_size} input rows",
+        "weights": f"int4 signed, symmetric (zero point 0, explicit), blocks of {options.block_size} input rows "
+                   f"on the LPBQ grid; {len(eight_bit)} matmuls int8 per output channel",
+        "int8_weights": sorted(eight_bit),
         "lm_head": "int8 signed, symmetric, per output channel",
         "activations": "uint16 asymmetric, MinMax calibration",
         "kv_cache": "float32 on the host; quantized to uint16 at the graph inputs",

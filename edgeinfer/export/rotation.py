@@ -71,5 +71,8 @@ class RotatedResidual:
             out[start : start + rows] = weight[start : start + rows].astype(np.float64) @ m
         return out
 
+    def stored_bits(self, name: str) -> int | None:
+        return self.source.stored_bits(name)
+
     def tokenizer(self) -> TokenizerFiles:
         return self.source.tokenizer()

@@ -42,6 +42,10 @@ class WeightSource(Protocol):
     def tensor(self, name: str) -> np.ndarray:
         """The float32 tensor under its Hugging Face name."""
 
+    def stored_bits(self, name: str) -> int | None:
+        """Bits per weight the checkpoint stored NAME with, when it says (GGUF: Q4_K -> 4, Q6_K -> 6); None for
+        float checkpoints. A 4-bit export keeps 8 bits where a quantized checkpoint kept more than 4."""
+
     def tokenizer(self) -> TokenizerFiles:
         """Tokenizer and chat template files for the package."""
 
@@ -64,6 +68,9 @@ class FiniteWeights:
                 "restore or re-download it"
             )
         return array
+
+    def stored_bits(self, name: str) -> int | None:
+        return self.source.stored_bits(name)
 
     def tokenizer(self) -> TokenizerFiles:
         return self.source.tokenizer()

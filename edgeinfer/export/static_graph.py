@@ -239,6 +239,10 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
         raise ExportError(f"precision {options.precision} is not offered for qnn: use w4a16 (the NPU's) or fp32")
     if options.prefill_chunk < 2 or options.prefill_chunk > options.context_length:
         raise ExportError(f"prefill chunk {options.prefill_chunk} must be between 2 and the context {options.context_length}")
+    if options.precision == "w4a16":
+        from .weight_bits import eight_bit_graph_weights
+
+        eight_bit = eight_bit_graph_weights(weights, options)  # asked of the source itself (GGUF: how it stored each)
     if options.precision == "w4a16" and options.rotate:
         from .rotation import RotatedResidual
 
@@ -265,7 +269,7 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
     with tempfile.TemporaryDirectory(dir=folder, prefix=".float-") as tmp:
         float_folder = Path(tmp)
         graphs = write_float_graphs(weights, options, float_folder, parts, progress)
-        quantization = quantize_graphs(weights, graphs, float_folder, folder, options, progress, FIXED_RANGES)
+        quantization = quantize_graphs(weights, graphs, float_folder, folder, options, progress, FIXED_RANGES, eight_bit)
         shutil.rmtree(float_folder, ignore_errors=True)
     share_weight_files(folder, graphs)
     if progress:
