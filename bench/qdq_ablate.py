@@ -6,7 +6,8 @@ Every weight DequantizeLinear is folded into a float initializer (the CPU EP deq
 run otherwise: ~3 s per decode step of a 2-layer model), which computes the same numbers. --float-weights puts
 back PKG_FLOAT's original float weights for initializers whose name matches RE (weights-unquantized variant);
 --float-acts removes the QuantizeLinear/DequantizeLinear pair of every activation whose name matches RE.
-OUT is a package folder (graphs rewritten, other files linked) that bench/qnn_numerics.py can score.
+OUT is a package folder (graphs rewritten, other files hard-linked) that `edgeinfer verify OUT --reference PKG_FLOAT`
+scores. --block B re-quantizes every int4 weight from PKG_FLOAT in blocks of B input rows (int4_blocks.py).
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ def variant(src: Path, dst: Path, float_package: Path | None, float_weights: str
     from edgeinfer.export.int4_blocks import dequantize_int4_blocks, int4_blocks
     from edgeinfer.export.onnx_writer import GraphWriter
 
-    dst.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((src / "manifest.json").read_text())
+    if (block or float_weights) and (manifest["graphs"].get("quantization") or {}).get("rotation"):
+        raise SystemExit(f"{src} has a rotated residual stream: its weights cannot be swapped for an unrotated "
+                         "package's (export the QDQ package with rotate=False to ablate weights)")
+    dst.mkdir(parents=True, exist_ok=True)
     graphs = [p for role in ("prefill", "decode") for p in manifest["graphs"][role]["parts"]]
     for item in src.iterdir():  # embeddings and tokenizer files, hard-linked (a package holds no symbolic links)
         if not item.name.endswith((".onnx", ".onnx.data")) and item.name != "manifest.json" and not (dst / item.name).exists():
@@ -112,6 +116,10 @@ def variant(src: Path, dst: Path, float_package: Path | None, float_weights: str
         writer.close()
         part["data"] = f"{part['file']}.data"
         del model
+    from edgeinfer.package import describe_files
+
+    written = sorted({name for part in graphs for name in (part["file"], part["data"])})
+    manifest["files"].update(describe_files(dst, written))  # the rewritten graphs, listed as the loader requires
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 

@@ -36,18 +36,18 @@ def default_text() -> str:
 
 
 def text_ids(package: Package, text: str, count: int) -> list[int]:
-    """COUNT tokens of TEXT as the model sees a user message: its chat template, then the text's own tokens."""
+    """The first COUNT tokens of TEXT sent as a user message in the model's chat template (the template's opening,
+    then the text's own tokens): the first token of a chat becomes the model's attention sink, as in real use."""
     from .chat import ChatFormat
     from .tokenizer import TextTokenizer
 
     tok = package.manifest.tokenizer
     tokenizer = TextTokenizer.from_package(package, tok["bos_token_id"], tok["add_bos_token"])
-    head = ChatFormat(tokenizer, tok["chat_template"], tok["chat_format"], package.manifest.context_length).encode("")
-    head = head[: max(1, len(head) // 2)]  # up to the user turn's opening (where the text goes), not the assistant's
-    ids = head + tokenizer.encode(text, parse_special=False)
-    if len(ids) < count:
-        raise PackageError(f"the text gives {len(ids)} tokens, {count} are needed: pass a longer --text or fewer --positions")
-    return ids[:count]
+    body = tokenizer.encode(text, parse_special=False, add_bos=False)
+    if len(body) < count:
+        raise PackageError(f"the text gives {len(body)} tokens, {count} are needed: pass a longer --text or fewer --positions")
+    chat = ChatFormat(tokenizer, tok["chat_template"], tok["chat_format"], package.manifest.context_length)
+    return chat.encode(text)[:count]  # opening + text: the template's closing lies past COUNT
 
 
 class TappedSession:
