@@ -74,8 +74,11 @@ def variant(src: Path, dst: Path, float_package: Path | None, float_weights: str
                     array = dequantize_int4_blocks(*int4_blocks(w, block))
                 else:
                     args = [numpy_helper.to_array(inits[n]) for n in node.input[:3]]
-                    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-                    array = dequantize(*args, axis=axis)
+                    attributes = {a.name: a.i for a in node.attribute}
+                    if attributes.get("block_size"):  # int4 blocks along the input rows, zero point 0
+                        array = dequantize_int4_blocks(args[0], args[1])
+                    else:
+                        array = dequantize(*args, axis=attributes.get("axis", 1))
                 writer.initializer(node.output[0], array.astype(np.float32))
                 continue
             if float_acts and node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[0] not in inits:

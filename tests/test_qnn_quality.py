@@ -117,7 +117,7 @@ def test_the_shipped_package_stores_block_wise_int4(outlier_model, tmp_path):
     folder, _ = outlier_model
     package = export_tiny(folder, tmp_path / "w4a16", target="qnn", prefill_chunk=16)
     manifest = load_package(package).manifest
-    assert manifest.graphs["quantization"]["rotation"] and "blocks of 32" in manifest.graphs["quantization"]["weights"]
+    assert manifest.graphs["quantization"]["rotation"] and "blocks of 16" in manifest.graphs["quantization"]["weights"]
     model = onnx.load(str(package / "decode.onnx"), load_external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
     blocked = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
@@ -125,5 +125,5 @@ def test_the_shipped_package_stores_block_wise_int4(outlier_model, tmp_path):
     assert len(blocked) == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 layers
     for node in blocked:
         attributes = {a.name: a.i for a in node.attribute}
-        assert attributes == {"axis": 0, "block_size": 32}
-        assert list(inits[node.input[1]].dims)[0] == list(inits[node.input[0]].dims)[0] // 32
+        assert attributes == {"axis": 0, "block_size": 16}
+        assert list(inits[node.input[1]].dims)[0] == list(inits[node.input[0]].dims)[0] // 16
