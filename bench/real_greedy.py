@@ -54,18 +54,23 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    import edgeinfer
+    from edgeinfer.chat import ChatFormat
+    from edgeinfer.package import load_package
+    from edgeinfer.tokenizer import TextTokenizer
 
-    package = edgeinfer.load(args.package, verify=False)
+    loaded = load_package(args.package, verify=False)  # the tokenizer and chat format only: no sessions here
+    tok = loaded.manifest.tokenizer
+    tokenizer = TextTokenizer.from_package(loaded, tok["bos_token_id"], tok["add_bos_token"])
+    chat = ChatFormat(tokenizer, tok["chat_template"], tok["chat_format"], loaded.manifest.context_length)
     runs = [(prompt, edgeinfer_run(args.package, prompt, args.tokens, args.device)) for prompt in args.prompt or PROMPTS]
     reference = transformers_model(args.gguf)
     for prompt, ours in runs:
-        theirs = transformers_greedy(reference, package.encode_prompt(prompt), args.tokens)
+        theirs = transformers_greedy(reference, chat.encode(prompt), args.tokens)
         same = next((i for i, (a, b) in enumerate(zip(ours["token_ids"], theirs)) if a != b),
                     min(len(ours["token_ids"]), len(theirs)))
         print(f"prompt:        {json.dumps(prompt)}")
         print("edgeinfer:    ", json.dumps(ours["text"]))
-        print("transformers: ", json.dumps(package.tokenizer.decode(theirs)))
+        print("transformers: ", json.dumps(tokenizer.decode(theirs)))
         print(f"first {same} of {args.tokens} tokens identical; edgeinfer TTFT {ours['timings']['ttft_s'] * 1000:.0f} ms, "
               f"decode {ours['timings']['decode_tokens_per_s']:.1f} tok/s\n")
 
