@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..cache_dir import cache_root
-from ..errors import PackageError
+from ..errors import ExportError, PackageError
 from ..package import MANIFEST, load_manifest
 from .exporter import export
 from .options import ExportOptions
@@ -29,9 +29,11 @@ def resolve_package(model: str | None, target: str, precision: str = "w4a16", co
     options = ExportOptions(precision=precision, target=target, context_length=context)
     try:
         manifest = load_manifest(folder, verify=False)  # sizes checked here; sha256 when the model loads
-        if manifest.export_options == replace(options, context_length=context or manifest.context_length).to_dict():
+        # The options as the export resolved them (context, the target's block size) against what it recorded.
+        expected = replace(options, context_length=context or manifest.context_length).for_model(manifest.spec.max_position_embeddings)
+        if manifest.export_options == expected.to_dict():
             return folder
-    except PackageError:
+    except (PackageError, ExportError):
         pass  # missing, stale or damaged: export again
     if progress:
         print(f"exporting {source} for {target} ({precision}) into the cache {folder}")
