@@ -12,7 +12,12 @@ new rows of the cache.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .architecture import ArchSpec
 
 CACHE_KINDS = ("key", "value")
 
@@ -64,6 +69,16 @@ def cache_slot(layer: int, kind: str) -> str:
     return f"{kind}.{layer}"
 
 
+def cache_slot_of(name: str) -> str | None:
+    """The cache slot a static graph's past_<slot> input or new_<slot> output binds; None for any other name."""
+    for prefix in ("past_", "new_"):
+        slot = name.removeprefix(prefix)
+        kind, _, layer = slot.partition(".")
+        if slot != name and kind in CACHE_KINDS and layer.isdigit() and cache_slot(int(layer), kind) == slot:
+            return slot
+    return None
+
+
 def static_io(layers: tuple[int, int], first: bool, last: bool) -> dict[str, list[str]]:
     """A static part's input and output names for layers [start, stop)."""
     slots = [cache_slot(i, kind) for i in range(*layers) for kind in CACHE_KINDS]
@@ -79,3 +94,30 @@ def rotary_tables(head_dim: int, rope_theta: float, length: int) -> tuple[np.nda
     inv_freq = 1.0 / (rope_theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     angles = np.outer(np.arange(length, dtype=np.float64), inv_freq)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def static_step_bytes(graphs: dict, spec: "ArchSpec", context: int, role: str = "decode") -> dict[str, int]:
+    """Bytes one run of ROLE moves across the graph boundary (every part's inputs and outputs), from the manifest's
+    graphs: {"cache": the past and new K/V tensors, "total": everything}. The cache is in graphs.host.kv_cache's
+    dtype where the package records one (uint16 QDQ packages), float32 otherwise; every other tensor is float32."""
+    n, d = graphs[role]["tokens"], spec.head_dim
+    encoding = graphs["host"].get("kv_cache")  # absent: float32 cache I/O (fp32 packages, calibration)
+    cache_item = np.dtype(encoding["dtype"]).itemsize if encoding else 4
+    elements = {EMBEDS_IN: n * spec.hidden_size, HIDDEN_IN: n * spec.hidden_size, HIDDEN_OUT: n * spec.hidden_size,
+                POSITION_COS: n * d // 2, POSITION_SIN: n * d // 2, ATTENTION_MASK: n * (context + n),
+                LOGITS: spec.vocab_size}  # the last part's logits: the last row only
+    cache = total = 0
+    for part in graphs[role]["parts"]:
+        for name in (*part["inputs"], *part["outputs"]):
+            if cache_slot_of(name) is None:
+                total += 4 * elements[name]
+                continue
+            rows = context if name.startswith("past_") else n
+            cache += cache_item * spec.num_kv_heads * rows * d
+    return {"cache": cache, "total": total + cache}
+
+
+def describe_step_bytes(moved: dict[str, int], cache_dtype: str) -> str:
+    """static_step_bytes as the export and `edgeinfer verify` print it."""
+    return (f"a decode step moves {moved['total'] / 1e6:.3g} MB across the graph boundary, {moved['cache'] / 1e6:.3g} MB "
+            f"of it the {cache_dtype} KV cache")

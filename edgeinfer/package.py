@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -19,7 +20,8 @@ import psutil
 from .architecture import ArchSpec
 from .errors import PackageError
 from .external_data import external_data_files
-from .graph_contract import CACHE_KINDS, cache_slot
+from .graph_contract import (ATTENTION_MASK, CACHE_KINDS, EMBEDS_IN, HIDDEN_IN, HIDDEN_OUT, LOGITS, POSITION_COS,
+                             POSITION_SIN, cache_slot)
 from .limits import size_problem, spec_sizes
 
 MANIFEST = "manifest.json"
@@ -123,6 +125,9 @@ def verify_files(folder: Path, manifest: Manifest, hashes: bool = True) -> None:
 
 
 ACTIVATION_DTYPES = ("float32", "float16")
+# A static package's host cache may hold the graphs' quantized I/O type (graphs.host.kv_cache gives its encoding).
+QUANTIZED_KV_DTYPES = {"uint16": 65535}  # dtype -> its largest zero point
+KV_ITEMSIZE = {"float32": 4, "float16": 2, "uint16": 2}
 
 
 def check_manifest(folder: Path, m: Manifest) -> None:
@@ -150,7 +155,8 @@ def check_manifest(folder: Path, m: Manifest) -> None:
     need(problem is None, str(problem))
     need(m.activation_dtype in ACTIVATION_DTYPES, f"activation_dtype {m.activation_dtype!r} is not one of {ACTIVATION_DTYPES}")
     kv = m.kv_cache
-    need(kv.get("dtype") in ACTIVATION_DTYPES, f"kv_cache dtype {kv.get('dtype')!r} is not one of {ACTIVATION_DTYPES}")
+    kv_dtypes = (*ACTIVATION_DTYPES, *QUANTIZED_KV_DTYPES) if m.graph_flavour == "static" else ACTIVATION_DTYPES
+    need(kv.get("dtype") in kv_dtypes, f"kv_cache dtype {kv.get('dtype')!r} is not one of {kv_dtypes}")
     for key, value in (("num_layers", spec.num_layers), ("num_kv_heads", spec.num_kv_heads),
                        ("head_dim", spec.head_dim), ("length", m.context_length)):
         need(kv.get(key) == value, f"kv_cache {key} is {kv.get(key)!r}, the architecture and context say {value}")
@@ -184,11 +190,36 @@ def _check_static_graphs(m: Manifest, spec: ArchSpec, need) -> None:
             need(isinstance(part.get("file"), str) and strings(part.get("inputs")) and strings(part.get("outputs"))
                  and len(part["inputs"]) >= 4 and len(part["outputs"]) >= 1, f"a {role} part needs a file, inputs and outputs")
             need(set(part["inputs"][4:]) | set(part["outputs"][1:]) <= names, f"a {role} part names a cache tensor the model lacks")
+            host_fed = [POSITION_COS, POSITION_SIN, ATTENTION_MASK]
+            need(part["inputs"][0] in (EMBEDS_IN, HIDDEN_IN) and part["inputs"][1:4] == host_fed
+                 and part["outputs"][0] in (LOGITS, HIDDEN_OUT),
+                 f"a {role} part's inputs start with the hidden state, {POSITION_COS}, {POSITION_SIN} and {ATTENTION_MASK}, "
+                 "its outputs with the hidden state or logits")
     host = m.graphs.get("host")
     need(isinstance(host, dict) and isinstance(host.get("embeddings"), dict) and isinstance(host.get("attention_mask"), dict),
          "graphs.host needs embeddings and attention_mask")
     value = host["attention_mask"].get("value")
     need(isinstance(value, (int, float)) and not isinstance(value, bool) and -1e30 < value < 0, "the attention mask value must be negative")
+    _check_cache_encoding(host.get("kv_cache"), m.kv_cache.get("dtype"), spec, need)
+
+
+def _check_cache_encoding(encoding, dtype: str, spec: ArchSpec, need) -> None:
+    """graphs.host.kv_cache, present exactly when the cache is quantized: one scale and zero point per cache slot,
+    which the runner fills empty slots with and the graphs read the cache by."""
+    if dtype not in QUANTIZED_KV_DTYPES:
+        need(encoding is None, f"graphs.host.kv_cache gives an encoding for a {dtype} cache, which has none")
+        return
+    need(isinstance(encoding, dict) and encoding.get("dtype") == dtype,
+         f"graphs.host.kv_cache must give the dtype {dtype}, as kv_cache does")
+    slots = {cache_slot(i, kind) for kind in CACHE_KINDS for i in range(spec.num_layers)}
+    scale, zero = encoding.get("scale"), encoding.get("zero_point")
+    need(isinstance(scale, dict) and isinstance(zero, dict) and set(scale) == slots == set(zero),
+         "graphs.host.kv_cache must give a scale and a zero point for every cache slot (key.0, value.0, ...) and no other")
+    need(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in scale.values()),
+         "graphs.host.kv_cache scales must be finite positive numbers")
+    top = QUANTIZED_KV_DTYPES[dtype]
+    need(all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= top for v in zero.values()),
+         f"graphs.host.kv_cache zero points must be whole numbers in 0..{top}")
 
 
 def _plain_name(name) -> bool:
@@ -199,8 +230,7 @@ def _plain_name(name) -> bool:
 def check_memory(folder: Path, m: Manifest) -> None:
     """Refuse a package whose KV cache cannot fit in this machine's memory before anything is allocated."""
     spec = m.spec
-    itemsize = 2 if m.kv_cache.get("dtype") == "float16" else 4
-    needed = 2 * spec.num_layers * spec.num_kv_heads * m.context_length * spec.head_dim * itemsize
+    needed = 2 * spec.num_layers * spec.num_kv_heads * m.context_length * spec.head_dim * KV_ITEMSIZE[m.kv_cache["dtype"]]
     total = psutil.virtual_memory().total
     if needed > total:
         raise PackageError(

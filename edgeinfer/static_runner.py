@@ -4,6 +4,9 @@ The graphs see fixed shapes only (see export/static_graph.py). The host gathers 
 builds the additive mask from the write position, passes each layer's whole cache as past, and copies the
 new K/V rows back into the cache at the write position. A prompt chunk shorter than the prefill graph's N
 is left-padded, so the logits row is always the last one; a single token runs the decode graph.
+
+The cache has the graphs' I/O type: uint16 in W4A16 packages (one scale and zero point per slot, recorded in
+graphs.host.kv_cache, so rows are copied, never requantized), float32 in fp32 ones.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import numpy as np
 
 from .architecture import ArchSpec
 from .errors import GenerationError, PackageError, check_fits
-from .graph_contract import ATTENTION_MASK, CACHE_KINDS, POSITION_COS, POSITION_SIN, cache_slot, rotary_tables
+from .graph_contract import (ATTENTION_MASK, CACHE_KINDS, POSITION_COS, POSITION_SIN, cache_slot, cache_slot_of,
+                             rotary_tables)
 from .package import Package
 from .runner import Engine, Runner
 
@@ -34,7 +38,9 @@ class StaticEngine(Engine):
 
     def _session(self, package: Package, part: dict):
         file = package.graph(part.get("file"), "a graph part")
-        return self.backend.create_session(str(file), self.options, fingerprint=package.graph_fingerprint(file.name))
+        session = self.backend.create_session(str(file), self.options, fingerprint=package.graph_fingerprint(file.name))
+        check_cache_types(file, session, self.manifest.kv_cache["dtype"])
+        return session
 
     def new_runner(self) -> "StaticRunner":
         return StaticRunner(self.sessions, self.manifest.graphs, self.manifest.spec, self.manifest.context_length,
@@ -57,6 +63,18 @@ class StaticEngine(Engine):
         return table
 
 
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint16": "tensor(uint16)"}
+
+
+def check_cache_types(path: Path, session, dtype: str) -> None:
+    """The runner feeds its cache as the manifest's kv_cache dtype: a graph that reads another fails here, in one line,
+    not inside onnxruntime at the first token."""
+    for value in (*session.get_inputs(), *session.get_outputs()):
+        if cache_slot_of(value.name) is not None and value.type != _ORT_TYPES.get(dtype):
+            raise PackageError(f"{path}: {value.name} is {value.type}, the manifest's kv_cache says {dtype}: "
+                               "the package is damaged, re-export it")
+
+
 class StaticRunner(Runner):
     """Owns one KV cache; `forward` feeds tokens at a position and returns the last token's logits."""
 
@@ -70,9 +88,15 @@ class StaticRunner(Runner):
         self.mask_value = float(graphs["host"]["attention_mask"]["value"])
         self.vocab_size = spec.vocab_size
         shape = (1, spec.num_kv_heads, context, spec.head_dim)
-        # Zeroed: slots a runner never wrote (Generator.assume_filled) hold zeros, not garbage.
-        self.cache = {cache_slot(i, kind): np.zeros(shape, dtype=np.float32)
-                      for i in range(spec.num_layers) for kind in CACHE_KINDS}
+        # Slots a runner never wrote (Generator.assume_filled) hold zeros, not garbage: in a quantized cache
+        # (graphs.host.kv_cache, the graphs' own uint16 I/O) that is each slot's zero point.
+        encoding = graphs["host"].get("kv_cache")  # absent: float32 I/O (fp32 packages, the exporter's calibration)
+        slots = [cache_slot(i, kind) for i in range(spec.num_layers) for kind in CACHE_KINDS]
+        if encoding is None:
+            self.cache = {slot: np.zeros(shape, dtype=np.float32) for slot in slots}
+        else:
+            dtype = np.dtype(encoding["dtype"])
+            self.cache = {slot: np.full(shape, encoding["zero_point"][slot], dtype=dtype) for slot in slots}
         self.cos, self.sin = rotary_tables(spec.head_dim, spec.rope_theta, context)
 
     def cache_arrays(self) -> list[np.ndarray]:

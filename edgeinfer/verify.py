@@ -23,6 +23,7 @@ import numpy as np
 
 from .backends import BackendOptions, get_backend
 from .errors import PackageError
+from .graph_contract import describe_step_bytes, static_step_bytes
 from .package import Package, load_package
 
 DEFAULT_TEXT_MODULES = ("textwrap", "argparse")  # stdlib sources: real text every Python has, unseen by calibration
@@ -178,7 +179,9 @@ def verify(package_path: Path, reference_path: Path | None = None, text: str | N
     ids = text_ids(package, text if text is not None else default_text(), prefill + positions)
     targets = np.array(ids[prefill:])
     result: dict = {"package": str(package_path), "positions": positions - 1, "prefill": prefill,
-                    "text_tokens": len(ids), "quantization": (manifest.graphs.get("quantization") or {}).get("weights")}
+                    "text_tokens": len(ids), "quantization": (manifest.graphs.get("quantization") or {}).get("weights"),
+                    "kv_dtype": manifest.kv_cache["dtype"],
+                    "decode_step_bytes": static_step_bytes(manifest.graphs, manifest.spec, manifest.context_length)}
     ours = run_package(package, ids, prefill)
     result["package_perplexity"] = perplexity(ours.logits, targets)
     if reference_path is not None:
@@ -199,7 +202,8 @@ def verify(package_path: Path, reference_path: Path | None = None, text: str | N
 
 def format_report(result: dict) -> str:
     lines = [f"{result['package']}: {result['positions']} scored positions after a {result['prefill']}-token prefill "
-             f"(weights: {result['quantization']})"]
+             f"(weights: {result['quantization']})",
+             describe_step_bytes(result["decode_step_bytes"], result["kv_dtype"])]
     if "layers" in result:
         lines += ["", "| layer | SQNR dB | normed SQNR dB |", "|---|---|---|"]
         lines += [f"| {r['layer']} | {r['sqnr_db']:.1f} | {r['normed_sqnr_db']:.1f} |" for r in result["layers"]]

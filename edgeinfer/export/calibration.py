@@ -15,6 +15,7 @@ is unchanged and skips calibration.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,22 @@ class RangeSession:
         ranges = {name: tuple(np.array([v], dtype=np.float32) for v in pick(name, lo, hi))
                   for name, lo, hi in zip(self.names, self.low, self.high)}
         return TensorsData(CalibrationMethod.MinMax, ranges)
+
+
+def tie_ranges(sessions: Iterable[RangeSession], group: Callable[[str], str | None]) -> dict[str, tuple[float, float]]:
+    """Give every tensor of one GROUP (a key from its name; None: no group), in any of SESSIONS, the union of their
+    ranges, so the quantizer gives them one scale and zero point; returns each group's range."""
+    sessions = list(sessions)
+    union: dict[str, tuple[float, float]] = {}
+    for session in sessions:
+        for name, lo, hi in zip(session.names, session.low, session.high):
+            key = group(name)
+            if key is not None:
+                old = union.get(key, (np.nan, np.nan))
+                union[key] = (float(np.fmin(old[0], lo)), float(np.fmax(old[1], hi)))
+    for session in sessions:
+        for k, name in enumerate(session.names):
+            key = group(name)
+            if key is not None:
+                session.low[k], session.high[k] = union[key]
+    return union

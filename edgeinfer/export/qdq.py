@@ -23,7 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import ExportError
-from .calibration import RangeSession, augment
+from ..graph_contract import cache_slot_of
+from .calibration import RangeSession, augment, tie_ranges
 from .options import ExportOptions
 from .sources import WeightSource
 
@@ -215,6 +216,9 @@ def quantize_graphs(weights: WeightSource, graphs: dict, float_folder: Path, fol
     steps = [(role, k, part) for role in ("prefill", "decode") for k, part in enumerate(graphs[role]["parts"])]
     configs = {(role, k): quantize_config(float_folder / part["file"], eight_bit) for role, k, part in steps}
     ranges = calibrate(weights, graphs, float_folder, embeddings, options, prompts, configs)
+    # One host cache serves past and new of both roles: one range per slot gives them one scale and zero point,
+    # so the host copies the graphs' uint16 rows as they come (quantized_io.py).
+    tie_ranges(ranges.values(), cache_slot_of)
     feeds = {key: session.feeds for key, session in ranges.items()}
     for session in ranges.values():
         session.close()  # the float sessions' memory goes back before the quantizer loads the weights
@@ -229,7 +233,7 @@ def quantize_graphs(weights: WeightSource, graphs: dict, float_folder: Path, fol
         "int8_weights": sorted(eight_bit),
         "lm_head": "int8 signed, symmetric, per output channel",
         "activations": "uint16 asymmetric, MinMax calibration",
-        "kv_cache": "float32 on the host; quantized to uint16 at the graph inputs",
+        "kv_cache": "uint16 on the host and at the graph inputs and outputs; one scale and zero point per slot",
         "host_float": ["embeddings (fp16 table, gathered on the host)", "rotary cos/sin", "attention mask", "sampling"],
         "calibration": {
             "prompts": len(prompts), "prompt_tokens": sum(len(p) for p in prompts), "decode_steps": DECODE_STEPS,

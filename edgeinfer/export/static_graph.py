@@ -16,7 +16,8 @@ new) -> attention with the query heads of a kv group folded into rows (no KV rep
 -> RMSNorm -> gate/up MatMul -> SiLU (Sigmoid*x) -> down MatMul. q/k/v and gate/up stay separate matmuls so each
 gets its own 16-bit activation range (Qwen2's k bias is much larger than q's or v's).
 
-W4A16: the float graphs are built first, calibrated on chat-template prompts and quantized to QDQ (see qdq.py).
+W4A16: the float graphs are built first, calibrated on chat-template prompts and quantized to QDQ (see qdq.py);
+then the cache inputs and outputs become uint16, so the host keeps the cache as the NPU reads it (quantized_io.py).
 Large models are split into parts by layers so that no single HTP context holds more than PART_BYTES of weights.
 Prefill and decode of a part read one weights file (share_weight_files).
 """
@@ -36,7 +37,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..architecture import ArchSpec
 from ..errors import ExportError
-from ..graph_contract import EMBEDDINGS_FILE, MASK_VALUE, static_io
+from ..graph_contract import EMBEDDINGS_FILE, MASK_VALUE, describe_step_bytes, static_io, static_step_bytes
 from .onnx_writer import GraphWriter
 from .options import ExportOptions
 from .sources import WeightSource
@@ -261,9 +262,11 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
     if options.precision == "fp32":
         graphs = write_float_graphs(weights, options, folder, parts, progress)
         share_weight_files(folder, graphs)
+        report_step_bytes(graphs, host, spec, options.context_length, progress)
         return {**graphs, "host": host, "quantization": None, "kv_dtype": "float32"}
 
     from .qdq import quantize_graphs
+    from .quantized_io import uint16_cache_io
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=folder, prefix=".float-") as tmp:
@@ -271,13 +274,22 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
         graphs = write_float_graphs(weights, options, float_folder, parts, progress)
         quantization = quantize_graphs(weights, graphs, float_folder, folder, options, progress, FIXED_RANGES, eight_bit)
         shutil.rmtree(float_folder, ignore_errors=True)
+    host["kv_cache"] = uint16_cache_io(folder, graphs, spec.num_layers)  # the host keeps the cache as the graphs read it
     share_weight_files(folder, graphs)
     if progress:
         print(f"quantized {len(parts)} part(s) x 2 graphs to W4A16 QDQ in {time.perf_counter() - started:.1f} s")
+    report_step_bytes(graphs, host, spec, options.context_length, progress)
     if options.rotate:  # what `edgeinfer verify` needs to compare hidden states with an unrotated reference
         from ..hadamard import KIND, SEED
 
         quantization["rotation"] = {"of": "residual stream", "kind": KIND, "seed": SEED, "size": spec.hidden_size}
     else:
         quantization["rotation"] = None
-    return {**graphs, "host": host, "quantization": quantization, "kv_dtype": "float32"}
+    return {**graphs, "host": host, "quantization": quantization, "kv_dtype": host["kv_cache"]["dtype"]}
+
+
+def report_step_bytes(graphs: dict, host: dict, spec: ArchSpec, context: int, progress: bool) -> None:
+    """What one decode step feeds and reads back: the KV cache is nearly all of it at long contexts."""
+    if progress:
+        dtype = host["kv_cache"]["dtype"] if "kv_cache" in host else "float32"
+        print(describe_step_bytes(static_step_bytes({**graphs, "host": host}, spec, context), dtype))
