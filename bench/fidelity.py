@@ -20,16 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeinfer.verify import log_softmax
+
 
 def real_text() -> str:
     license_path = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "LICENSE.txt"
     prose = license_path.read_text(encoding="utf-8")[:6000] if license_path.exists() else ""
     return inspect.getsource(textwrap) + "\n\n" + prose
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def ours_logits(package: Path, ids: list[int], chunk: int = 128) -> np.ndarray:
