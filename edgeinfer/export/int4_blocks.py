@@ -37,12 +37,19 @@ def block_size_for(rows: int, block: int = DEFAULT_BLOCK) -> int | None:
 
 def int4_blocks(weight_kn: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     """WEIGHT [K, N] float -> (q int8 [K, N] in -7..7, scales float32 [K // BLOCK, N]) with WEIGHT ~ q * scale and
-    every scale = channel_scale * k, k an integer in 1..16, channel_scale = the channel's largest scale / 16."""
+    every scale = channel_scale * k, k an integer in 1..16, channel_scale = the channel's largest scale / 16.
+    Each weight rounds to its nearest level (gptq.py rounds with error compensation on the same scales)."""
+    scales = lpbq_scales(weight_kn, block)
+    return round_to_blocks(weight_kn, scales), scales
+
+
+def lpbq_scales(weight_kn: np.ndarray, block: int) -> np.ndarray:
+    """The block scales [K // BLOCK, N] of int4_blocks: per block, the grid multiple that clips nothing or the one
+    below it, whichever rounds the block with less error."""
     rows, columns = weight_kn.shape
     if rows % block:
         raise ValueError(f"{rows} input rows do not split into blocks of {block}")
     blocks = rows // block
-    q = np.empty((rows, columns), dtype=np.int8)
     scales = np.empty((blocks, columns), dtype=np.float32)
     for start in range(0, columns, CHUNK_COLUMNS):
         stop = min(start + CHUNK_COLUMNS, columns)
@@ -64,10 +71,20 @@ def int4_blocks(weight_kn: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarr
                 best, best_error = np.where(better, multiple, best), np.where(better, error, best_error)
         # The EP derives the channel scale as the largest block scale / 16: the largest block must keep 16.
         best[needed.argmax(axis=0), np.arange(stop - start)] = LPBQ_LEVELS
-        scale = (channel * best).astype(np.float32)
-        q[:, start:stop] = np.clip(np.rint(w / scale[:, None, :]), -INT4_MAX, INT4_MAX).reshape(rows, -1)
-        scales[:, start:stop] = scale
-    return q, scales
+        scales[:, start:stop] = channel * best
+    return scales
+
+
+def round_to_blocks(weight_kn: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """WEIGHT [K, N] rounded to the nearest level of its block's scale: int8 [K, N] in -7..7."""
+    rows, columns = weight_kn.shape
+    blocks = scales.shape[0]
+    q = np.empty((rows, columns), dtype=np.int8)
+    for start in range(0, columns, CHUNK_COLUMNS):
+        stop = min(start + CHUNK_COLUMNS, columns)
+        w = np.asarray(weight_kn[:, start:stop], dtype=np.float32).reshape(blocks, rows // blocks, stop - start)
+        q[:, start:stop] = np.clip(np.rint(w / scales[:, None, start:stop]), -INT4_MAX, INT4_MAX).reshape(rows, -1)
+    return q
 
 
 def dequantize_int4_blocks(q: np.ndarray, scales: np.ndarray) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""GPTQ (Frantar et al., 2022) on the LPBQ int4 grid: round a weight's input rows one at a time, and after each,
+move the rounding error onto the rows not yet rounded, in the proportions the calibration activations make the
+error cheapest for the layer's output.
+
+For y = x W (W: [K, N], K input rows), the output error of a rounded W is (dW)^T H (dW) per column, H = X^T X over
+calibration inputs X. Rounding row i leaves an error e_i = w_i - q_i; with U the upper Cholesky factor of H^-1,
+the best correction of the rows after it is -U[i, i+1:]^T e_i / U[i, i] (the Optimal Brain Surgeon step). Rows go
+in act order (largest H diagonal first: the inputs that carry the most energy are rounded while the most rows are
+left to absorb their error), in batches whose updates reach the remaining rows as one matrix product.
+
+The block scales are chosen first, from the unrounded weights (int4_blocks.lpbq_scales), and stay fixed ("static
+groups"): each row rounds on its own block's scale whatever order it comes in, so the result is an ordinary LPBQ
+weight that the HTP and the CPU EP read exactly as they read int4_blocks' round-to-nearest ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .int4_blocks import INT4_MAX, lpbq_scales
+
+DAMPING = 0.01  # of the mean H diagonal, added to the diagonal: H from a few thousand tokens is rank-deficient
+BATCH = 128  # rows whose error updates reach the rest in one product
+
+
+def gptq_int4_blocks(weight_kn: np.ndarray, hessian: np.ndarray, block: int,
+                     damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray]:
+    """WEIGHT [K, N] and HESSIAN [K, K] (X^T X of its inputs) -> (q int8 [K, N] in -7..7, scales [K // BLOCK, N]),
+    the encoding of int4_blocks with the rounding chosen by GPTQ."""
+    rows, columns = weight_kn.shape
+    scales = lpbq_scales(weight_kn, block)
+    w = np.array(weight_kn, dtype=np.float32)
+    h = np.array(hessian, dtype=np.float32)
+    dead = np.diag(h) <= 0  # inputs that were always zero: their rows cannot matter, round them to zero
+    h[dead, dead] = 1.0
+    w[dead] = 0.0
+    h[np.diag_indices(rows)] += damping * float(np.mean(np.diag(h)))
+    order = np.argsort(-np.diag(h), kind="stable")
+    w, h = w[order], h[np.ix_(order, order)]
+    row_scales = scales[order // block]  # [K, N]: each row keeps its own block's scale
+    u = upper_cholesky_of_inverse(h)
+    q = np.empty((rows, columns), dtype=np.int8)
+    for start in range(0, rows, BATCH):
+        stop = min(start + BATCH, rows)
+        errors = np.empty((stop - start, columns), dtype=np.float32)
+        for i in range(start, stop):
+            level = np.clip(np.rint(w[i] / row_scales[i]), -INT4_MAX, INT4_MAX)
+            q[i] = level
+            errors[i - start] = (w[i] - level * row_scales[i]) / u[i, i]
+            w[i + 1 : stop] -= np.outer(u[i, i + 1 : stop], errors[i - start])
+        w[stop:] -= u[start:stop, stop:].T @ errors
+    restored = np.empty_like(q)
+    restored[order] = q
+    return restored, scales
+
+
+def upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
+    """U upper triangular with U^T U = H^-1, from one Cholesky factorization: with J the row reversal and
+    J H J = L L^T, H = (J L J)(J L J)^T where J L J is upper triangular, so U = (J L J)^-1 = J L^-1 J."""
+    lower = np.linalg.cholesky(h[::-1, ::-1])
+    inverse = _lower_triangular_inverse(lower)
+    return np.ascontiguousarray(inverse[::-1, ::-1])
+
+
+def _lower_triangular_inverse(lower: np.ndarray) -> np.ndarray:
+    """L^-1 for lower triangular L, by blocked forward substitution (numpy has no triangular solver; a general
+    solve would cost three times as much)."""
+    n = lower.shape[0]
+    inverse = np.zeros_like(lower)
+    step = 512
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        diagonal = np.linalg.inv(lower[start:stop, start:stop])
+        # Rows START:STOP of L^-1: L[s, :s] X[:s] + L[s, s] X[s] = 0 below the diagonal, I on it.
+        inverse[start:stop, start:stop] = diagonal
+        if start:
+            inverse[start:stop, :start] = -diagonal @ (lower[start:stop, :start] @ inverse[:start, :start])
+    return inverse
