@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="cpu", choices=TARGETS)
     p.add_argument("--context", type=int, default=None,
                    help="context length (KV cache size) in tokens (default: 4096, or the model's limit if smaller)")
-    p.add_argument("--block-size", type=int, help="4-bit block size (default: 128 on cpu/cuda, the fastest; 32 on qnn); 16 is the most faithful")
+    p.add_argument("--block-size", type=int, help="4-bit block size (default: 128 on cpu/cuda, the fastest; 16 on qnn, the most faithful)")
     p.add_argument("--symmetric", action="store_true", help="4-bit without zero points (default: asymmetric)")
     p.add_argument("--uniform-bits", action="store_true", help="4 bits everywhere (default: 8-bit v/down in some layers)")
     p.add_argument("--lm-head-bits", type=int, default=8, choices=[0, 4, 8], help="lm_head weights (0 = float)")

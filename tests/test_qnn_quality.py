@@ -97,13 +97,15 @@ def teacher_forced_agreement(package: Path, reference: Path, prompts: int = 4, s
 def test_w4a16_survives_outliers_that_per_channel_int4_does_not(outlier_model, tmp_path, monkeypatch):
     folder, reference = outlier_model
     shipped = export_tiny(folder, tmp_path / "w4a16", target="qnn", prefill_chunk=16)
-    unrotated = export_tiny(folder, tmp_path / "blocks-only", target="qnn", prefill_chunk=16, rotate=False)
-    from edgeinfer.export import qdq
+    nearest = export_tiny(folder, tmp_path / "nearest", target="qnn", prefill_chunk=16, gptq=False)
+    unrotated = export_tiny(folder, tmp_path / "blocks-only", target="qnn", prefill_chunk=16, rotate=False, gptq=False)
+    from edgeinfer.export import qdq_weights
 
-    monkeypatch.setattr(qdq, "block_weights", lambda *args: 0)  # the quantizer's own per-channel int4, as before
-    old = export_tiny(folder, tmp_path / "per-channel", target="qnn", prefill_chunk=16, rotate=False)
+    monkeypatch.setattr(qdq_weights, "block_size_for", lambda *args: None)  # int4 per output channel, as before
+    old = export_tiny(folder, tmp_path / "per-channel", target="qnn", prefill_chunk=16, rotate=False, gptq=False)
     figures = {name: teacher_forced_agreement(pkg, reference) for name, pkg in
-               (("shipped", shipped), ("blocks, no rotation", unrotated), ("per-channel, no rotation", old))}
+               (("shipped", shipped), ("rotation + blocks, rounded to nearest", nearest),
+                ("blocks, no rotation", unrotated), ("per-channel, no rotation", old))}
     print(f"top-1 agreement with fp32 (trained tiny model with outliers): {figures}")
     assert figures["shipped"] >= 0.9
     assert figures["per-channel, no rotation"] <= 0.6  # the collapse this test exists for

@@ -23,6 +23,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from .gptq import LinearInputs
+
 _FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 _MIN, _MAX = "/calib_min", "/calib_max"
 
@@ -43,9 +45,9 @@ def tensors_to_calibrate(model: onnx.ModelProto, op_types: set[str]) -> list[str
     return sorted(chosen)
 
 
-def augment(float_path: Path, op_types: set[str]) -> tuple[Path, list[str]]:
-    """Write FLOAT_PATH with a scalar min and max output per calibrated tensor, next to it (sharing its
-    external weights file); returns the new path and the calibrated tensor names."""
+def augment(float_path: Path, op_types: set[str], taps: set[str] = frozenset()) -> tuple[Path, list[str]]:
+    """Write FLOAT_PATH with a scalar min and max output per calibrated tensor, and TAPS as whole outputs, next to
+    it (sharing its external weights file); returns the new path and the calibrated tensor names."""
     inferred = float_path.with_name(f"{float_path.stem}.inferred.onnx")
     onnx.shape_inference.infer_shapes_path(str(float_path), str(inferred))  # reads shapes, not weights
     model = onnx.load(str(inferred), load_external_data=False)
@@ -73,6 +75,8 @@ def augment(float_path: Path, op_types: set[str]) -> tuple[Path, list[str]]:
         nodes += [node, *reductions(node.output)]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    infos = {v.name: v for v in model.graph.value_info}
+    model.graph.output.extend(infos[name] for name in sorted(taps) if name in infos)  # TAPS may name other parts' tensors
     path = float_path.with_name(f"{float_path.stem}.calib.onnx")
     onnx.save(model, str(path))  # the initializers still name FLOAT_PATH's data file: no weight is copied
     return path, names
@@ -80,9 +84,10 @@ def augment(float_path: Path, op_types: set[str]) -> tuple[Path, list[str]]:
 
 class RangeSession:
     """Runs an augmented graph like the float graph it came from (same `run(output_names, feed)`), folding
-    each run's per-tensor minima and maxima into running ranges; `feeds` counts the runs."""
+    each run's per-tensor minima and maxima into running ranges; `feeds` counts the runs. With INPUTS, the
+    tapped tensors of each run go to it (the weight matmuls' inputs that GPTQ needs)."""
 
-    def __init__(self, augmented_path: Path, names: list[str]):
+    def __init__(self, augmented_path: Path, names: list[str], inputs: LinearInputs | None = None):
         so = ort.SessionOptions()
         so.log_severity_level = 3
         so.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # node order: each reduction next to its producer
@@ -95,9 +100,16 @@ class RangeSession:
         self.low = np.full(len(names), np.nan, dtype=np.float32)
         self.high = np.full(len(names), np.nan, dtype=np.float32)
         self.feeds = 0
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.inputs = inputs
+        self.taps = sorted(t for t in inputs.tensors if t in outputs) if inputs is not None else []
 
     def run(self, output_names: list[str], feed: dict) -> list[np.ndarray]:
-        outputs = self.session.run([*output_names, *self.stats], feed)
+        outputs = self.session.run([*output_names, *self.stats, *self.taps], feed)
+        tapped = outputs[len(outputs) - len(self.taps):]
+        for name, values in zip(self.taps, tapped):
+            self.inputs.add(name, values)
+        outputs = outputs[: len(outputs) - len(self.taps)]
         stats = np.concatenate(outputs[len(output_names):]).reshape(-1, 2)
         # fmin/fmax skip NaN as the calibrator's nanmin/nanmax do.
         self.low, self.high = np.fmin(self.low, stats[:, 0]), np.fmax(self.high, stats[:, 1])

@@ -15,6 +15,8 @@ weight that the HTP and the CPU EP read exactly as they read int4_blocks' round-
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .int4_blocks import INT4_MAX, lpbq_scales
@@ -23,22 +25,35 @@ DAMPING = 0.01  # of the mean H diagonal, added to the diagonal: H from a few th
 BATCH = 128  # rows whose error updates reach the rest in one product
 
 
-def gptq_int4_blocks(weight_kn: np.ndarray, hessian: np.ndarray, block: int,
-                     damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray]:
-    """WEIGHT [K, N] and HESSIAN [K, K] (X^T X of its inputs) -> (q int8 [K, N] in -7..7, scales [K // BLOCK, N]),
-    the encoding of int4_blocks with the rounding chosen by GPTQ."""
+@dataclass(frozen=True)
+class InverseHessian:
+    """What GPTQ needs of one input's H, shared by every weight that reads that input (q/k/v, gate/up): the act
+    order, the inputs that never fired, and U (upper, U^T U = H^-1, in act order)."""
+
+    order: np.ndarray
+    dead: np.ndarray
+    u: np.ndarray
+
+    @classmethod
+    def of(cls, hessian: np.ndarray, damping: float = DAMPING) -> "InverseHessian":
+        h = np.array(hessian, dtype=np.float32)
+        dead = np.diag(h) <= 0  # inputs that were always zero: their rows cannot matter, round them to zero
+        h[dead, dead] = 1.0
+        h[np.diag_indices(len(h))] += damping * float(np.mean(np.diag(h)))
+        order = np.argsort(-np.diag(h), kind="stable")
+        return cls(order, dead, upper_cholesky_of_inverse(h[np.ix_(order, order)]))
+
+
+def gptq_int4_blocks(weight_kn: np.ndarray, inverse: InverseHessian, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """WEIGHT [K, N] -> (q int8 [K, N] in -7..7, scales [K // BLOCK, N]), the encoding of int4_blocks with the
+    rounding chosen by GPTQ for the inputs INVERSE describes."""
     rows, columns = weight_kn.shape
     scales = lpbq_scales(weight_kn, block)
     w = np.array(weight_kn, dtype=np.float32)
-    h = np.array(hessian, dtype=np.float32)
-    dead = np.diag(h) <= 0  # inputs that were always zero: their rows cannot matter, round them to zero
-    h[dead, dead] = 1.0
-    w[dead] = 0.0
-    h[np.diag_indices(rows)] += damping * float(np.mean(np.diag(h)))
-    order = np.argsort(-np.diag(h), kind="stable")
-    w, h = w[order], h[np.ix_(order, order)]
-    row_scales = scales[order // block]  # [K, N]: each row keeps its own block's scale
-    u = upper_cholesky_of_inverse(h)
+    w[inverse.dead] = 0.0
+    w = w[inverse.order]
+    row_scales = scales[inverse.order // block]  # [K, N]: each row keeps its own block's scale
+    u = inverse.u
     q = np.empty((rows, columns), dtype=np.int8)
     for start in range(0, rows, BATCH):
         stop = min(start + BATCH, rows)
@@ -50,8 +65,41 @@ def gptq_int4_blocks(weight_kn: np.ndarray, hessian: np.ndarray, block: int,
             w[i + 1 : stop] -= np.outer(u[i, i + 1 : stop], errors[i - start])
         w[stop:] -= u[start:stop, stop:].T @ errors
     restored = np.empty_like(q)
-    restored[order] = q
+    restored[inverse.order] = q
     return restored, scales
+
+
+class LinearInputs:
+    """The calibration inputs of the weight matmuls, by input tensor, gathered run by run: rows are kept until
+    there are as many as the input has channels, then folded into X^T X (whichever is smaller stays)."""
+
+    def __init__(self, tensors: set[str]):
+        self.tensors = tensors
+        self.rows: dict[str, list[np.ndarray]] = {name: [] for name in tensors}
+        self.gram: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = dict.fromkeys(tensors, 0)
+        self.real_rows: int | None = None  # set by the caller around a left-padded run: only its last rows are data
+
+    def add(self, name: str, values: np.ndarray) -> None:
+        rows = values.reshape(-1, values.shape[-1])
+        if self.real_rows is not None:
+            rows = rows[-self.real_rows :]
+        self.rows[name].append(np.array(rows, dtype=np.float32))
+        self.counts[name] += len(rows)
+        if sum(len(r) for r in self.rows[name]) >= rows.shape[1]:
+            self._fold(name)
+
+    def _fold(self, name: str) -> None:
+        if self.rows[name]:
+            x = np.concatenate(self.rows[name])
+            self.gram[name] = self.gram.get(name, 0) + x.T @ x
+            self.rows[name] = []
+
+    def hessian(self, name: str) -> np.ndarray:
+        """X^T X over every row gathered for NAME; NAME's rows and sum are released."""
+        self._fold(name)
+        self.rows.pop(name)
+        return self.gram.pop(name)
 
 
 def upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
@@ -70,7 +118,7 @@ def _lower_triangular_inverse(lower: np.ndarray) -> np.ndarray:
     step = 512
     for start in range(0, n, step):
         stop = min(start + step, n)
-        diagonal = np.linalg.inv(lower[start:stop, start:stop])
+        diagonal = np.tril(np.linalg.inv(lower[start:stop, start:stop]))  # exactly triangular: inv leaves ~1e-17 above
         # Rows START:STOP of L^-1: L[s, :s] X[:s] + L[s, s] X[s] = 0 below the diagonal, I on it.
         inverse[start:stop, start:stop] = diagonal
         if start:

@@ -27,6 +27,7 @@ class ExportOptions:
     lm_head_bits: int = 8  # w4a16 only: 8 (default: the most sensitive matmul), 4, or 0 to keep it float
     prefill_chunk: int = 128  # static graphs (qnn): tokens per prefill run
     rotate: bool = True  # qnn w4a16: rotate the residual stream (export/rotation.py); off only to measure it
+    gptq: bool = True  # qnn w4a16: round int4 weights by GPTQ on the calibration text (export/gptq.py); off to measure
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:

@@ -38,7 +38,7 @@ from .. import __version__
 from ..architecture import ArchSpec
 from ..errors import ExportError
 from ..graph_contract import EMBEDDINGS_FILE, MASK_VALUE, describe_step_bytes, static_io, static_step_bytes
-from .onnx_writer import GraphWriter
+from .onnx_writer import GraphWriter, WeightsFile
 from .options import ExportOptions
 from .sources import WeightSource
 
@@ -82,11 +82,11 @@ class StaticDecoderGraph:
         self.first, self.last = first, last
 
     def linear(self, x: str, name: str, weight_name: str, bias_name: str | None = None, scale: float = 1.0) -> str:
-        weight = self.source.tensor(weight_name) * np.float32(scale)  # [out, in]
-        y = self.w.node("MatMul", [x, self.w.initializer(f"{name}.weight", weight.T)], name=name)[0]
+        weight = self.w.shared_initializer(f"{name}.weight", lambda: (self.source.tensor(weight_name) * np.float32(scale)).T)
+        y = self.w.node("MatMul", [x, weight], name=name)[0]  # weights stored [in, out]
         if bias_name:
-            bias = self.source.tensor(bias_name) * np.float32(scale)
-            y = self.w.node("Add", [y, self.w.initializer(f"{name}.bias", bias)], name=f"{name}/bias")[0]
+            bias = self.w.shared_initializer(f"{name}.bias", lambda: self.source.tensor(bias_name) * np.float32(scale))
+            y = self.w.node("Add", [y, bias], name=f"{name}/bias")[0]
         return y
 
     def rms_norm(self, x: str, hf_name: str, name: str, rows: int | None = None) -> str:
@@ -100,8 +100,8 @@ class StaticDecoderGraph:
         normed = w.node("LpNormalization", [padded], name=f"{name}/l2norm", axis=-1, p=2)[0]
         normed = w.node("Slice", [normed, w.constant(f"{name}/s0", [0]), w.constant(f"{name}/e0", [h]),
                                   w.constant(f"{name}/axis", [2])], name=f"{name}/drop_eps")[0]
-        weight = self.source.tensor(hf_name) * np.float32(np.sqrt(h))
-        return w.node("Mul", [normed, w.initializer(hf_name, weight)], name=f"{name}/scale")[0]
+        weight = w.shared_initializer(hf_name, lambda: self.source.tensor(hf_name) * np.float32(np.sqrt(h)))
+        return w.node("Mul", [normed, weight], name=f"{name}/scale")[0]
 
     def heads(self, x: str, count: int, name: str) -> str:
         """[1,N,count*D] -> [1,count,N,D]"""
@@ -196,21 +196,24 @@ class StaticDecoderGraph:
 
 def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Path, parts: list[tuple[int, int]],
                        progress: bool) -> dict:
-    """Float32 prefill and decode graphs, one file pair per part; returns the manifest's role entries."""
+    """Float32 prefill and decode graphs of each part over one weights file (each weight read from the source and
+    written once); returns the manifest's role entries."""
     roles = {"prefill": options.prefill_chunk, "decode": 1}
-    graphs = {}
-    steps = [(role, k) for role in roles for k in range(len(parts))]
-    for role, k in tqdm(steps, desc="graphs", unit="graph", disable=not progress, leave=False):
-        stem = f"{role}.part{k}" if len(parts) > 1 else role
+    graphs = {role: {"tokens": tokens, "parts": []} for role, tokens in roles.items()}
+    for k in tqdm(range(len(parts)), desc="graphs", unit="part", disable=not progress, leave=False):
         layers, first, last = parts[k], k == 0, k == len(parts) - 1
-        writer = GraphWriter(folder / f"{stem}.onnx.data")
+        stems = {role: f"{role}.part{k}" if len(parts) > 1 else role for role in roles}
+        data = WeightsFile(folder / f"{stems['prefill']}.onnx.data")
         try:
-            StaticDecoderGraph(writer, weights, roles[role], options.context_length, layers, first, last).build()
-            writer.save(folder / f"{stem}.onnx", producer=f"edgeinfer {__version__}")
+            for role, tokens in roles.items():
+                writer = GraphWriter(data)
+                StaticDecoderGraph(writer, weights, tokens, options.context_length, layers, first, last).build()
+                writer.save(folder / f"{stems[role]}.onnx", producer=f"edgeinfer {__version__}")
+                entry = {"file": f"{stems[role]}.onnx", "data": data.path.name, "layers": list(layers),
+                         **static_io(layers, first, last)}
+                graphs[role]["parts"].append(entry)
         finally:
-            writer.close()
-        entry = {"file": f"{stem}.onnx", "data": f"{stem}.onnx.data", "layers": list(layers), **static_io(layers, first, last)}
-        graphs.setdefault(role, {"tokens": roles[role], "parts": []})["parts"].append(entry)
+            data.close()
     return graphs
 
 
