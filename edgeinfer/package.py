@@ -130,6 +130,10 @@ QUANTIZED_KV_DTYPES = {"uint16": 65535}  # dtype -> its largest zero point
 KV_ITEMSIZE = {"float32": 4, "float16": 2, "uint16": 2}
 
 
+def whole(value, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
 def check_manifest(folder: Path, m: Manifest) -> None:
     """The manifest's facts must have the right types and agree with each other, so that a manifest that lies
     is refused here with one line instead of failing later inside onnxruntime. The graph itself is checked
@@ -138,9 +142,6 @@ def check_manifest(folder: Path, m: Manifest) -> None:
     def need(ok: bool, what: str) -> None:
         if not ok:
             raise PackageError(f"{folder}/{MANIFEST} is inconsistent: {what}: the package is damaged, re-export it")
-
-    def whole(value, low: int = 1) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
     need(isinstance(m.files, dict) and all(
         _plain_name(name) and isinstance(f, dict) and whole(f.get("bytes"), 0) and isinstance(f.get("sha256"), str)
@@ -175,10 +176,20 @@ def check_manifest(folder: Path, m: Manifest) -> None:
          and isinstance(tok.get("chat_template"), (str, type(None))), "tokenizer settings have the wrong types")
 
 
+def static_contexts(m: Manifest) -> list[int]:
+    """The contexts a static package has graphs for, rising to its context length (packages from before context
+    buckets have that one only)."""
+    return m.graphs.get("contexts", [m.context_length])
+
+
 def _check_static_graphs(m: Manifest, spec: ArchSpec, need) -> None:
     """The structure the static runner walks: roles with token counts and parts, cache names it can bind, host data."""
     names = {f"{way}_{cache_slot(i, kind)}" for way in ("past", "new") for kind in CACHE_KINDS for i in range(spec.num_layers)}
     strings = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+    contexts = static_contexts(m)
+    need(isinstance(contexts, list) and all(whole(c) for c in contexts) and contexts == sorted(set(contexts))
+         and contexts[-1:] == [m.context_length], "graphs.contexts must list whole numbers rising to the context length")
+    buckets = {str(c) for c in contexts[:-1]}
     for role in ("prefill", "decode"):
         entry = m.graphs.get(role)
         need(isinstance(entry, dict) and isinstance(entry.get("tokens"), int) and 1 <= entry["tokens"] <= m.context_length,
@@ -190,6 +201,9 @@ def _check_static_graphs(m: Manifest, spec: ArchSpec, need) -> None:
             need(isinstance(part.get("file"), str) and strings(part.get("inputs")) and strings(part.get("outputs"))
                  and len(part["inputs"]) >= 4 and len(part["outputs"]) >= 1, f"a {role} part needs a file, inputs and outputs")
             need(set(part["inputs"][4:]) | set(part["outputs"][1:]) <= names, f"a {role} part names a cache tensor the model lacks")
+            files = part.get("contexts", {})
+            need(isinstance(files, dict) and set(files) == buckets and all(isinstance(f, str) for f in files.values()),
+                 f"a {role} part needs a graph file for each smaller context in graphs.contexts")
             host_fed = [POSITION_COS, POSITION_SIN, ATTENTION_MASK]
             need(part["inputs"][0] in (EMBEDS_IN, HIDDEN_IN) and part["inputs"][1:4] == host_fed
                  and part["outputs"][0] in (LOGITS, HIDDEN_OUT),

@@ -314,3 +314,39 @@ def test_float_static_graph_masks_scores_far_below_zero(tmp_path):
         token = ref.next_token()
         ref.append([token])
         ours.append([token])
+
+
+def test_context_buckets_are_the_same_graphs_over_fewer_slots(tmp_path):
+    """A bucket's graph reads the same weights file, and over a cache whose slots past the bucket are masked gives
+    the full-context graph's output."""
+    import onnxruntime as ort
+
+    package = export_tiny("preset:tiny-qwen2", tmp_path / "buckets", target="qnn", prefill_chunk=CHUNK, context_buckets=(64, 128))
+    manifest = load_manifest(package)
+    assert manifest.graphs["contexts"] == [64, 128, 256]
+    part = manifest.graphs["decode"]["parts"][0]
+    assert part["contexts"] == {"64": "decode.c64.onnx", "128": "decode.c128.onnx"}
+    assert not any(name.endswith(".data") and "c64" in name for name in manifest.files)  # no second copy of the weights
+    spec, encoding = manifest.spec, manifest.graphs["host"]["kv_cache"]
+    rng = np.random.default_rng(0)
+    used = 40  # filled slots, below every bucket
+
+    embeds = rng.standard_normal((1, 1, spec.hidden_size)).astype(np.float32) * 0.02
+    angle = rng.uniform(0, 3, (1, 1, 1, spec.head_dim // 2)).astype(np.float32)
+    filled = {name: rng.integers(20000, 45000, (1, spec.num_kv_heads, used, spec.head_dim)).astype(np.uint16)
+              for name in part["inputs"] if name.startswith("past_")}
+    outputs = {}
+    for context, file in ((64, "decode.c64.onnx"), (256, "decode.onnx")):
+        session = ort.InferenceSession(str(package / file), providers=["CPUExecutionProvider"])
+        mask = np.full((1, 1, 1, context + 1), manifest.graphs["host"]["attention_mask"]["value"], dtype=np.float32)
+        mask[..., :used] = 0
+        mask[..., -1] = 0
+        run = {"inputs_embeds": embeds, "position_cos": np.cos(angle), "position_sin": np.sin(angle), "attention_mask": mask}
+        for name, rows in filled.items():
+            cache = np.full((1, spec.num_kv_heads, context, spec.head_dim), encoding["zero_point"][name.removeprefix("past_")], dtype=np.uint16)
+            cache[:, :, :used] = rows
+            run[name] = cache
+        outputs[context] = session.run(None, run)
+    for small, full in zip(outputs[64], outputs[256]):
+        assert small.shape == full.shape
+        assert np.allclose(small.astype(np.float32), full.astype(np.float32), atol=1e-3 * (1 + np.abs(full.astype(np.float32)).max()))

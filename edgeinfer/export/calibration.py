@@ -82,13 +82,43 @@ def augment(float_path: Path, op_types: set[str], taps: set[str] = frozenset()) 
     return path, names
 
 
+class SharedWeights:
+    """Float graphs' external initializers as OrtValues over one read-only memory map per weight. The prefill and
+    decode sessions of a part read the same data file; mapped by each session it counted twice in the export's RSS
+    (16.9 GiB for the 1.5B against 10.8 GiB proportional); given these, both read one mapping."""
+
+    def __init__(self):
+        self.values: dict[tuple, ort.OrtValue] = {}
+        self.arrays: list[np.ndarray] = []  # what the OrtValues point into
+
+    def add_to(self, options: ort.SessionOptions, graph_path: Path) -> None:
+        """Hand GRAPH_PATH's external initializers to OPTIONS, mapping each stored tensor once across graphs."""
+        from onnx import external_data_helper, helper
+
+        for tensor in onnx.load(str(graph_path), load_external_data=False).graph.initializer:
+            if not external_data_helper.uses_external_data(tensor):
+                continue
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            where = (info["location"], int(info.get("offset", 0)), tensor.data_type, tuple(tensor.dims))
+            if where not in self.values:
+                array = np.memmap(graph_path.parent / where[0], dtype=helper.tensor_dtype_to_np_dtype(tensor.data_type),
+                                  mode="r", offset=where[1], shape=where[3])
+                self.arrays.append(array)
+                self.values[where] = ort.OrtValue.ortvalue_from_numpy(array)
+            options.add_initializer(tensor.name, self.values[where])  # the session uses this memory; self keeps it
+
+
 class RangeSession:
     """Runs an augmented graph like the float graph it came from (same `run(output_names, feed)`), folding
     each run's per-tensor minima and maxima into running ranges; `feeds` counts the runs. With INPUTS, the
     tapped tensors of each run go to it (the weight matmuls' inputs that GPTQ needs)."""
 
-    def __init__(self, augmented_path: Path, names: list[str], inputs: LinearInputs | None = None):
+    def __init__(self, augmented_path: Path, names: list[str], inputs: LinearInputs | None = None,
+                 weights: SharedWeights | None = None):
         so = ort.SessionOptions()
+        self.weights = weights
+        if weights is not None:
+            weights.add_to(so, augmented_path)
         so.log_severity_level = 3
         so.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # node order: each reduction next to its producer
         # Unpacked MatMuls read the weights from the memory-mapped (page-aligned) data file: for the 1.5B shape
@@ -119,6 +149,7 @@ class RangeSession:
     def close(self) -> None:
         """Release the session (its copy of the float weights); the ranges stay."""
         self.session = None
+        self.weights = None
 
     def tensors_data(self, fixed: dict[str, tuple[float, float]] | None = None):
         """The ranges as onnxruntime.quantization's TensorsData (MinMax), shaped as its calibrator returns them;

@@ -28,6 +28,9 @@ class ExportOptions:
     prefill_chunk: int = 128  # static graphs (qnn): tokens per prefill run
     rotate: bool = True  # qnn w4a16: rotate the residual stream (export/rotation.py); off only to measure it
     gptq: bool = True  # qnn w4a16: round int4 weights by GPTQ on the calibration text (export/gptq.py); off to measure
+    # qnn: smaller contexts with graphs of their own over the same weights, so a short chat attends over fewer
+    # slots; None: every power of two from 512 below the context (see for_model)
+    context_buckets: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -38,6 +41,8 @@ class ExportOptions:
             raise ExportError(f"block size {self.block_size} is not supported: use 16, 32, 64, 128 or 256")
         if self.lm_head_bits not in (0, 4, 8):
             raise ExportError(f"lm_head bits {self.lm_head_bits} is not supported: use 4, 8, or 0 for float")
+        if self.context_buckets is not None:
+            object.__setattr__(self, "context_buckets", tuple(sorted(set(self.context_buckets))))  # JSON gives lists
         if self.context_length is None:
             return
         if self.context_length < 16:
@@ -51,6 +56,12 @@ class ExportOptions:
             raise ExportError(
                 f"context {self.context_length} is not a multiple of the prefill chunk {self.prefill_chunk}: change one"
             )
+        for bucket in self.context_buckets or ():
+            if not (self.prefill_chunk <= bucket < self.context_length and bucket % self.prefill_chunk == 0):
+                raise ExportError(
+                    f"context bucket {bucket} must be a multiple of the prefill chunk {self.prefill_chunk} below the "
+                    f"context {self.context_length}: change or drop it"
+                )
 
     def for_model(self, max_positions: int) -> "ExportOptions":
         """These options with every default resolved for a model of MAX_POSITIONS. Context: an explicit one must
@@ -64,7 +75,13 @@ class ExportOptions:
             context = min(DEFAULT_CONTEXT, max_positions)
             if self.target == "qnn":
                 context -= context % self.prefill_chunk  # static graphs run whole prefill chunks
-            return replace(self, context_length=context)
+            return replace(self, context_length=context).for_model(max_positions)
+        if self.context_buckets is None:
+            buckets = ()
+            if self.target == "qnn":
+                powers = (2**k for k in range(9, 20))  # 512, 1024, ...
+                buckets = tuple(c for c in powers if self.prefill_chunk <= c < self.context_length and c % self.prefill_chunk == 0)
+            return replace(self, context_buckets=buckets).for_model(max_positions)
         if self.context_length > max_positions:
             raise ExportError(
                 f"context {self.context_length} exceeds the model's {max_positions} positions: "
@@ -82,4 +99,5 @@ class ExportOptions:
         return "static" if self.target == "qnn" else "dynamic"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As the manifest records them (JSON: tuples are lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

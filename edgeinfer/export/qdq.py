@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..errors import ExportError
 from ..graph_contract import cache_slot_of
-from .calibration import RangeSession, augment, tie_ranges
+from .calibration import RangeSession, SharedWeights, augment, tie_ranges
 from .gptq import LinearInputs
 from .onnx_writer import WeightsFile
 from .options import ExportOptions
@@ -90,11 +90,13 @@ def calibrate(weights: WeightSource, graphs: dict, float_folder: Path, embedding
         raise ExportError("no calibration prompt could be tokenized: check the source's tokenizer")
     chunk = graphs["prefill"]["tokens"]
     taps = inputs.tensors if inputs is not None else frozenset()
+    shared = SharedWeights()  # prefill and decode read one mapping of their weights (kept alive by the sessions)
     sessions = {}
     for role in ("prefill", "decode"):
         for k, part in enumerate(graphs[role]["parts"]):
             path, names = augment(float_folder / part["file"], set(configs[(role, k)].op_types_to_quantize), taps)
-            sessions.setdefault(role, []).append(RangeSession(path, names, inputs))
+            sessions.setdefault(role, []).append(RangeSession(path, names, inputs, shared))
+    del shared
     host = {"attention_mask": {"value": MASK_VALUE}}
 
     def runner() -> StaticRunner:

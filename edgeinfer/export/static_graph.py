@@ -68,6 +68,50 @@ def layer_parts(spec: ArchSpec, precision: str, part_bytes: int = PART_BYTES) ->
     return parts
 
 
+def context_constants(spec: ArchSpec, layers: tuple[int, int], tokens: int, context: int) -> dict[str, list[int]]:
+    """The graph's constants that depend on the context (shapes over C + N slots): what the builder writes and
+    what with_context rewrites."""
+    constants = {"mask/shape": [1, tokens, context + tokens]}
+    for i in range(*layers):
+        constants[f"model.layers.{i}.attn/kv_shape"] = [spec.num_kv_heads, context + tokens, spec.head_dim]
+    return constants
+
+
+def with_context(model, spec: ArchSpec, part: dict, tokens: int, context: int):
+    """MODEL (a part's final graph, quantized or float) retargeted to a cache of CONTEXT slots: the cache inputs, the
+    mask and the context_constants change; weights, quantization and names stay, so the graph reads the same file."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    constants = context_constants(spec, tuple(part["layers"]), tokens, context)
+    for tensor in model.graph.initializer:
+        if tensor.name in constants:
+            tensor.CopyFrom(onnx.numpy_helper.from_array(np.array(constants[tensor.name], dtype=np.int64), tensor.name))
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name.startswith("past_"):
+            dims[2].dim_value = context
+        elif value.name == "attention_mask":
+            dims[3].dim_value = context + tokens
+    del model.graph.value_info[:]  # shapes inferred for the old context
+    return model
+
+
+def write_context_buckets(folder: Path, graphs: dict, spec: ArchSpec, buckets: tuple[int, ...]) -> None:
+    """For each bucket, a copy of every part's graph retargeted to that context (with_context), named
+    <stem>.c<bucket>.onnx beside it and listed in the part's "contexts"; graphs["contexts"] lists them all."""
+    import onnx
+
+    for role in ("prefill", "decode"):
+        for part in graphs[role]["parts"]:
+            model = onnx.load(str(folder / part["file"]), load_external_data=False)
+            part["contexts"] = {}
+            for bucket in buckets:
+                name = f"{Path(part['file']).stem}.c{bucket}.onnx"
+                onnx.save(with_context(model, spec, part, graphs[role]["tokens"], bucket), str(folder / name))
+                part["contexts"][str(bucket)] = name
+
+
 class StaticDecoderGraph:
     """One part (a range of layers) of one role (N tokens), in float32."""
 
@@ -80,6 +124,7 @@ class StaticDecoderGraph:
         self.c = context
         self.layers = layers
         self.first, self.last = first, last
+        self.context_constants = context_constants(self.spec, layers, tokens, context)
 
     def linear(self, x: str, name: str, weight_name: str, bias_name: str | None = None, scale: float = 1.0) -> str:
         weight = self.w.shared_initializer(f"{name}.weight", lambda: (self.source.tensor(weight_name) * np.float32(scale)).T)
@@ -123,10 +168,10 @@ class StaticDecoderGraph:
     def attention(self, q: str, k: str, v: str, past_k: str, past_v: str, mask: str, name: str) -> str:
         """Query heads of one kv group folded into rows: [KVH, G*N, D] x [KVH, D, C+N]; no KV repetition."""
         s, w, n = self.spec, self.w, self.n
-        g, d, total = s.num_heads // s.num_kv_heads, s.head_dim, self.c + self.n
+        g, d = s.num_heads // s.num_kv_heads, s.head_dim
         keys = w.node("Concat", [past_k, k], name=f"{name}/keys", axis=2)[0]
         values = w.node("Concat", [past_v, v], name=f"{name}/values", axis=2)[0]
-        kv_shape = w.constant(f"{name}/kv_shape", [s.num_kv_heads, total, d])
+        kv_shape = w.constant(f"{name}/kv_shape", self.context_constants[f"{name}/kv_shape"])
         keys = w.node("Reshape", [keys, kv_shape], name=f"{name}/keys3")[0]
         values = w.node("Reshape", [values, kv_shape], name=f"{name}/values3")[0]
         q = w.node("Reshape", [q, w.constant(f"{name}/q_shape", [s.num_kv_heads, g * n, d])], name=f"{name}/q3")[0]
@@ -152,7 +197,8 @@ class StaticDecoderGraph:
         w.input("attention_mask", f32, [1, 1, n, c + n])
         groups = s.num_heads // s.num_kv_heads
         # The mask row of token t serves every query head of a group: [1,1,N,C+N] -> [1, G*N, C+N].
-        mask = w.node("Reshape", ["attention_mask", w.constant("mask/shape", [1, n, c + n])], name="mask/reshape")[0]
+        mask = w.node("Reshape", ["attention_mask", w.constant("mask/shape", self.context_constants["mask/shape"])],
+                      name="mask/reshape")[0]
         mask = w.node("Tile", [mask, w.constant("mask/repeats", [1, groups, 1])], name="mask/tile")[0]
         kv_shape = [1, s.num_kv_heads, c, s.head_dim]
         new_shape = [1, s.num_kv_heads, n, s.head_dim]
@@ -262,11 +308,13 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
         "rotary": "host (cos/sin rows gathered per position)",
         "attention_mask": {"where": "host", "value": MASK_VALUE},
     }
+    contexts = [*options.context_buckets, options.context_length]
     if options.precision == "fp32":
         graphs = write_float_graphs(weights, options, folder, parts, progress)
         share_weight_files(folder, graphs)
+        write_context_buckets(folder, graphs, spec, options.context_buckets)
         report_step_bytes(graphs, host, spec, options.context_length, progress)
-        return {**graphs, "host": host, "quantization": None, "kv_dtype": "float32"}
+        return {**graphs, "contexts": contexts, "host": host, "quantization": None, "kv_dtype": "float32"}
 
     from .qdq import quantize_graphs
     from .quantized_io import uint16_cache_io
@@ -279,6 +327,7 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
         shutil.rmtree(float_folder, ignore_errors=True)
     host["kv_cache"] = uint16_cache_io(folder, graphs, spec.num_layers)  # the host keeps the cache as the graphs read it
     share_weight_files(folder, graphs)
+    write_context_buckets(folder, graphs, spec, options.context_buckets)
     if progress:
         print(f"quantized {len(parts)} part(s) x 2 graphs to W4A16 QDQ in {time.perf_counter() - started:.1f} s")
     report_step_bytes(graphs, host, spec, options.context_length, progress)
@@ -288,7 +337,7 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
         quantization["rotation"] = {"of": "residual stream", "kind": KIND, "seed": SEED, "size": spec.hidden_size}
     else:
         quantization["rotation"] = None
-    return {**graphs, "host": host, "quantization": quantization, "kv_dtype": host["kv_cache"]["dtype"]}
+    return {**graphs, "contexts": contexts, "host": host, "quantization": quantization, "kv_dtype": host["kv_cache"]["dtype"]}
 
 
 def report_step_bytes(graphs: dict, host: dict, spec: ArchSpec, context: int, progress: bool) -> None:
