@@ -27,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeinfer.backends import BackendOptions, get_backend
+from edgeinfer.backends.qnn import SHARED_MEMORY
 from edgeinfer.generator import Generator
 from edgeinfer.package import load_manifest, load_package
 from edgeinfer.sampler import GREEDY
@@ -37,7 +38,8 @@ ROLES = ("prefill", "decode")
 
 def session_options(share: bool, compile_context: bool = False, last: bool = False) -> ort.SessionOptions:
     qnn = get_backend("qnn")
-    so = qnn.session_options(BackendOptions())
+    # Without the HTP shared-memory allocator: the simulator refuses it when loading a context (backends/qnn.py).
+    so = qnn.session_options(BackendOptions(provider_options={SHARED_MEMORY: "0"}))
     if compile_context:
         so.add_session_config_entry("ep.context_enable", "1")
         so.add_session_config_entry("ep.context_embed_mode", "0")

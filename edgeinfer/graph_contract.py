@@ -96,28 +96,50 @@ def rotary_tables(head_dim: int, rope_theta: float, length: int) -> tuple[np.nda
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def static_step_bytes(graphs: dict, spec: "ArchSpec", context: int, role: str = "decode") -> dict[str, int]:
-    """Bytes one run of ROLE moves across the graph boundary (every part's inputs and outputs), from the manifest's
-    graphs: {"cache": the past and new K/V tensors, "total": everything}. The cache is in graphs.host.kv_cache's
+def static_shapes(graphs: dict, spec: "ArchSpec", context: int, role: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shape and dtype of every input and output of ROLE's parts, by name. The cache is in graphs.host.kv_cache's
     dtype where the package records one (uint16 QDQ packages), float32 otherwise; every other tensor is float32."""
-    n, d = graphs[role]["tokens"], spec.head_dim
+    n, d, kvh, hidden = graphs[role]["tokens"], spec.head_dim, spec.num_kv_heads, spec.hidden_size
     encoding = graphs["host"].get("kv_cache")  # absent: float32 cache I/O (fp32 packages, calibration)
-    cache_item = np.dtype(encoding["dtype"]).itemsize if encoding else 4
-    elements = {EMBEDS_IN: n * spec.hidden_size, HIDDEN_IN: n * spec.hidden_size, HIDDEN_OUT: n * spec.hidden_size,
-                POSITION_COS: n * d // 2, POSITION_SIN: n * d // 2, ATTENTION_MASK: n * (context + n),
-                LOGITS: spec.vocab_size}  # the last part's logits: the last row only
-    cache = total = 0
+    cache_dtype = encoding["dtype"] if encoding else "float32"
+    fixed = {EMBEDS_IN: (1, n, hidden), HIDDEN_IN: (1, n, hidden), HIDDEN_OUT: (1, n, hidden),
+             POSITION_COS: (1, 1, n, d // 2), POSITION_SIN: (1, 1, n, d // 2), ATTENTION_MASK: (1, 1, n, context + n),
+             LOGITS: (1, 1, spec.vocab_size)}  # the last part's logits: the last row only
+    shapes = {}
     for part in graphs[role]["parts"]:
         for name in (*part["inputs"], *part["outputs"]):
             if cache_slot_of(name) is None:
-                total += 4 * elements[name]
-                continue
-            rows = context if name.startswith("past_") else n
-            cache += cache_item * spec.num_kv_heads * rows * d
-    return {"cache": cache, "total": total + cache}
+                shapes[name] = (fixed[name], "float32")
+            else:
+                shapes[name] = ((1, kvh, context if name.startswith("past_") else n, d), cache_dtype)
+    return shapes
+
+
+def static_step_bytes(graphs: dict, spec: "ArchSpec", context: int, role: str = "decode") -> dict[str, int]:
+    """Bytes one run of ROLE moves across the graph boundary (every part's inputs and outputs), from the manifest's
+    graphs (static_shapes): {"cache": the past and new K/V tensors, "total": everything, "outputs": what the graphs
+    write (new rows, hidden states, logits: what session.run allocates each run), "new_rows": the new K/V rows
+    (what the host copies into its cache each run)}."""
+    shapes = static_shapes(graphs, spec, context, role)
+    size = {name: int(np.prod(shape)) * np.dtype(dtype).itemsize for name, (shape, dtype) in shapes.items()}
+    moved = {"cache": 0, "total": 0, "outputs": 0, "new_rows": 0}
+    for part in graphs[role]["parts"]:
+        for name in (*part["inputs"], *part["outputs"]):
+            moved["total"] += size[name]
+            moved["cache"] += size[name] if cache_slot_of(name) else 0
+        for name in part["outputs"]:
+            moved["outputs"] += size[name]
+            moved["new_rows"] += size[name] if cache_slot_of(name) else 0
+    return moved
 
 
 def describe_step_bytes(moved: dict[str, int], cache_dtype: str) -> str:
     """static_step_bytes as the export and `edgeinfer verify` print it."""
-    return (f"a decode step moves {moved['total'] / 1e6:.3g} MB across the graph boundary, {moved['cache'] / 1e6:.3g} MB "
-            f"of it the {cache_dtype} KV cache")
+    return (f"a decode step moves {_size(moved['total'])} across the graph boundary, {_size(moved['cache'])} of it the "
+            f"{cache_dtype} KV cache; bound in place, the host copies {_size(moved['new_rows'])} of new rows into its cache "
+            f"and allocates no buffers (session.run: {_size(moved['outputs'])} of outputs a step). Without shared memory an "
+            "NPU still copies all of it in and out each step")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.3g} MB" if n >= 1e6 else f"{n / 1e3:.3g} kB" if n >= 1e3 else f"{n} B"

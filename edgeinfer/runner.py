@@ -22,7 +22,8 @@ class Runner(ABC):
 
     @abstractmethod
     def last_logits(self, all_rows: bool = False) -> np.ndarray:
-        """float32 logits of the last run's last token (every token with ALL_ROWS, where the package has them)."""
+        """float32 logits of the last run's last token (every token with ALL_ROWS, where the package has them). On the
+        host this may be a view of the runner's bound logits buffer, which the next run overwrites: copy to keep it."""
 
     def greedy_token(self) -> int | None:
         """The last row's argmax where the graph computes it (one id crosses to the host); None: read the logits."""

@@ -7,6 +7,12 @@ is left-padded, so the logits row is always the last one; a single token runs th
 
 The cache has the graphs' I/O type: uint16 in W4A16 packages (one scale and zero point per slot, recorded in
 graphs.host.kv_cache, so rows are copied, never requantized), float32 in fp32 ones.
+
+Fixed shapes let every input and output live in one buffer for the runner's life (CacheBuffers): each is bound
+once to an IOBinding per part, the host writes inputs and copies new rows in place, and a step allocates and
+converts nothing. Where the backend offers memory its device reads in place (Backend.shared_memory: the QNN HTP's
+rpcmem) the buffers live there; otherwise in plain host memory, which an NPU copies in and out each run.
+Sessions that are not onnxruntime's (the exporter's calibration, verify's taps) are fed numpy arrays instead.
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from .architecture import ArchSpec
-from .errors import GenerationError, PackageError, check_fits
-from .graph_contract import (ATTENTION_MASK, CACHE_KINDS, POSITION_COS, POSITION_SIN, cache_slot, cache_slot_of,
-                             rotary_tables)
+from .errors import BackendError, GenerationError, PackageError, check_fits
+from .graph_contract import (ATTENTION_MASK, CACHE_KINDS, EMBEDS_IN, HIDDEN_IN, HIDDEN_OUT, POSITION_COS, POSITION_SIN,
+                             cache_slot, cache_slot_of, rotary_tables, static_shapes)
 from .package import Package
 from .runner import Engine, Runner
 
@@ -43,8 +50,11 @@ class StaticEngine(Engine):
         return session
 
     def new_runner(self) -> "StaticRunner":
-        return StaticRunner(self.sessions, self.manifest.graphs, self.manifest.spec, self.manifest.context_length,
-                            self.embeddings)
+        manifest = self.manifest
+        buffers = CacheBuffers(self.sessions, manifest.graphs, manifest.spec, manifest.context_length,
+                               self.backend.shared_memory())
+        return StaticRunner(self.sessions, manifest.graphs, manifest.spec, manifest.context_length, self.embeddings,
+                            buffers)
 
     @staticmethod
     def host_embeddings(package: Package) -> np.ndarray:
@@ -75,10 +85,64 @@ def check_cache_types(path: Path, session, dtype: str) -> None:
                                "the package is damaged, re-export it")
 
 
-class StaticRunner(Runner):
-    """Owns one KV cache; `forward` feeds tokens at a position and returns the last token's logits."""
+ROLES = ("prefill", "decode")
 
-    def __init__(self, sessions: dict, graphs: dict, spec: ArchSpec, context: int, embeddings: np.ndarray):
+
+class CacheBuffers:
+    """Every input and output of a runner's graphs, allocated once and bound once to one IOBinding per part.
+
+    The cache slots [1, KVH, C, D] serve both roles. Per role: the first part's hidden state in, the rotary rows and
+    mask (read by every part), each part's hidden state out (bound again as the next part's in), each slot's new
+    rows, the logits. Each buffer is an OrtValue and a numpy view over the same memory (`views`, `cache`).
+
+    MEMORY: where to allocate (Backend.shared_memory); None: plain host memory.
+    """
+
+    def __init__(self, sessions: dict, graphs: dict, spec: ArchSpec, context: int,
+                 memory: ort.OrtMemoryInfo | None = None):
+        self.memory = memory
+        self.values: dict[tuple, ort.OrtValue] = {}  # kept alive: the views and bindings point into them
+        self.cache: dict[str, np.ndarray] = {}
+        self.views: dict[str, dict[str, np.ndarray]] = {role: {} for role in ROLES}  # a role's inputs and outputs
+        self.bindings: dict[str, list[ort.IOBinding]] = {role: [] for role in ROLES}
+        for role in ROLES:
+            shapes = static_shapes(graphs, spec, context, role)
+            for k, (session, part) in enumerate(zip(sessions[role], graphs[role]["parts"])):
+                binding = session.io_binding()
+                for name in part["inputs"]:
+                    slot = cache_slot_of(name)
+                    # A part's hidden state in is the buffer the part before it wrote.
+                    key = ("cache", slot) if slot else (role, HIDDEN_OUT, k - 1) if name == HIDDEN_IN else (role, name)
+                    binding.bind_ortvalue_input(name, self._buffer(key, *shapes[name]))
+                for name in part["outputs"]:
+                    key = (role, HIDDEN_OUT, k) if name == HIDDEN_OUT else (role, name)
+                    binding.bind_ortvalue_output(name, self._buffer(key, *shapes[name]))
+                self.bindings[role].append(binding)
+        for key, value in self.values.items():
+            view = value.numpy()
+            if view.ctypes.data != value.data_ptr():  # writes would land in a copy, not where the graph reads
+                raise BackendError(f"{memory.name if memory else 'host'} memory cannot be viewed in place by numpy: "
+                                   "pass provider option enable_htp_shared_memory_allocator=0")
+            if key[0] == "cache":
+                self.cache[key[1]] = view
+            elif len(key) == 2:
+                self.views[key[0]][key[1]] = view
+
+    def _buffer(self, key: tuple, shape: tuple[int, ...], dtype: str) -> ort.OrtValue:
+        if key not in self.values:
+            where = {} if self.memory is None else {"memory_info": self.memory}
+            self.values[key] = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.dtype(dtype).type, **where)
+        return self.values[key]
+
+
+class StaticRunner(Runner):
+    """Owns one KV cache; `forward` feeds tokens at a position and returns the last token's logits.
+
+    BUFFERS: the cache and every input and output bound in place over SESSIONS (StaticEngine's runners); None:
+    numpy arrays fed to `session.run(outputs, feed)` each step, for any session object that has it."""
+
+    def __init__(self, sessions: dict, graphs: dict, spec: ArchSpec, context: int, embeddings: np.ndarray,
+                 buffers: CacheBuffers | None = None):
         self.sessions = sessions
         self.graphs = graphs
         self.spec = spec
@@ -87,16 +151,16 @@ class StaticRunner(Runner):
         self.embeddings = embeddings
         self.mask_value = float(graphs["host"]["attention_mask"]["value"])
         self.vocab_size = spec.vocab_size
-        shape = (1, spec.num_kv_heads, context, spec.head_dim)
+        self.buffers = buffers
+        self.shapes = {role: static_shapes(graphs, spec, context, role) for role in ROLES}
         # Slots a runner never wrote (Generator.assume_filled) hold zeros, not garbage: in a quantized cache
         # (graphs.host.kv_cache, the graphs' own uint16 I/O) that is each slot's zero point.
         encoding = graphs["host"].get("kv_cache")  # absent: float32 I/O (fp32 packages, the exporter's calibration)
         slots = [cache_slot(i, kind) for i in range(spec.num_layers) for kind in CACHE_KINDS]
-        if encoding is None:
-            self.cache = {slot: np.zeros(shape, dtype=np.float32) for slot in slots}
-        else:
-            dtype = np.dtype(encoding["dtype"])
-            self.cache = {slot: np.full(shape, encoding["zero_point"][slot], dtype=dtype) for slot in slots}
+        shape, dtype = self.shapes["decode"][f"past_{slots[0]}"]
+        self.cache = buffers.cache if buffers is not None else {slot: np.empty(shape, dtype) for slot in slots}
+        for slot in slots:
+            self.cache[slot][...] = 0 if encoding is None else encoding["zero_point"][slot]
         self.cos, self.sin = rotary_tables(spec.head_dim, spec.rope_theta, context)
 
     def cache_arrays(self) -> list[np.ndarray]:
@@ -113,6 +177,7 @@ class StaticRunner(Runner):
             self._logits = self._run("prefill", ids[start : start + self.prefill_chunk], position + start)
 
     def last_logits(self, all_rows: bool = False) -> np.ndarray:
+        """The last token's logits; with buffers, a view of the logits buffer that the next run overwrites."""
         if all_rows:
             raise GenerationError("static (qnn) packages return the last position's logits only: use a cpu package for all rows")
         return self._logits
@@ -120,32 +185,42 @@ class StaticRunner(Runner):
     def _run(self, role: str, ids: np.ndarray, position: int) -> np.ndarray:
         n = self.graphs[role]["tokens"]
         real, pad = ids.size, n - ids.size
-        hidden = np.zeros((1, n, self.spec.hidden_size), dtype=np.float32)
-        hidden[0, pad:] = self.embeddings[ids]
+        bound = self.buffers is not None
+        io = self.buffers.views[role] if bound else {name: np.empty(*self.shapes[role][name])
+                                                    for name in (EMBEDS_IN, POSITION_COS, POSITION_SIN, ATTENTION_MASK)}
+        io[EMBEDS_IN][0, :pad] = 0.0
+        io[EMBEDS_IN][0, pad:] = self.embeddings[ids]
         rows = np.concatenate([np.full(pad, position, dtype=np.int64), np.arange(position, position + real)])
-        cos, sin = self.cos[rows][None, None], self.sin[rows][None, None]
-        mask = self._mask(n, pad, position)
-        for k, (session, part) in enumerate(zip(self.sessions[role], self.graphs[role]["parts"])):
-            # The hidden state comes first in and out (graph_contract.static_io); the rest go by name.
-            feed = {part["inputs"][0]: hidden, POSITION_COS: cos, POSITION_SIN: sin, ATTENTION_MASK: mask}
-            for name in part["inputs"]:
-                if name.startswith("past_"):
-                    feed[name] = self.cache[name.removeprefix("past_")]
-            outputs = dict(zip(part["outputs"], session.run(part["outputs"], feed)))
-            for name, new in outputs.items():
-                if name.startswith("new_"):
-                    self.cache[name.removeprefix("new_")][:, :, position : position + real] = new[:, :, pad:]
-            hidden = outputs[part["outputs"][0]]
-        return hidden[0, -1].astype(np.float32, copy=False)
+        np.take(self.cos, rows, axis=0, out=io[POSITION_COS][0, 0], mode="clip")
+        np.take(self.sin, rows, axis=0, out=io[POSITION_SIN][0, 0], mode="clip")
+        self._mask(io[ATTENTION_MASK][0, 0], pad, position)
+        if bound:
+            for session, binding in zip(self.sessions[role], self.buffers.bindings[role]):
+                session.run_with_iobinding(binding)
+        else:
+            io = self._feed(role, io)
+        for slot, cache in self.cache.items():
+            cache[:, :, position : position + real] = io[f"new_{slot}"][:, :, pad:]
+        last = self.graphs[role]["parts"][-1]["outputs"][0]  # the hidden state comes first in and out (static_io)
+        return io[last][0, -1].astype(np.float32, copy=False)
 
-    def _mask(self, n: int, pad: int, position: int) -> np.ndarray:
-        """[1,1,N,C+N]: real rows see the cache below POSITION and the new rows up to themselves; a padding
-        row sees only itself (its output is discarded; this keeps its softmax well defined)."""
-        c = self.capacity
-        mask = np.full((1, 1, n, c + n), self.mask_value, dtype=np.float32)
-        mask[0, 0, pad:, :position] = 0.0
+    def _feed(self, role: str, io: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each part through `session.run`; returns IO with every part's outputs."""
+        hidden = io[EMBEDS_IN]
+        for session, part in zip(self.sessions[role], self.graphs[role]["parts"]):
+            feed = {name: self.cache[cache_slot_of(name)] if cache_slot_of(name) else io[name] for name in part["inputs"][1:]}
+            feed[part["inputs"][0]] = hidden  # the hidden state comes first in and out (static_io)
+            io.update(zip(part["outputs"], session.run(part["outputs"], feed)))
+            hidden = io[part["outputs"][0]]
+        return io
+
+    def _mask(self, mask: np.ndarray, pad: int, position: int) -> None:
+        """MASK [N, C+N], in place: real rows see the cache below POSITION and the new rows up to themselves; a
+        padding row sees only itself (its output is discarded; this keeps its softmax well defined)."""
+        c, n = self.capacity, mask.shape[0]
+        mask[...] = self.mask_value
+        mask[pad:, :position] = 0.0
         new = np.tril(np.ones((n, n), dtype=bool))
         new[:, :pad] = False  # padding columns
         new[np.arange(pad), np.arange(pad)] = True
-        mask[0, 0][:, c:][new] = 0.0
-        return mask
+        mask[:, c:][new] = 0.0

@@ -107,8 +107,8 @@ def run_package(package: Package, ids: list[int], prefill: int, device: str = "c
         backend.require()
         runner = _engine(backend, package, backend.package_options(manifest.precision, BackendOptions())).new_runner()
         sessions = None
-    rows = [runner.forward(ids[:prefill], 0)]
-    rows += [runner.forward([token], position) for position, token in enumerate(ids[prefill:-1], start=prefill)]
+    rows = [runner.forward(ids[:prefill], 0).copy()]  # a bound runner's logits buffer is rewritten each run
+    rows += [runner.forward([token], position).copy() for position, token in enumerate(ids[prefill:-1], start=prefill)]
     hidden = []
     if sessions:  # per step, the layers of all parts: the prefill's last chunk, then every decode step
         hidden.append({k: v for s in sessions["prefill"] for k, v in s.seen[-1].items()})

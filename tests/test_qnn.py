@@ -117,6 +117,42 @@ def test_generate_api_works_on_qnn(qdq_pkg):
         model.generator(GREEDY).runner.forward(np.array([1, 2]), 0, all_rows=True)
 
 
+def test_runners_bind_host_memory_where_the_htp_offers_no_shared_memory(qdq_pkg, tmp_path, monkeypatch):
+    """What onnxruntime-qnn 2.7.0 does with enable_htp_shared_memory_allocator on x86-64 (backends/qnn.py): a compiling
+    session takes it but publishes no memory for it, a session from the compiled context refuses it."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the simulator's behaviour: a device may offer the shared memory")
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path))
+    compiled = edgeinfer.load(qdq_pkg, device="qnn", verify=False)  # a cold cache: both graphs compile
+    assert compiled.backend.shared_memory_taken and compiled.backend.shared_memory() is None
+    loaded = edgeinfer.load(qdq_pkg, device="qnn", verify=False)
+    assert "CreateProvider" in loaded.backend.shared_memory_refusal, "the simulator now takes the shared allocator"
+    assert loaded.backend.shared_memory() is None
+    for model in (compiled, loaded):
+        runner = model.generator(GREEDY).runner
+        assert runner.buffers is not None and runner.buffers.memory is None
+        assert greedy(model.generator(GREEDY), prompt(7), 6) == greedy(cpu_static_generator(qdq_pkg), prompt(7), 6)
+
+
+def test_shared_memory_turned_off_binds_host_memory(qdq_pkg):
+    model = edgeinfer.load(qdq_pkg, device="qnn", options=BackendOptions(provider_options={"enable_htp_shared_memory_allocator": "0"}))
+    assert not model.backend.shared_memory_taken and not model.backend.shared_memory_refusal  # never asked
+    assert model.generator(GREEDY).runner.buffers.memory is None
+    assert greedy(model.generator(GREEDY), prompt(9), 6) == greedy(cpu_static_generator(qdq_pkg), prompt(9), 6)
+
+
+def test_greedy_tokens_over_htp_shared_memory(qdq_pkg):
+    model = edgeinfer.load(qdq_pkg, device="qnn")
+    memory = model.backend.shared_memory()
+    if memory is None:
+        pytest.skip("this HTP offers no shared memory (the x86-64 simulator never does: backends/qnn.py)")
+    runner = model.generator(GREEDY).runner
+    assert runner.buffers.memory is memory
+    assert greedy(model.generator(GREEDY), prompt(7), 8) == greedy(cpu_static_generator(qdq_pkg), prompt(7), 8)
+
+
 def test_assume_filled_positions_decode(qdq_pkg):
     gen = edgeinfer.load(qdq_pkg, device="qnn").generator(GREEDY)
     gen.assume_filled(200)

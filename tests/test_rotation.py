@@ -31,8 +31,8 @@ def test_a_width_without_a_hadamard_construction_gets_a_random_orthogonal_matrix
 
 def static_logits(package, ids: list[int]) -> np.ndarray:
     runner = StaticEngine(get_backend("cpu"), load_package(package), BackendOptions()).new_runner()
-    rows = [runner.forward(ids[:12], 0)]
-    rows += [runner.forward([token], 12 + k) for k, token in enumerate(ids[12:])]
+    rows = [runner.forward(ids[:12], 0).copy()]  # the runner's logits buffer is rewritten each run
+    rows += [runner.forward([token], 12 + k).copy() for k, token in enumerate(ids[12:])]
     return np.stack(rows)
 
 

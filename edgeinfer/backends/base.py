@@ -80,6 +80,12 @@ class Backend(ABC):
         """Whether sessions from OPTIONS capture and replay device graphs (each run must then name its graph)."""
         return False
 
+    def shared_memory(self) -> ort.OrtMemoryInfo | None:
+        """Host memory the device reads and writes in place (the QNN HTP's rpcmem), for the buffers a runner binds
+        to this backend's sessions; None: plain CPU memory, which the CPU EP reads in place and an NPU copies in and
+        out each run. Known once a session exists."""
+        return None
+
     def candidate_head(self, vocab_size: int, logits_dtype, options: BackendOptions):
         """A CandidateHead beside this backend's logits when the host would pay to read whole rows (a GPU);
         None: the sampler reads the row where it is."""

@@ -8,6 +8,10 @@ HTP settings go through BackendOptions.provider_options as QNN names them: backe
 soc_model / htp_arch, enable_htp_fp16_precision, profiling_level. CPU fallback is disabled unless allow_fallback;
 a refused graph names the op types QNN did not take. The first load compiles each graph and writes an EP
 context (X_ctx.onnx + X_ctx_qnn.bin) with a JSON stamp; later loads skip compilation while the stamp matches.
+
+Sessions ask for the HTP shared-memory allocator (rpcmem, through FastRPC's libcdsprpc): buffers a runner allocates
+there are read and written by the NPU in place, where plain host buffers are copied in and out every run. Where the
+EP refuses it (no libcdsprpc: the x86-64 simulator) sessions open without it and runners bind plain host memory.
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ from .base import Availability, Backend, BackendOptions
 
 EP_NAME = "QNNExecutionProvider"
 _registered = threading.Lock()
+# Asked by default (see the module docstring): a user's "0" never asks, a user's "1" makes a refusal an error.
+SHARED_MEMORY = "enable_htp_shared_memory_allocator"
 # enable_block_quant_weight_optimization: block-quantized int4 weights (export/int4_blocks.py) become LPBQ, which the
 # HTP runs with 16-bit integer activations; without it QNN wants fp16 activations for them and a SoC that has fp16.
 _DEFAULT_OPTIONS = {"backend_type": "htp", "htp_performance_mode": "burst", "htp_graph_finalization_optimization_mode": "3",
-                    "enable_block_quant_weight_optimization": "1"}
+                    "enable_block_quant_weight_optimization": "1", SHARED_MEMORY: "1"}
 # A float graph does not fit the HTP's fp32 path (the simulator fails with QNN_COMMON_ERROR_MEM_ALLOC); in fp16 it runs,
 # and QNN wants a SoC model with fp16. 60 is the Snapdragon X Elite that Qualcomm's own recipes target.
 _FLOAT_OPTIONS = {"enable_htp_fp16_precision": "1", "soc_model": "60"}
@@ -117,6 +123,15 @@ class QNNBackend(Backend):
     target = "qnn"
     kv_location = "host"
 
+    def __init__(self):
+        self.shared_memory_taken = False  # the last session opened with SHARED_MEMORY on
+        # The EP's error when it refused SHARED_MEMORY (asked by default): later sessions open without it.
+        # Seen on x86-64 with onnxruntime-qnn 2.7.0 (the simulator): a session that compiles (ep.context_enable=1)
+        # opens with it, yet the EP device then publishes no HOST_ACCESSIBLE memory; a session from the compiled
+        # context is refused, EP creation looking for FastRPC's libcdsprpc.so and finding none ("Unknown exception
+        # occurred while creating QNN EP"). Either way runners bind plain host memory there.
+        self.shared_memory_refusal = ""
+
     def availability(self) -> Availability:
         try:
             import onnxruntime_qnn  # noqa: F401
@@ -148,9 +163,33 @@ class QNNBackend(Backend):
     def providers(self, options: BackendOptions) -> list:
         return []  # added per device in session_options, as plugin EPs require
 
+    def shared_memory(self) -> ort.OrtMemoryInfo | None:
+        """The HTP's shared memory once a session took SHARED_MEMORY and the EP publishes it on its device (as
+        HOST_ACCESSIBLE memory that onnxruntime can allocate); None otherwise. Untried on a device: the simulator
+        never offers it (see __init__), and the EP's source adds that memory to its device only when it creates an
+        EP, after onnxruntime made its environment's allocators; hence the trial allocation."""
+        if not self.shared_memory_taken:
+            return None
+        found = [d.memory_info(ort.OrtDeviceMemoryType.HOST_ACCESSIBLE) for d in qnn_ep_devices()]
+        info = next((i for i in found if i is not None), None)
+        if info is None:
+            return None
+        try:
+            ort.OrtValue.ortvalue_from_shape_and_type([1], "uint16", memory_info=info)  # an allocator exists
+        except Exception:  # onnxruntime has no allocator for it outside the session
+            return None
+        return info
+
+    def session_provider_options(self, options: BackendOptions) -> dict[str, str]:
+        """provider_options less SHARED_MEMORY once the EP refused it (unless the user asked for it)."""
+        provider = self.provider_options(options)
+        if self.shared_memory_refusal and SHARED_MEMORY not in options.provider_options:
+            provider[SHARED_MEMORY] = "0"
+        return provider
+
     def session_options(self, options: BackendOptions):
         so = super().session_options(options)
-        so.add_provider_for_devices(qnn_ep_devices(), self.provider_options(options))
+        so.add_provider_for_devices(qnn_ep_devices(), self.session_provider_options(options))
         # Fail loudly instead of silently running unsupported nodes on the CPU.
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "0" if options.allow_fallback else "1")
         return so
@@ -181,16 +220,8 @@ class QNNBackend(Backend):
         }
 
     def _open(self, model_path: str, options: BackendOptions, context_file: Path | None = None) -> ort.InferenceSession:
-        so = self.session_options(options)
-        if context_file is not None:
-            so.add_session_config_entry("ep.context_enable", "1")
-            so.add_session_config_entry("ep.context_file_path", str(context_file))
-            so.add_session_config_entry("ep.context_embed_mode", "0")  # the binary in its own .bin, not in the proto
-        if options.allow_fallback:
-            so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
         try:
-            with native_stdout_to_stderr():
-                session = ort.InferenceSession(model_path, sess_options=so)
+            session = self._negotiated(model_path, options, context_file)
         except (InvalidProtobuf, InvalidGraph, NoSuchFile) as exc:  # the file, not the device
             raise PackageError(f"{model_path} is not a valid model ({last_line(exc)}): the package is damaged, re-export it") from None
         except Exception as exc:
@@ -206,6 +237,36 @@ class QNNBackend(Backend):
             self.last_assignment = node_assignment(session)
             print(f"qnn: {Path(model_path).name}: {describe_assignment(self.last_assignment)}", file=sys.stderr)
         return session
+
+    def _negotiated(self, model_path: str, options: BackendOptions, context_file: Path | None) -> ort.InferenceSession:
+        """A session with SHARED_MEMORY where the EP takes it: asked by default, dropped for good once refused."""
+        asked = not self.shared_memory_refusal and SHARED_MEMORY not in options.provider_options
+        try:
+            session = self._session(model_path, options, context_file)
+        except (InvalidProtobuf, InvalidGraph, NoSuchFile):
+            raise
+        except Exception as exc:
+            if not asked:
+                raise
+            self.shared_memory_refusal = last_line(exc)
+            try:
+                session = self._session(model_path, options, context_file)
+            except Exception:
+                self.shared_memory_refusal = ""  # not the reason: the error is the session's own
+                raise
+        self.shared_memory_taken = self.session_provider_options(options)[SHARED_MEMORY] == "1"
+        return session
+
+    def _session(self, model_path: str, options: BackendOptions, context_file: Path | None) -> ort.InferenceSession:
+        so = self.session_options(options)
+        if context_file is not None:
+            so.add_session_config_entry("ep.context_enable", "1")
+            so.add_session_config_entry("ep.context_file_path", str(context_file))
+            so.add_session_config_entry("ep.context_embed_mode", "0")  # the binary in its own .bin, not in the proto
+        if options.allow_fallback:
+            so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        with native_stdout_to_stderr():
+            return ort.InferenceSession(model_path, sess_options=so)
 
     def rejected_ops(self, model_path: str, options: BackendOptions) -> str:
         """Which op types land on the CPU when fallback is allowed (a second, diagnostic session)."""
