@@ -72,7 +72,7 @@ def runners(package, device: str) -> dict[str, StaticRunner]:
     backend = get_backend(device)
     engine = StaticEngine(backend, package, backend.package_options(package.manifest.precision, BackendOptions()))
     m = engine.manifest
-    return {"session.run": StaticRunner(engine.sessions, m.graphs, m.spec, m.context_length, engine.embeddings),
+    return {"session.run": StaticRunner(engine.sessions_for(m.context_length), m.graphs, m.spec, m.context_length, engine.embeddings),
             "bound (IOBinding)": engine.new_runner()}
 
 

@@ -17,6 +17,7 @@ Sessions that are not onnxruntime's (the exporter's calibration, verify's taps) 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,35 +27,53 @@ from .architecture import ArchSpec
 from .errors import BackendError, GenerationError, PackageError, check_fits
 from .graph_contract import (ATTENTION_MASK, CACHE_KINDS, EMBEDS_IN, HIDDEN_IN, HIDDEN_OUT, POSITION_COS, POSITION_SIN,
                              cache_slot, cache_slot_of, rotary_tables, static_shapes)
-from .package import Package
+from .package import Package, static_contexts
 from .runner import Engine, Runner
 
 
 class StaticEngine(Engine):
-    """Sessions for every part of both roles; each runner (generator) owns its own cache."""
+    """The package's sessions, per context it has graphs for (graphs.contexts), opened when a runner first needs
+    them; each runner (generator) owns its own cache."""
 
     def __init__(self, backend, package: Package, options):
         self.backend = backend
+        self.package = package
         self.manifest = manifest = package.manifest
         self.options = backend.package_options(manifest.precision, options)
         graphs = manifest.graphs
         if "prefill" not in graphs or "decode" not in graphs:
             raise PackageError(f"{package.folder} has no prefill/decode graphs: re-export it with `edgeinfer export --target qnn`")
-        self.sessions = {role: [self._session(package, part) for part in graphs[role]["parts"]] for role in ("prefill", "decode")}
+        self.contexts = static_contexts(manifest)
+        self._sessions: dict[int, dict[str, list]] = {}
         self.embeddings = self.host_embeddings(package)
+        self.sessions_for(self.contexts[0])  # a package that cannot load fails here, not at the first token
 
-    def _session(self, package: Package, part: dict):
-        file = package.graph(part.get("file"), "a graph part")
-        session = self.backend.create_session(str(file), self.options, fingerprint=package.graph_fingerprint(file.name))
+    def sessions_for(self, context: int) -> dict[str, list]:
+        """Every part's session of both roles for CONTEXT (one of self.contexts)."""
+        if context not in self._sessions:
+            def file(part: dict) -> str | None:
+                return part.get("file") if context == self.manifest.context_length else part.get("contexts", {}).get(str(context))
+
+            graphs = self.manifest.graphs
+            self._sessions[context] = {role: [self._session(file(part)) for part in graphs[role]["parts"]] for role in ROLES}
+        return self._sessions[context]
+
+    def _session(self, name: str | None):
+        file = self.package.graph(name, "a graph part")
+        session = self.backend.create_session(str(file), self.options, fingerprint=self.package.graph_fingerprint(file.name))
         check_cache_types(file, session, self.manifest.kv_cache["dtype"])
         return session
 
-    def new_runner(self) -> "StaticRunner":
-        manifest = self.manifest
-        buffers = CacheBuffers(self.sessions, manifest.graphs, manifest.spec, manifest.context_length,
-                               self.backend.shared_memory())
-        return StaticRunner(self.sessions, manifest.graphs, manifest.spec, manifest.context_length, self.embeddings,
-                            buffers)
+    def new_runner(self) -> Runner:
+        if len(self.contexts) == 1:
+            return self.runner_for(self.contexts[0])
+        return GrowingRunner(self.runner_for, self.contexts)
+
+    def runner_for(self, context: int) -> "StaticRunner":
+        """A runner over CONTEXT cache slots, its inputs and outputs bound in place."""
+        m, sessions = self.manifest, self.sessions_for(context)
+        buffers = CacheBuffers(sessions, m.graphs, m.spec, context, self.backend.shared_memory())
+        return StaticRunner(sessions, m.graphs, m.spec, context, self.embeddings, buffers)
 
     @staticmethod
     def host_embeddings(package: Package) -> np.ndarray:
@@ -73,6 +92,7 @@ class StaticEngine(Engine):
         return table
 
 
+ROLES = ("prefill", "decode")
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint16": "tensor(uint16)"}
 
 
@@ -83,9 +103,6 @@ def check_cache_types(path: Path, session, dtype: str) -> None:
         if cache_slot_of(value.name) is not None and value.type != _ORT_TYPES.get(dtype):
             raise PackageError(f"{path}: {value.name} is {value.type}, the manifest's kv_cache says {dtype}: "
                                "the package is damaged, re-export it")
-
-
-ROLES = ("prefill", "decode")
 
 
 class CacheBuffers:
@@ -224,3 +241,37 @@ class StaticRunner(Runner):
         new[:, :pad] = False  # padding columns
         new[np.arange(pad), np.arange(pad)] = True
         mask[:, c:][new] = 0.0
+
+
+class GrowingRunner(Runner):
+    """A conversation that starts in the package's smallest context and moves up through graphs.contexts as it
+    grows: a short chat's decode step reads 512 cache slots, not 4096 (the attention and the cache it moves scale
+    with the slots). Moving up copies the filled rows into the larger context's cache, once per context."""
+
+    def __init__(self, runner_for: Callable[[int], StaticRunner], contexts: list[int]):
+        self.runner_for = runner_for
+        self.contexts = contexts
+        self.capacity = contexts[-1]
+        self.inner = runner_for(contexts[0])
+        self.prefill_chunk = self.inner.prefill_chunk
+
+    @property
+    def context(self) -> int:
+        """The cache slots the current graphs attend over."""
+        return self.inner.capacity
+
+    def run(self, token_ids, position: int) -> None:
+        needed = position + np.asarray(token_ids).size
+        if needed > self.inner.capacity:
+            check_fits(needed, self.capacity)
+            larger = self.runner_for(next(c for c in self.contexts if c >= needed))
+            for old, new in zip(self.inner.cache_arrays(), larger.cache_arrays()):
+                new[:, :, :position] = old[:, :, :position]
+            self.inner = larger
+        self.inner.run(token_ids, position)
+
+    def last_logits(self, all_rows: bool = False) -> np.ndarray:
+        return self.inner.last_logits(all_rows)
+
+    def cache_arrays(self) -> list[np.ndarray]:
+        return self.inner.cache_arrays()

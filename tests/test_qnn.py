@@ -74,7 +74,8 @@ def test_manifest_records_the_precision_plan(qdq_pkg):
 
 def test_every_node_on_qnn_with_fallback_disabled(qdq_pkg):
     model = edgeinfer.load(qdq_pkg, device="qnn")  # fallback is disabled by default: this fails if any node is left
-    assert len(model.engine.sessions["decode"]) == len(model.engine.sessions["prefill"]) >= 1
+    sessions = model.engine.sessions_for(model.manifest.context_length)
+    assert len(sessions["decode"]) == len(sessions["prefill"]) >= 1
 
 
 def test_allow_fallback_reports_the_share_on_qnn(qdq_pkg, capsys):

@@ -36,7 +36,7 @@ def engine(package: Path) -> StaticEngine:
 def fed_runner(engine: StaticEngine) -> StaticRunner:
     """The same sessions fed numpy arrays through session.run (no buffers)."""
     m = engine.manifest
-    return StaticRunner(engine.sessions, m.graphs, m.spec, m.context_length, engine.embeddings)
+    return StaticRunner(engine.sessions_for(m.context_length), m.graphs, m.spec, m.context_length, engine.embeddings)
 
 
 def greedy_steps(runner: StaticRunner, prompt: list[int], steps: int) -> tuple[list[np.ndarray], list[int]]:
@@ -71,7 +71,7 @@ def test_parts_chain_their_hidden_states_through_one_buffer(tmp_path, monkeypatc
 
     monkeypatch.setattr(static_graph, "PART_BYTES", 20_000)  # one tiny layer per part
     loaded = engine(export_tiny("preset:tiny-qwen2", tmp_path / "parts", target="qnn", prefill_chunk=CHUNK))
-    assert len(loaded.sessions["decode"]) == 2
+    assert len(loaded.sessions_for(loaded.manifest.context_length)["decode"]) == 2
     bound = loaded.new_runner()
     values = bound.buffers.values
     assert ("decode", "hidden_out", 0) in values and ("decode", "hidden_out", 1) not in values
@@ -119,8 +119,8 @@ def test_buffers_in_memory_from_an_allocator_onnxruntime_holds(packages):
         assert "already" in str(exc)
     loaded = engine(packages["w4a16"])
     m = loaded.manifest
-    buffers = CacheBuffers(loaded.sessions, m.graphs, m.spec, m.context_length, memory)
-    runner = StaticRunner(loaded.sessions, m.graphs, m.spec, m.context_length, loaded.embeddings, buffers)
+    buffers = CacheBuffers(loaded.sessions_for(m.context_length), m.graphs, m.spec, m.context_length, memory)
+    runner = StaticRunner(loaded.sessions_for(m.context_length), m.graphs, m.spec, m.context_length, loaded.embeddings, buffers)
     ours, tokens = greedy_steps(runner, PROMPT, 6)
     theirs, reference = greedy_steps(fed_runner(loaded), PROMPT, 6)
     assert tokens == reference
@@ -130,3 +130,22 @@ def test_buffers_in_memory_from_an_allocator_onnxruntime_holds(packages):
 def test_cpu_backend_binds_plain_host_memory(packages):
     runner = engine(packages["fp32"]).new_runner()
     assert get_backend("cpu").shared_memory() is None and runner.buffers.memory is None
+
+
+def test_a_conversation_grows_through_the_context_buckets(tmp_path):
+    """Starting in the smallest context and moving up as it fills gives the tokens of the full-context runner."""
+    from edgeinfer.static_runner import GrowingRunner
+
+    package = export_tiny("preset:tiny-qwen2", tmp_path / "buckets", target="qnn", prefill_chunk=CHUNK, context_buckets=(64, 128))
+    loaded = engine(package)
+    assert loaded.contexts == [64, 128, 256] and set(loaded._sessions) == {64}  # larger contexts open when needed
+    growing = loaded.new_runner()
+    assert isinstance(growing, GrowingRunner) and growing.context == 64 and growing.capacity == 256
+    full = loaded.runner_for(256)
+    prompt = np.random.default_rng(5).integers(0, 256, size=50).tolist()
+    ours, tokens = greedy_steps(growing, prompt, 90)  # 50 + 90 positions: through 64 and 128 into 256
+    theirs, reference = greedy_steps(full, prompt, 90)
+    assert growing.context == 256 and set(loaded._sessions) == {64, 128, 256}
+    assert tokens == reference
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4 * (1 + np.abs(b).max()))
