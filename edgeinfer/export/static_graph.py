@@ -19,7 +19,9 @@ gets its own 16-bit activation range (Qwen2's k bias is much larger than q's or 
 W4A16: the float graphs are built first, calibrated on chat-template prompts and quantized to QDQ (see qdq.py);
 then the cache inputs and outputs become uint16, so the host keeps the cache as the NPU reads it (quantized_io.py).
 Large models are split into parts by layers so that no single HTP context holds more than PART_BYTES of weights.
-Prefill and decode of a part read one weights file (share_weight_files).
+Prefill and decode of a part read one weights file (share_weight_files). Context buckets: each part also comes
+retargeted to smaller contexts (with_context: the cache inputs, the mask and the shape constants change, the
+weights file and the quantization stay), so a runner attends over as few slots as its conversation needs.
 """
 
 from __future__ import annotations
