@@ -149,3 +149,19 @@ def test_a_conversation_grows_through_the_context_buckets(tmp_path):
     assert tokens == reference
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=1e-4 * (1 + np.abs(b).max()))
+
+
+def test_a_package_calibrated_over_a_smaller_context_is_retargeted_to_its_own(tmp_path, monkeypatch):
+    """The W4A16 graphs are built and calibrated over CALIBRATION_CONTEXT slots, then retargeted: over the slots
+    both have, the package computes what the one exported at that context does, and it runs past them."""
+    from edgeinfer.export import static_graph
+
+    monkeypatch.setattr(static_graph, "CALIBRATION_CONTEXT", 128)
+    small = engine(export_tiny("preset:tiny-qwen2", tmp_path / "c128", target="qnn", prefill_chunk=CHUNK, context_length=128))
+    large = engine(export_tiny("preset:tiny-qwen2", tmp_path / "c256", target="qnn", prefill_chunk=CHUNK, context_length=256))
+    assert large.manifest.graphs["quantization"]["calibration"] == small.manifest.graphs["quantization"]["calibration"] | {
+        k: large.manifest.graphs["quantization"]["calibration"][k] for k in ("seconds", "collect_seconds", "encode_seconds")}
+    ours, tokens = greedy_steps(large.new_runner(), PROMPT, 180)  # to position 201, past the calibration context
+    theirs, reference = greedy_steps(small.new_runner(), PROMPT, 100)
+    assert tokens[:100] == reference
+    np.testing.assert_allclose(ours[50], theirs[50], atol=1e-4 * (1 + np.abs(theirs[50]).max()))
