@@ -56,6 +56,19 @@ def export_tiny(source, out: Path, **options) -> Path:
     return out
 
 
+STATIC_CHUNK = 16  # prefill chunk of the static_packages
+
+
+@pytest.fixture(scope="session")
+def static_packages(tmp_path_factory) -> dict[str, Path]:
+    """The tiny preset as qnn packages, W4A16 and fp32 (prefill chunk STATIC_CHUNK), shared by the static tests."""
+    root = tmp_path_factory.mktemp("static")
+    return {
+        "w4a16": export_tiny("preset:tiny-qwen2", root / "w4a16", target="qnn", prefill_chunk=STATIC_CHUNK),
+        "fp32": export_tiny("preset:tiny-qwen2", root / "fp32", target="qnn", precision="fp32", prefill_chunk=STATIC_CHUNK),
+    }
+
+
 @pytest.fixture(scope="session")
 def qwen2_fp32(qwen2_dir, tmp_path_factory) -> Path:
     return export_tiny(qwen2_dir, tmp_path_factory.mktemp("pkg") / "qwen2-fp32", precision="fp32")

@@ -26,19 +26,14 @@ from edgeinfer.package import load_package
 from edgeinfer.sampler import GREEDY
 from edgeinfer.static_runner import StaticEngine
 
-from .conftest import export_tiny
+from .conftest import STATIC_CHUNK as CHUNK, export_tiny
 from .test_reliability import copy_package, one_line, rewrite_manifest
 
-CHUNK = 16
 
 
-@pytest.fixture(scope="module")
-def packages(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("kvio")
-    return {
-        "w4a16": export_tiny("preset:tiny-qwen2", root / "w4a16", target="qnn", prefill_chunk=CHUNK),
-        "fp32": export_tiny("preset:tiny-qwen2", root / "fp32", target="qnn", precision="fp32", prefill_chunk=CHUNK),
-    }
+@pytest.fixture
+def packages(static_packages) -> dict[str, Path]:
+    return static_packages
 
 
 def cache_io_types(graph: Path) -> set[int]:

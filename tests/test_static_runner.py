@@ -15,18 +15,13 @@ from edgeinfer.backends import BackendOptions, get_backend
 from edgeinfer.package import load_package
 from edgeinfer.static_runner import CacheBuffers, StaticEngine, StaticRunner
 
-from .conftest import export_tiny
-
-CHUNK = 16
+from .conftest import STATIC_CHUNK as CHUNK, export_tiny
 
 
-@pytest.fixture(scope="module")
-def packages(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bind")
-    return {
-        "w4a16": export_tiny("preset:tiny-qwen2", root / "w4a16", target="qnn", prefill_chunk=CHUNK),
-        "fp32": export_tiny("preset:tiny-qwen2", root / "fp32", target="qnn", precision="fp32", prefill_chunk=CHUNK),
-    }
+
+@pytest.fixture
+def packages(static_packages) -> dict[str, Path]:
+    return static_packages
 
 
 def engine(package: Path) -> StaticEngine:
