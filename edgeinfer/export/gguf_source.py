@@ -57,6 +57,7 @@ class GGUFSource:
     def __init__(self, path: Path):
         import gguf
 
+        self._tokenizer: TokenizerFiles | None = None
         check_gguf_header(path)  # GGUFReader trusts the header's counts: a crafted one exhausts memory
         try:
             self.reader = gguf.GGUFReader(path)
@@ -125,9 +126,12 @@ class GGUFSource:
         return array
 
     def tokenizer(self) -> TokenizerFiles:
+        """Built once: reading the vocabulary out of the GGUF takes ~2 s, and an export asks four times."""
         from .gguf_tokenizer import tokenizer_from_gguf
 
-        return tokenizer_from_gguf(self.reader)
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer_from_gguf(self.reader)
+        return self._tokenizer
 
 
 def _unpermute_rope(weight: np.ndarray, heads: int) -> np.ndarray:
