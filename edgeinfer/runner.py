@@ -49,3 +49,7 @@ class Engine(ABC):
     @abstractmethod
     def new_runner(self) -> Runner:
         ...
+
+    def open_all(self) -> None:
+        """Open every session the package has now (`export --compile`: every QNN context binary on the host);
+        engines that open all of them at load have nothing left to do."""

@@ -58,6 +58,10 @@ class StaticEngine(Engine):
             self._sessions[context] = {role: [self._session(file(part)) for part in graphs[role]["parts"]] for role in ROLES}
         return self._sessions[context]
 
+    def open_all(self) -> None:
+        for context in self.contexts:
+            self.sessions_for(context)
+
     def _session(self, name: str | None):
         file = self.package.graph(name, "a graph part")
         session = self.backend.create_session(str(file), self.options, fingerprint=self.package.graph_fingerprint(file.name))

@@ -160,3 +160,11 @@ def test_a_package_calibrated_over_a_smaller_context_is_retargeted_to_its_own(tm
     theirs, reference = greedy_steps(small.new_runner(), PROMPT, 100)
     assert tokens[:100] == reference
     np.testing.assert_allclose(ours[50], theirs[50], atol=1e-4 * (1 + np.abs(theirs[50]).max()))
+
+
+def test_open_all_opens_every_context_bucket(tmp_path):
+    """`export --compile` opens every context's sessions (QNN: compiles each bucket's binaries on the host)."""
+    loaded = engine(export_tiny("preset:tiny-qwen2", tmp_path / "b", target="qnn", prefill_chunk=CHUNK, context_buckets=(64,)))
+    assert set(loaded._sessions) == {64}
+    loaded.open_all()
+    assert set(loaded._sessions) == {64, 256}
