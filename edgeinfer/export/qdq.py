@@ -84,10 +84,13 @@ def calibrate(weights: WeightSource, graphs: dict, float_folder: Path, embedding
     from ..static_runner import StaticRunner
 
     limit = options.context_length - DECODE_STEPS - 1
-    prompts = chat_prompts(weights, CALIBRATION_PROMPTS, limit)
-    text = chat_prompts(weights, [module_source(RANGE_TEXT_MODULE)], limit)
-    if not prompts or not text:
-        raise ExportError("no calibration prompt could be tokenized: check the source's tokenizer")
+    gptq_texts = GPTQ_TEXT_MODULES if inputs is not None else ()
+    texts = [*CALIBRATION_PROMPTS, *map(module_source, (RANGE_TEXT_MODULE, *gptq_texts))]
+    encoded = chat_prompts(weights, texts, limit)  # one tokenizer for all (a 152k vocabulary takes a second to load)
+    if len(encoded) != len(texts):
+        raise ExportError("a calibration text could not be tokenized: check the source's tokenizer")
+    prompts, text, sequences = (encoded[: len(CALIBRATION_PROMPTS)], encoded[len(CALIBRATION_PROMPTS)],
+                                encoded[len(CALIBRATION_PROMPTS) + 1 :])
     chunk = graphs["prefill"]["tokens"]
     taps = inputs.tensors if inputs is not None else frozenset()
     shared = SharedWeights()  # prefill and decode read one mapping of their weights (kept alive by the sessions)
@@ -112,7 +115,7 @@ def calibrate(weights: WeightSource, graphs: dict, float_folder: Path, embedding
         for step in range(DECODE_STEPS):
             logits = generator.forward([int(np.argmax(logits))], len(ids) + step)
     # The real text: one prefill chunk, then its next tokens as decode steps.
-    ids = text[0][: min(len(text[0]), chunk + TEXT_DECODE_STEPS, options.context_length)]
+    ids = text[: min(len(text), chunk + TEXT_DECODE_STEPS, options.context_length)]
     generator = runner()
     generator.forward(ids[: min(chunk, len(ids) - 1)], 0)
     for position in range(min(chunk, len(ids) - 1), len(ids)):
@@ -121,9 +124,9 @@ def calibrate(weights: WeightSource, graphs: dict, float_folder: Path, embedding
            "text": RANGE_TEXT_MODULE, "text_decode_steps": TEXT_DECODE_STEPS, "chat_template": True}
     if inputs is not None:  # GPTQ's texts: whole chunks, no padding
         length = min(SEQUENCE_TOKENS, limit - limit % chunk)
-        texts = [ids[: length - length % chunk] for ids in chat_prompts(weights, map(module_source, GPTQ_TEXT_MODULES), length)]
-        for ids in (t for t in texts if t):
-            runner().forward(ids, 0)
+        for ids in (ids[: min(length, len(ids) - len(ids) % chunk)] for ids in sequences):
+            if ids:
+                runner().forward(ids, 0)
         run["gptq"] = {"texts": list(GPTQ_TEXT_MODULES), "rows": max(inputs.counts.values(), default=0)}
     ranges = {(role, k): session for role in sessions for k, session in enumerate(sessions[role])}
     run["feeds"] = {f"{role}.{k}": session.feeds for (role, k), session in ranges.items()}
@@ -140,20 +143,21 @@ def quantize_config(path: Path, op_types: list[str] | None = None):
                               per_channel=False, op_types_to_quantize=op_types)
 
 
-def quantize_graph(float_path: Path, out_path: Path, config, ranges: RangeSession, fixed_ranges: dict) -> None:
-    """Quantize with the ranges already calibrated: they go in as the quantizer's calibration cache, so it
-    runs no calibrator of its own (and never holds feeds)."""
+def quantize_graph(source_path: Path, out_path: Path, config, ranges: RangeSession, fixed_ranges: dict) -> None:
+    """Quantize SOURCE_PATH (a float graph whose weights come encoded, prequantized_graph) with the ranges already
+    calibrated: they go in as the quantizer's calibration cache, so it runs no calibrator of its own (and never holds
+    feeds)."""
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    cache = float_path.with_name(f"{float_path.stem}.ranges.json")
+    cache = source_path.with_name(f"{source_path.stem}.ranges.json")
     save_tensors_data(ranges.tensors_data(fixed_ranges), cache)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" warnings do not apply to these graphs
     try:
         quantize_static(
-            str(float_path), str(out_path), None, calibrate_method=config.calibrate_method,
+            str(source_path), str(out_path), None, calibrate_method=config.calibrate_method,
             quant_format=config.quant_format, activation_type=config.activation_type, weight_type=config.weight_type,
             op_types_to_quantize=config.op_types_to_quantize, nodes_to_exclude=config.nodes_to_exclude,
             per_channel=config.per_channel, reduce_range=config.reduce_range,
