@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..architecture import ArchSpec
+from ..hf_config import spec_from_hf_config
 from ..errors import SourceError
 from .safetensors_reader import SafetensorsFile
 from .sources import TokenizerFiles, read_json
@@ -33,7 +33,7 @@ class HFFolderSource:
         for name in READ_FILES:  # refuse a link out of the folder now, not after minutes of export
             self._file(name)
         self.config = read_json(folder / "config.json")
-        self.spec = ArchSpec.from_hf_config(self.config)
+        self.spec = spec_from_hf_config(self.config)
         self.description = f"hf:{folder.resolve()}"
         files = [f for f in (self._file(p.name) for p in sorted(folder.glob("*.safetensors"))) if f]
         if not files:
@@ -44,7 +44,8 @@ class HFFolderSource:
         for path in files:
             shard = SafetensorsFile(path)
             self._where.update(dict.fromkeys(shard.names(), shard))
-        missing = [n for n in self.spec.tensor_names() if n not in self._where]
+        stored = dict.fromkeys(self.spec.checkpoint_tensor(n)[0] for n in self.spec.tensor_names())
+        missing = [n for n in stored if n not in self._where]
         if self.spec.tie_word_embeddings is False and missing == ["lm_head.weight"]:
             missing = []  # some checkpoints tie without saying so; tensor() falls back to the embedding
         if missing:
@@ -71,11 +72,15 @@ class HFFolderSource:
     def tensor(self, name: str) -> np.ndarray:
         if name not in self._where and name == "lm_head.weight":
             name = "model.embed_tokens.weight"
-        array = self._where[name].tensor(name)
-        expected = self.spec.tensor_shape(name)
+        stored, rows = self.spec.checkpoint_tensor(name)
+        array = self._where[stored].tensor(stored)
+        expected = self.spec.tensor_shape(stored)
         if tuple(array.shape) != expected:
-            raise SourceError(f"tensor {name} has shape {tuple(array.shape)}, config.json implies {expected}")
-        return np.asarray(array, dtype=np.float32)
+            raise SourceError(f"tensor {stored} has shape {tuple(array.shape)}, config.json implies {expected}")
+        array = np.asarray(array if rows is None else array[rows], dtype=np.float32)
+        if name.endswith("norm.weight") and self.spec.family_data.norm_offset:
+            array = array + np.float32(self.spec.family_data.norm_offset)  # sources give gains (Gemma: 1 + w)
+        return array
 
     def tokenizer(self) -> TokenizerFiles:
         path = self._file("tokenizer.json")

@@ -1,0 +1,211 @@
+"""Every family against transformers on the same tiny random checkpoint: fp32 exports from the HF folder on the cpu
+target and through the static (qnn) graph on the CPU EP, the same from a GGUF written from the same weights, and
+W4A16 against transformers on the dequantized 4-bit weights.
+
+Each check feeds a 20-token prompt, then 20 greedy tokens one at a time through edgeinfer's own generator (logits
+within 1e-3 of transformers' at every step), and separately generates 32 greedy tokens that must equal transformers'
+own greedy decoding through its cache. Packages and references are built once per session and shared.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeinfer
+from edgeinfer.errors import SourceError
+from edgeinfer.hf_config import spec_from_hf_config
+
+from .conftest import export_tiny
+from .family_checkpoints import CHECKPOINTS, Reference, make_family_checkpoint
+
+FAMILIES = ["llama3", "qwen3", "gemma3", "phi4-mini", "smollm3", "mistral"]
+GGUF_FAMILIES = ["llama3", "qwen3", "gemma3", "phi4-mini", "smollm3"]  # llama.cpp's GGUF has no Mistral window
+PROMPT = np.random.default_rng(7).integers(3, 256, size=20).tolist()  # longer than Gemma's window, > 1 static chunk
+DECODE_STEPS, GREEDY_TOKENS, TOLERANCE = 20, 32, 1e-3
+STATIC = dict(target="qnn", precision="fp32", context_length=64, prefill_chunk=16, context_buckets=())
+
+
+class Session:
+    """Checkpoints, references and packages, each made once per test session on first use."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.made: dict[tuple, object] = {}
+
+    def _once(self, key: tuple, make):
+        if key not in self.made:
+            self.made[key] = make()
+        return self.made[key]
+
+    def checkpoint(self, family: str) -> Path:
+        return self._once(("hf", family), lambda: make_family_checkpoint(self.root / family, family))
+
+    def reference(self, family: str) -> Reference:
+        return self._once(("ref", family), lambda: Reference(self.checkpoint(family)))
+
+    def gguf(self, family: str) -> Path:
+        from .gguf_fixtures import write_gguf_from_hf
+
+        return self._once(("gguf", family), lambda: write_gguf_from_hf(self.checkpoint(family), self.root / f"{family}.gguf"))
+
+    def package(self, family: str, kind: str) -> Path:
+        """KIND: cpu (fp32 from the HF folder), static (fp32 qnn graphs), gguf (fp32 from the GGUF)."""
+        def make():
+            out = self.root / f"{family}-{kind}"
+            if kind == "cpu":
+                return export_tiny(self.checkpoint(family), out, precision="fp32", all_logits=True)
+            if kind == "static":
+                return export_tiny(self.checkpoint(family), out, **STATIC)
+            return export_tiny(self.gguf(family), out, precision="fp32", all_logits=True)
+
+        return self._once(("pkg", family, kind), make)
+
+
+@pytest.fixture(scope="session")
+def families(tmp_path_factory) -> Session:
+    return Session(tmp_path_factory.mktemp("families"))
+
+
+def check_against_transformers(package: Path, reference: Reference, all_prompt_rows: bool) -> None:
+    """Prompt, then DECODE_STEPS greedy tokens through edgeinfer's generator: logits within TOLERANCE of transformers'
+    (every prompt row where the package returns them); then GREEDY_TOKENS greedy tokens equal to transformers'."""
+    model = edgeinfer.load(package, device="cpu")
+    generator = model.generator(edgeinfer.GREEDY)
+    generator.append(PROMPT)
+    expected = reference.logits(PROMPT)
+    if all_prompt_rows:
+        got = generator.runner.last_logits(all_rows=True)
+        assert np.abs(got - expected).max() <= TOLERANCE, "prompt rows"
+    assert np.abs(generator.logits - expected[-1]).max() <= TOLERANCE, "prefill"
+    sequence = list(PROMPT)
+    for step in range(DECODE_STEPS):
+        sequence.append(int(np.argmax(generator.logits)))
+        generator.append(sequence[-1:])
+        difference = np.abs(generator.logits - reference.logits(sequence)[-1]).max()
+        assert difference <= TOLERANCE, f"decode step {step}: max abs diff {difference:.2e}"
+    greedy = model.generator(edgeinfer.GREEDY)
+    greedy.append(PROMPT)
+    assert greedy.extend(GREEDY_TOKENS) == reference.greedy(PROMPT, GREEDY_TOKENS)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fp32_cpu_export_matches_transformers(families, family):
+    check_against_transformers(families.package(family, "cpu"), families.reference(family), all_prompt_rows=True)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fp32_static_graph_on_the_cpu_ep_matches_transformers(families, family):
+    package = families.package(family, "static")
+    assert json.loads((package / "manifest.json").read_text())["graph_flavour"] == "static"
+    check_against_transformers(package, families.reference(family), all_prompt_rows=False)
+
+
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+def test_fp32_export_from_gguf_matches_transformers(families, family):
+    package = families.package(family, "gguf")
+    from_gguf, from_hf = load_spec(package), load_spec(families.package(family, "cpu"))
+    # The GGUF said what the HF config did (whether the rope tables agree, the parity check shows).
+    assert from_gguf.windows() == from_hf.windows() and len(from_gguf.ropes()) == len(from_hf.ropes())
+    assert [from_gguf.layer_rope(i) for i in range(from_hf.num_layers)] == [from_hf.layer_rope(i) for i in range(from_hf.num_layers)]
+    assert (from_gguf.rotary_dims, from_gguf.tie_word_embeddings) == (from_hf.rotary_dims, from_hf.tie_word_embeddings)
+    check_against_transformers(package, families.reference(family), all_prompt_rows=True)
+
+
+def load_spec(package: Path):
+    return edgeinfer.load(package, device="cpu", verify=False).spec
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_w4a16_matches_transformers_on_the_dequantized_weights(families, family, tmp_path):
+    """With fp32 compute (accuracy level 0) the only difference from transformers is the 4-bit rounding itself
+    (the tolerance of test_export_parity's W4A16 test)."""
+    import torch
+
+    from edgeinfer.export.quantize import dequantize_blocks, quantize_blocks
+
+    folder = families.checkpoint(family)
+    package = export_tiny(folder, tmp_path / "w4", precision="w4a16", all_logits=True, block_size=16, accuracy_level=0,
+                          lm_head_bits=4, mixed_bits=False)
+    reference = Reference(folder)
+    with torch.no_grad():
+        for _, param in reference.model.named_parameters():
+            if param.dim() == 2:
+                q = quantize_blocks(param.numpy(), 16, False, 4)
+                param.copy_(torch.from_numpy(dequantize_blocks(q, param.shape[1])))
+    generator = edgeinfer.load(package).generator(edgeinfer.GREEDY)
+    ids = np.random.default_rng(2).integers(0, 256, size=32).tolist()
+    generator.append(ids)
+    assert np.abs(generator.runner.last_logits(all_rows=True) - reference.logits(ids)).max() <= 1e-3
+
+
+def test_the_tiny_checkpoints_exercise_what_they_test(families):
+    """A window, a scaling or a NoPE layer the prompt never reaches would pass the checks above unused: each
+    family's reference logits move when its feature is switched off."""
+    import torch
+
+    def moved(family: str, switch_off) -> float:
+        reference = families.reference(family)
+        plain = Reference(families.checkpoint(family))
+        switch_off(plain.model)
+        with torch.no_grad():
+            return float(np.abs(plain.logits(PROMPT + PROMPT[:12]) - reference.logits(PROMPT + PROMPT[:12])).max())
+
+    def no_window(model):
+        model.config.sliding_window = 10**6
+        for layer in model.model.layers:
+            if getattr(layer.self_attn, "sliding_window", None):
+                layer.self_attn.sliding_window = 10**6
+
+    def plain_rope(model):
+        theta = model.config.rope_parameters["rope_theta"]
+        model.model.rotary_emb.inv_freq.copy_(1.0 / (theta ** (torch.arange(0, 16, 2).float() / 16)))
+
+    def rope_everywhere(model):
+        for layer in model.model.layers:
+            layer.self_attn.use_rope = 1
+
+    assert moved("gemma3", no_window) > 1e-2
+    assert moved("mistral", no_window) > 1e-2
+    assert moved("llama3", plain_rope) > 1e-2
+    assert moved("smollm3", rope_everywhere) > 1e-2
+
+
+def test_config_readings_of_each_family(families):
+    """What spec_from_hf_config makes of the special keys (the parity tests above prove they are used right)."""
+    spec = lambda family: spec_from_hf_config(json.loads((families.checkpoint(family) / "config.json").read_text()))  # noqa: E731
+    gemma = spec("gemma3")
+    assert gemma.layer_types == ("sliding_attention",) * 5 + ("full_attention",) and gemma.sliding_window == 6
+    assert gemma.ropes() == [(1e6, {"rope_type": "linear", "factor": 2.0}), (10000.0, None)]
+    assert gemma.layer_rope(0) == 1 and gemma.layer_rope(5) == 0 and gemma.windows() == [6, None]
+    assert gemma.q_size == 128 and gemma.embedding_scale == 8.0
+    assert spec("gemma3-scalar").query_scale == pytest.approx(24 ** -0.5)
+    assert spec("qwen3").head_dim == 32 and spec("qwen3").q_size == 128 and spec("qwen3").tie_word_embeddings
+    assert spec("llama3").rope_scaling["rope_type"] == "llama3"
+    phi = spec("phi4-mini")
+    assert phi.rotary_dim == 48 and phi.rope_scaling["rope_type"] == "longrope" and phi.sliding_window is None
+    assert spec("smollm3").layers_without_rope == (3,)
+    assert spec("mistral").windows() == [5]
+    assert spec("ministral").windows() == [5, None]
+
+
+@pytest.mark.parametrize("config,nearest", [
+    ({"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"]}, "gemma3"),
+    ({"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"]}, "qwen3"),
+    ({"model_type": "phi", "architectures": ["PhiForCausalLM"]}, "phi3"),
+    ({"model_type": "mixtral", "architectures": ["MixtralForCausalLM"]}, "mistral"),
+])
+def test_an_unknown_family_is_one_line_naming_the_nearest(config, nearest):
+    with pytest.raises(SourceError) as caught:
+        spec_from_hf_config({**config, "hidden_size": 64})
+    message = str(caught.value)
+    assert "\n" not in message and f"the nearest is {nearest}," in message
+
+
+@pytest.mark.parametrize("variant", ["ministral", "gemma3-scalar"])
+def test_family_variants_match_transformers(families, variant):
+    """Ministral's sliding layers interleaved with full ones; Gemma 3 with query_pre_attn_scalar apart from head_dim."""
+    check_against_transformers(families.package(variant, "cpu"), families.reference(variant), all_prompt_rows=True)
