@@ -89,17 +89,20 @@ class Reference:
         with torch.no_grad():
             return self.model(torch.tensor([ids])).logits[0].numpy()
 
-    def greedy(self, prompt: list[int], count: int) -> list[int]:
-        """COUNT greedy tokens after PROMPT, decoded one at a time through transformers' cache (as a runtime does)."""
+    def greedy(self, prompt: list[int], count: int) -> tuple[list[int], list[np.ndarray]]:
+        """COUNT greedy tokens after PROMPT, decoded one at a time through transformers' cache (as a runtime does),
+        and the logits each was picked from. Where the cached path and a full forward pass part (longrope past its
+        original context), this is the one a runtime must match."""
         import torch
 
         key = (tuple(prompt), count)
         if key not in self._greedy:
-            tokens = []
+            tokens, rows = [], []
             with torch.no_grad():
                 out = self.model(torch.tensor([prompt]), use_cache=True)
                 for _ in range(count):
-                    tokens.append(int(out.logits[0, -1].argmax()))
+                    rows.append(out.logits[0, -1].numpy().copy())
+                    tokens.append(int(rows[-1].argmax()))
                     out = self.model(torch.tensor([tokens[-1:]]), cache=out.cache, use_cache=True)
-            self._greedy[key] = tokens
+            self._greedy[key] = tokens, rows
         return self._greedy[key]
