@@ -214,3 +214,35 @@ def test_an_unknown_family_is_one_line_naming_the_nearest(config, nearest):
 def test_family_variants_match_transformers(families, variant):
     """Ministral's sliding layers interleaved with full ones; Gemma 3 with query_pre_attn_scalar apart from head_dim."""
     check_against_transformers(families.package(variant, "cpu"), families.reference(variant), all_prompt_rows=True)
+
+
+NEW_PRESETS = ["llama-3.2-1b", "llama-3.2-3b", "qwen3-0.6b", "qwen3-1.7b", "gemma-3-1b", "phi-4-mini", "smollm2-1.7b",
+               "smollm3-3b", "mistral-7b-v0.1"]
+TINY_PRESETS = ["tiny-llama3", "tiny-qwen3", "tiny-gemma3", "tiny-phi3", "tiny-smollm3", "tiny-mistral"]
+
+
+@pytest.mark.parametrize("name", NEW_PRESETS)
+def test_real_shape_presets_are_specs_a_checkpoint_could_give(name):
+    """The families' real shapes pass the checks a config.json goes through and survive the manifest's JSON."""
+    from edgeinfer.architecture import ArchSpec, checked_spec
+    from edgeinfer.export.dynamic_graph import check_rotary_fits
+    from edgeinfer.export.presets import PRESETS
+    from edgeinfer.hf_config import HF_FIELDS
+
+    spec = PRESETS[name].spec
+    values = spec.to_dict()
+    assert checked_spec("preset", HF_FIELDS, **values) == spec
+    assert ArchSpec.from_dict(json.loads(json.dumps(values))) == spec
+    check_rotary_fits(spec)  # every one runs on cpu/cuda's GroupQueryAttention
+
+
+@pytest.mark.parametrize("name", TINY_PRESETS)
+def test_tiny_presets_export_and_generate_on_every_graph(name, tmp_path):
+    """Each family's tiny preset as a W4A16 cpu package and a W4A16 QDQ qnn package (calibrated; GPTQ off for speed),
+    both generating on the CPU EP."""
+    cpu = export_tiny(f"preset:{name}", tmp_path / "cpu")
+    qnn = export_tiny(f"preset:{name}", tmp_path / "qnn", target="qnn", context_length=64, prefill_chunk=16, gptq=False)
+    for package in (cpu, qnn):
+        generator = edgeinfer.load(package).generator(edgeinfer.GREEDY)
+        generator.append(PROMPT)
+        assert len(generator.extend(4)) == 4 and np.isfinite(generator.logits).all()
