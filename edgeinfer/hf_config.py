@@ -36,6 +36,7 @@ def spec_from_hf_config(config: dict) -> ArchSpec:
             f"unsupported architecture {archs or model_type!r}: edgeinfer exports the decoder families "
             f"{supported_families()}; the nearest is {nearest_family(named)}, which this checkpoint is not"
         )
+    _refuse_what_the_graphs_lack(config, family)
     missing = [key for key in _HF_REQUIRED if key not in config]
     if missing:
         raise SourceError(f"config.json has no {missing[0]}: restore config.json from the original checkpoint")
@@ -68,6 +69,20 @@ def spec_from_hf_config(config: dict) -> ArchSpec:
         **_layer_attention(config, family, layers, local_rope),
         attention_scale=scalar ** -0.5 if isinstance(scalar, (int, float)) and scalar > 0 else scalar,
     )
+
+
+def _refuse_what_the_graphs_lack(config: dict, family: Family) -> None:
+    """Config switches the family's graphs do not build: exported anyway, they would give another model."""
+    switches = {"final_logit_softcapping": None, "attn_logit_softcapping": None, "use_bidirectional_attention": False,
+                "mlp_bias": False}
+    if not family.qkv_bias:
+        switches["attention_bias"] = False
+    for key, plain in switches.items():
+        if config.get(key, plain) not in (plain, None, False):
+            raise SourceError(
+                f"config.json sets {key} = {config[key]!r}, which edgeinfer's {family.name} graphs do not build: "
+                "this checkpoint cannot be exported yet"
+            )
 
 
 def _rope_parameters(config: dict) -> tuple[dict, dict | None]:

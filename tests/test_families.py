@@ -270,3 +270,11 @@ def test_tiny_presets_run_whole_on_the_htp(name, tmp_path):
         token = int(np.argmax(reference.logits))
         ours.append([token])
         reference.append([token])
+
+
+@pytest.mark.parametrize("switch", [{"final_logit_softcapping": 30.0}, {"attention_bias": True}, {"mlp_bias": True}])
+def test_config_switches_the_graphs_lack_are_refused(families, switch):
+    config = json.loads((families.checkpoint("gemma3") / "config.json").read_text())
+    with pytest.raises(SourceError, match=f"sets {next(iter(switch))}") as caught:
+        spec_from_hf_config({**config, **switch})
+    assert "\n" not in str(caught.value)

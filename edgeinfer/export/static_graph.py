@@ -4,7 +4,8 @@ Two roles share one formulation and differ only in the token count N: `prefill` 
 `decode` (N = 1). Every tensor has a fixed shape, so the HTP compiles each graph once:
 
     inputs   inputs_embeds [1,N,H] (part 0; later parts take hidden_in [1,N,H]), position_cos/position_sin
-             [1,1,N,D/2], attention_mask [1,1,N,C+N] (additive), past_key.i/past_value.i [1,KVH,C,D]
+             [1,R,N,rotary/2] (R: one table per RoPE the layers use), attention_mask [1,M,N,C+N] (additive; M: one
+             per attention window), past_key.i/past_value.i [1,KVH,C,D]
     outputs  logits [1,1,V] (last part; the last row only) or hidden_out [1,N,H], new_key.i/new_value.i [1,KVH,N,D]
 
 The host owns the cache (C slots per layer): it gathers embeddings and rotary rows, builds the mask (past slots
@@ -14,7 +15,11 @@ at the write position. Prompts shorter than N are left-padded so the last real t
 A layer is RMSNorm (Concat eps channel, LpNormalization, Slice, Mul) -> q,k,v MatMul (+bias) -> rotate-half RoPE -> Concat(past,
 new) -> attention with the query heads of a kv group folded into rows (no KV repetition, 3-D MatMuls) -> o MatMul
 -> RMSNorm -> gate/up MatMul -> SiLU (Sigmoid*x) -> down MatMul. q/k/v and gate/up stay separate matmuls so each
-gets its own 16-bit activation range (Qwen2's k bias is much larger than q's or v's).
+gets its own 16-bit activation range (Qwen2's k bias is much larger than q's or v's). What the family data adds
+(families.py): per-head q/k norms before RoPE, norms on the attention and MLP outputs (Gemma), GELU-tanh, partial
+rotary (the rest of each head passes through), no RoPE in some layers (SmolLM3), and per layer the rotary table and
+mask (sliding window) it reads. 1/sqrt(D) or the family's own q.k scale is folded into q_proj, or into q_norm where
+there is one.
 
 W4A16: the float graphs are built first, calibrated on chat-template prompts and quantized to QDQ (see qdq.py);
 then the cache inputs and outputs become uint16, so the host keeps the cache as the NPU reads it (quantized_io.py).
