@@ -8,7 +8,7 @@ windows, layers without RoPE) live in its ArchSpec (architecture.py).
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ class Family:
     activation: str = "silu"  # the gated MLP's: "silu" or "gelu_tanh"
     fused_checkpoint: bool = False  # checkpoints store qkv_proj and gate_up_proj fused (Phi-3)
     sliding_pattern: int | None = None  # every Nth layer global, the rest sliding, when config.json has no layer_types
+    tied_by_default: bool = False  # transformers' tie_word_embeddings default, for configs that leave it out
+    # transformers' defaults for keys a config may leave out (a multimodal checkpoint's text_config lists only
+    # what differs from them)
+    hf_defaults: dict = field(default_factory=dict)
     gguf_permuted_rope: bool = False  # llama.cpp's converter interleaves each q/k head's rotary halves
 
     @property
@@ -54,6 +58,14 @@ class Family:
         a branch's output (the sandwich) has no matmul after it before the residual add, so there it cannot."""
         return self.norms.attention_out is None and self.norms.mlp_out is None
 
+
+# Gemma3TextConfig's defaults: the text_config of Gemma 3 4B/12B/27B (multimodal checkpoints) lists only what differs.
+GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+}
 
 FAMILIES: dict[str, Family] = {
     f.name: f
@@ -67,16 +79,16 @@ FAMILIES: dict[str, Family] = {
                gguf_permuted_rope=True),
         Family("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), ("qwen3",),
                "per-head q/k RMSNorm, explicit head_dim (q wider than hidden), no qkv bias", qk_norm=True),
-        Family("gemma3", ("Gemma3ForCausalLM",), ("gemma3_text",), ("gemma3",),
+        Family("gemma3", ("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"), ("gemma3_text", "gemma3"), ("gemma3",),
                "5 sliding-window layers per global one (own window and rope theta), (1 + w) RMSNorm, norms before "
                "and after attention and MLP, sqrt(hidden) embedding scale, GELU-tanh, query_pre_attn_scalar, q/k norms",
                qk_norm=True, norms=SANDWICH_NORMS, norm_offset=1.0, scaled_embeddings=True, activation="gelu_tanh",
-               sliding_pattern=6),
+               sliding_pattern=6, tied_by_default=True, hf_defaults=GEMMA3_TEXT_DEFAULTS),
         Family("phi3", ("Phi3ForCausalLM",), ("phi3",), ("phi3",),
                "fused qkv_proj / gate_up_proj in the checkpoint, partial rotary (Phi-4-mini: 3/4), longrope",
                fused_checkpoint=True),
         Family("smollm3", ("SmolLM3ForCausalLM",), ("smollm3",), ("smollm3",),
-               "every 4th layer without RoPE (NoPE)", gguf_permuted_rope=True),
+               "every 4th layer without RoPE (NoPE)", gguf_permuted_rope=True, tied_by_default=True),
     )
 }
 

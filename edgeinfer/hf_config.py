@@ -4,7 +4,8 @@ Two generations of keys meet here: checkpoints written before transformers 5 kee
 (and Gemma 3 `rope_local_base_freq`) at the top level; transformers 5 writes `rope_parameters`, per layer type for
 Gemma 3 ({"full_attention": {...}, "sliding_attention": {...}}). Which layers slide comes from `layer_types`, or
 where a config has none, from the family's pattern (Gemma 3: every 6th layer global) or `sliding_window` alone
-(Mistral, Phi-3: every layer).
+(Mistral, Phi-3: every layer). A multimodal checkpoint (Gemma 3 4B and up) is read for its language model alone:
+its text_config, over transformers' defaults for the keys it leaves out (Family.hf_defaults).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def spec_from_hf_config(config: dict) -> ArchSpec:
             f"unsupported architecture {archs or model_type!r}: edgeinfer exports the decoder families "
             f"{supported_families()}; the nearest is {nearest_family(named)}, which this checkpoint is not"
         )
+    config = _text_config(config, family)
     _refuse_what_the_graphs_lack(config, family)
     missing = [key for key in _HF_REQUIRED if key not in config]
     if missing:
@@ -48,7 +50,7 @@ def spec_from_hf_config(config: dict) -> ArchSpec:
         scaling = None
     partial = global_rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     rotary_dim = _rotary_dim(config, heads, head_dim, partial)
-    scalar = config.get("query_pre_attn_scalar") if family.name == "gemma3" else None
+    scalar = config.get("query_pre_attn_scalar")  # Gemma: q.k scaled by its -1/2 power, not head_dim's
     return checked_spec(
         "config.json",
         HF_FIELDS,
@@ -63,12 +65,22 @@ def spec_from_hf_config(config: dict) -> ArchSpec:
         rope_theta=global_rope.get("rope_theta", 10000.0),
         rms_norm_eps=config.get("rms_norm_eps", 1e-6),
         max_position_embeddings=config.get("max_position_embeddings", 4096),
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", family.name in ("gemma3", "smollm3"))),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", family.tied_by_default)),
         rope_scaling=scaling,
         rotary_dim=rotary_dim,
         **_layer_attention(config, family, layers, local_rope),
         attention_scale=scalar ** -0.5 if isinstance(scalar, (int, float)) and scalar > 0 else scalar,
     )
+
+
+def _text_config(config: dict, family: Family) -> dict:
+    """The language model's config with the family's defaults under it: a multimodal checkpoint's text_config (Gemma 3
+    4B and up; its vision tower is not exported) or the config itself."""
+    text = config.get("text_config")
+    if isinstance(text, dict):
+        keep = {k: config[k] for k in ("tie_word_embeddings",) if k in config}
+        config = {**text, **keep, "architectures": config.get("architectures"), "model_type": text.get("model_type")}
+    return {**family.hf_defaults, **config}
 
 
 def _refuse_what_the_graphs_lack(config: dict, family: Family) -> None:

@@ -34,6 +34,13 @@ CHECKPOINTS = {
         BASE, num_hidden_layers=6, head_dim=32, query_pre_attn_scalar=32, sliding_window=6,
         rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                          "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}})),
+    # Gemma 3 4B and up: a multimodal checkpoint whose language model is exported (its text_config lists only what
+    # differs from transformers' defaults, as the published ones do).
+    "gemma3-multimodal": ("Gemma3Config", "Gemma3ForConditionalGeneration", dict(
+        text_config=dict(BASE, head_dim=16, query_pre_attn_scalar=16, sliding_window=6,
+                         layer_types=["sliding_attention", "full_attention"]),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14), mm_tokens_per_image=4)),
     "gemma3-scalar": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
         BASE, head_dim=16, query_pre_attn_scalar=24, sliding_window=6, layer_types=["sliding_attention", "full_attention"])),
     "phi4-mini": ("Phi3Config", "Phi3ForCausalLM", dict(

@@ -278,3 +278,28 @@ def test_config_switches_the_graphs_lack_are_refused(families, switch):
     with pytest.raises(SourceError, match=f"sets {next(iter(switch))}") as caught:
         spec_from_hf_config({**config, **switch})
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("naming", ["published", "transformers-5"])
+def test_gemma3_multimodal_checkpoint_exports_its_language_model(families, naming, tmp_path):
+    """Gemma 3 4B and up ship as Gemma3ForConditionalGeneration: the text_config (here without the keys that have
+    transformers' defaults, as published configs leave them out) and the language model's tensors under
+    language_model.model. (published) or model.language_model. (saved by transformers 5); the vision tower stays."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "gemma3-4b-like"
+    shutil.copytree(families.checkpoint("gemma3-multimodal"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("rope_parameters", "rms_norm_eps", "max_position_embeddings"):
+        del config["text_config"][key]
+    (folder / "config.json").write_text(json.dumps(config))
+    tensors = load_file(folder / "model.safetensors")
+    assert "language_model.model.embed_tokens.weight" in tensors  # how transformers writes it, as published
+    if naming == "transformers-5":
+        renamed = {k.replace("language_model.model.", "model.language_model.", 1): v for k, v in tensors.items()}
+        save_file(renamed, folder / "model.safetensors", metadata={"format": "pt"})
+    package = export_tiny(folder, tmp_path / "pkg", precision="fp32", all_logits=True)
+    assert load_spec(package).max_position_embeddings == 131072  # transformers' default, where the config says none
+    check_against_transformers(package, Reference(folder), all_prompt_rows=True)
