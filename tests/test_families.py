@@ -303,3 +303,36 @@ def test_gemma3_multimodal_checkpoint_exports_its_language_model(families, namin
     package = export_tiny(folder, tmp_path / "pkg", precision="fp32", all_logits=True)
     assert load_spec(package).max_position_embeddings == 131072  # transformers' default, where the config says none
     check_against_transformers(package, Reference(folder), all_prompt_rows=True)
+
+
+@pytest.mark.parametrize("name", TINY_PRESETS)
+def test_the_cuda_graph_in_fp16_agrees_with_fp32_on_the_cpu_ep(name, tmp_path):
+    """No GPU here: the cuda package's fp16 graph (its ops have CPU kernels too) against the fp32 cpu package, prompt
+    and 8 decode steps on the fp32 package's greedy tokens, through onnxruntime directly."""
+    import onnxruntime as ort
+
+    from edgeinfer.package import load_manifest
+
+    def logits(package: Path, dtype, tokens: list[int] | None = None) -> tuple[list[np.ndarray], list[int]]:
+        manifest, rows = load_manifest(package), []
+        session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
+        kv = manifest.kv_cache
+        past = {n: np.zeros((1, kv["num_kv_heads"], kv["length"], kv["head_dim"]), dtype)
+                for n in manifest.graphs["decoder"]["inputs"][3:]}
+        sequence, fed, picked = list(PROMPT), 0, []
+        for step in range(9):
+            feeds = {"input_ids": np.array([sequence[fed:]], np.int64), "seqlens_k": np.array([len(sequence) - 1], np.int32),
+                     "total_sequence_length": np.array(len(sequence), np.int32), **past}
+            out = session.run(None, feeds)
+            past = dict(zip(past, out[1 : 1 + len(past)]))
+            rows.append(out[0][0, -1].astype(np.float32))
+            picked.append(tokens[step] if tokens else int(np.argmax(rows[-1])))
+            fed = len(sequence)
+            sequence.append(picked[-1])
+        return rows, picked
+
+    fp32, tokens = logits(export_tiny(f"preset:{name}", tmp_path / "cpu", precision="fp32", context_length=64), np.float32)
+    cuda = export_tiny(f"preset:{name}", tmp_path / "cuda", target="cuda", precision="fp16", context_length=64)
+    fp16, _ = logits(cuda, np.float16, tokens)
+    for a, b in zip(fp16, fp32):
+        assert np.abs(a - b).max() < 5e-3
