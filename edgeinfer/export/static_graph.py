@@ -40,7 +40,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..architecture import ArchSpec
 from ..errors import ExportError
-from ..graph_contract import EMBEDDINGS_FILE, MASK_VALUE, describe_step_bytes, static_io, static_step_bytes
+from ..graph_contract import EMBEDDINGS_FILE, MASK_VALUE, describe_step_bytes, rotary_tables, static_io, static_step_bytes
 from .onnx_writer import GraphWriter, WeightsFile
 from .options import ExportOptions
 from .sources import WeightSource
@@ -79,6 +79,20 @@ def context_constants(spec: ArchSpec, layers: tuple[int, int], tokens: int, cont
     for i in range(*layers):
         constants[f"model.layers.{i}.attn/kv_shape"] = [spec.num_kv_heads, context + tokens, spec.head_dim]
     return constants
+
+
+def key_center(bias: np.ndarray, spec: ArchSpec, context: int) -> np.ndarray:
+    """The mean over positions 0..CONTEXT-1 of the rotated key bias, [1, KVH, 1, D]: what the graph subtracts from
+    every key after RoPE. Scores shift by q.center for every key of a row, which the softmax ignores, so the result
+    is the same in exact arithmetic; what changes is the size of the numbers on the way. Qwen2.5's layer-0 key bias
+    (norm ~900 in the lowest-frequency pairs, which barely rotate) puts a common ~500-12,000 into every score of a
+    row whose differences of a few units decide the softmax: the HTP's 16x16-bit MatMul keeps ~0.1-0.5% of that
+    (errors of 4-40 units; the CPU EP's float MatMul 0.1), and a 16-bit grid over it steps 0.24. Centered, the
+    keys' norm is ~20 (the idea of SageAttention's K smoothing, fixed from the weights instead of per batch)."""
+    cos, sin = (t.astype(np.float64).mean(axis=0) for t in rotary_tables(spec.head_dim, spec.rope_theta, context))
+    b = bias.astype(np.float64).reshape(spec.num_kv_heads, 2, spec.head_dim // 2)
+    first, second = b[:, 0] * cos - b[:, 1] * sin, b[:, 1] * cos + b[:, 0] * sin  # the rope of static_graph.rope
+    return np.concatenate([first, second], axis=-1).reshape(1, spec.num_kv_heads, 1, spec.head_dim).astype(np.float32)
 
 
 def with_context(model, spec: ArchSpec, part: dict, tokens: int, context: int):
@@ -138,7 +152,7 @@ class StaticDecoderGraph:
     """One part (a range of layers) of one role (N tokens), in float32."""
 
     def __init__(self, writer: GraphWriter, source: WeightSource, tokens: int, context: int,
-                 layers: tuple[int, int], first: bool, last: bool):
+                 layers: tuple[int, int], first: bool, last: bool, center_keys: bool = True):
         self.w = writer
         self.source = source
         self.spec = source.spec
@@ -146,6 +160,7 @@ class StaticDecoderGraph:
         self.c = context
         self.layers = layers
         self.first, self.last = first, last
+        self.center_keys = center_keys and self.spec.qkv_bias  # key_center: only a bias gives keys a known mean
         self.context_constants = context_constants(self.spec, layers, tokens, context)
 
     def linear(self, x: str, name: str, weight_name: str, bias_name: str | None = None, scale: float = 1.0) -> str:
@@ -235,6 +250,9 @@ class StaticDecoderGraph:
             v = self.linear(h, f"{p}v_proj", p + "self_attn.v_proj.weight", bias("v"))
             q = self.rope(self.heads(q, s.num_heads, f"{p}q"), f"{p}q_rope")
             k = self.rope(self.heads(k, s.num_kv_heads, f"{p}k"), f"{p}k_rope")
+            if self.center_keys:  # the cache holds keys minus their bias's mean
+                center = w.shared_initializer(f"{p}k_center", lambda: key_center(self.source.tensor(bias("k")), s, c))
+                k = w.node("Sub", [k, center], name=f"{p}k_center")[0]
             v = self.heads(v, s.num_kv_heads, f"{p}v")
             new_k = w.node("Identity", [k], [f"new_key.{i}"], name=f"{p}new_key")[0]
             new_v = w.node("Identity", [v], [f"new_value.{i}"], name=f"{p}new_value")[0]
@@ -275,7 +293,8 @@ def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Pa
         try:
             for role, tokens in roles.items():
                 writer = GraphWriter(data)
-                StaticDecoderGraph(writer, weights, tokens, options.context_length, layers, first, last).build()
+                StaticDecoderGraph(writer, weights, tokens, options.context_length, layers, first, last,
+                                   options.center_keys).build()
                 writer.save(folder / f"{stems[role]}.onnx", producer=f"edgeinfer {__version__}")
                 entry = {"file": f"{stems[role]}.onnx", "data": data.path.name, "layers": list(layers),
                          **static_io(layers, first, last)}
