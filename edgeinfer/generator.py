@@ -130,6 +130,28 @@ class Generator:
     def reset(self) -> None:
         self.rewind(0)
 
+    def keep_common_prefix(self, token_ids) -> int:
+        """Rewind to the longest start the cache shares with TOKEN_IDS, short of all of them; returns its length.
+
+        A caller then appends only TOKEN_IDS[kept:]: a chat's earlier turns are not run again. The last id is
+        always run, because its logits give the next token.
+        """
+        limit = min(self.position, len(token_ids) - 1)
+        if limit <= 0:
+            self.rewind(0)
+            return 0
+        held = np.asarray(self.tokens[:limit], dtype=np.int64)
+        wanted = np.asarray(token_ids[:limit], dtype=np.int64)
+        differ = np.flatnonzero(held != wanted)
+        kept = int(differ[0]) if differ.size else limit
+        self.rewind(kept)
+        return kept
+
+    def use_sampling(self, sampling: SamplingParams) -> None:
+        """Sample with SAMPLING from now on, its seed restarting the random stream (a new request on a kept cache)."""
+        self.sampling = sampling
+        self.rng = np.random.default_rng(sampling.seed)
+
     def assume_filled(self, position: int) -> None:
         """Speed tests only: treat the first POSITION cache slots as filled without running the model.
 
