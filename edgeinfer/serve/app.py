@@ -52,8 +52,14 @@ class ServerState:
         self.created = int(time.time())
 
     def begin_shutdown(self) -> None:
-        """Signal received: admit nothing more; queued requests get a 503, running ones go on for now."""
+        """Signal received: admit nothing more; queued requests get a 503 now, running ones after the graceful
+        period unless they finish first (their responses then end with the error: a stream as its last event)."""
+        if self.scheduler.closed:
+            return
         self.scheduler.close()
+        stopped = APIError(503, "the server stopped before this request finished: retry after it restarts",
+                           code="shutting_down", type=SERVER_ERROR)
+        asyncio.get_running_loop().call_later(self.settings.shutdown_timeout_s, self.workers.cancel_all, stopped)
 
 
 def error_response(error: APIError) -> JSONResponse:
@@ -265,8 +271,8 @@ def create_app(model: Model, settings: ServeSettings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        state.begin_shutdown()
-        state.workers.cancel_all()  # what the graceful period did not finish
+        state.begin_shutdown()  # when no signal started the stop
+        state.workers.cancel_all()  # what the graceful period left (a client too slow to read its end)
         await asyncio.to_thread(state.workers.join, JOIN_TIMEOUT_S)
 
     routes = []

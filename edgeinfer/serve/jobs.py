@@ -42,8 +42,12 @@ class Job:
         self._cancelled = threading.Event()
         self.thread = threading.Thread(target=self._run, name="edgeinfer-generation", daemon=True)
 
-    def cancel(self) -> None:
+    def cancel(self, error: APIError | None = None) -> None:
+        """Stop after the current model step. ERROR (given on the event loop's thread): the request's response
+        ends with it now, without waiting for that step."""
         self._cancelled.set()
+        if error is not None:
+            self.events.put_nowait(Failed(error))
 
     @property
     def cancelled(self) -> bool:
@@ -103,9 +107,9 @@ class Workers:
         job.thread.start()
         return job
 
-    def cancel_all(self) -> None:
+    def cancel_all(self, error: APIError | None = None) -> None:
         for job in self._jobs:
-            job.cancel()
+            job.cancel(error)
 
     def join(self, timeout_s: float) -> bool:
         """Wait up to TIMEOUT_S for every job's thread; True if all ended."""

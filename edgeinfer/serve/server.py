@@ -19,6 +19,8 @@ from ..errors import EdgeInferError
 from .app import create_app
 from .settings import ServeSettings
 
+SHUTDOWN_MARGIN_S = 3.0  # after the app's own graceful period: time for the current model step and the last bytes
+
 
 def header_deadline_protocol(timeout_s: float) -> type[H11Protocol]:
     """uvicorn's h11 protocol where each request's headers must arrive within TIMEOUT_S of the connection
@@ -106,7 +108,8 @@ def run_server(model, settings: ServeSettings, announce) -> None:
     sock = listen(settings.host, settings.port)
     config = uvicorn.Config(
         app, http=header_deadline_protocol(settings.read_timeout_s), lifespan="on", log_level="info",
-        timeout_graceful_shutdown=settings.shutdown_timeout_s, timeout_keep_alive=5,
+        # The app ends running requests after shutdown_timeout_s; uvicorn cancels what is left a little later.
+        timeout_graceful_shutdown=settings.shutdown_timeout_s + SHUTDOWN_MARGIN_S, timeout_keep_alive=5,
         # A backstop against connection floods; the scheduler's queue answers with 503s long before this.
         limit_concurrency=max(256, 4 * (settings.parallel + settings.queue)),
     )
