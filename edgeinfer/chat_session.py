@@ -18,6 +18,7 @@ class ChatSession:
         self.max_new_tokens = max_new_tokens
         self.history: list[dict] = []
         self._generator = None  # made on the first turn, kept for the next ones
+        self.last_result = None  # the latest turn's GenerationResult (timings, cached_tokens)
 
     def reset(self) -> None:
         self.history.clear()
@@ -41,5 +42,5 @@ class ChatSession:
             self._generator = self.model.generator(self.sampling)
         stream = self.model.stream(messages, self.max_new_tokens, self.sampling, generator=self._generator)
         yield from stream
-        result = stream.result
+        result = self.last_result = stream.result
         self.history = [*messages, {"role": "assistant", "content": result.answer or result.text}]

@@ -227,3 +227,37 @@ def test_closing_refuses_the_queue_and_newcomers():
         assert scheduler.running == 0
 
     run(scenario())
+
+
+def test_accepted_connections_send_small_writes_at_once():
+    """Nagle's algorithm off (TCP_NODELAY): a streamed chunk must not wait for the client's delayed ACK."""
+    import socket
+
+    from edgeinfer.serve.server import listen
+
+    async def scenario():
+        sock = listen("127.0.0.1", 0)
+        accepted = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport):
+                accepted.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        nodelay = await accepted
+        writer.close()
+        server.close()
+        return nodelay
+
+    assert run(scenario()) == 1
+
+
+def test_listen_says_why_it_cannot():
+    from edgeinfer.errors import EdgeInferError
+    from edgeinfer.serve.server import listen
+
+    taken = listen("127.0.0.1", 0)
+    with pytest.raises(EdgeInferError, match="cannot listen on 127.0.0.1"):
+        listen("127.0.0.1", taken.getsockname()[1])
+    taken.close()

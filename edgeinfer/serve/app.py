@@ -141,7 +141,6 @@ class GenerationEndpoint:
 
     async def __call__(self, scope, receive, send) -> None:
         watch = None
-        started = []  # set once the response's first bytes are out: errors then go into the stream
         try:
             body = await read_body(scope, receive, self.state.settings)
             request, prompt = await asyncio.to_thread(self._prepare, body)
@@ -154,7 +153,7 @@ class GenerationEndpoint:
                 try:
                     envelope = responses.Envelope(self.endpoint, self.state.settings.model_id)
                     if request.stream:
-                        await until_gone(self._stream(job, request, prompt, envelope, send, started), watch)
+                        await until_gone(self._stream(job, request, prompt, envelope, send), watch)
                     else:
                         result = await until_gone(job.result(), watch)
                         payload = (responses.chat_completion(envelope, result, prompt.thinking) if self.endpoint == "chat"
@@ -166,18 +165,16 @@ class GenerationEndpoint:
                 ticket.release()
         except ClientGone:
             pass
-        except APIError as error:
-            if not started:
-                await error_response(error)(scope, receive, send)
+        except APIError as error:  # before any byte of the response: a stream reports its own errors as events
+            await error_response(error)(scope, receive, send)
         finally:
             if watch is not None:
                 watch.cancel()
 
-    async def _stream(self, job, request: GenerationRequest, prompt: Prompt, envelope, send, started: list) -> None:
+    async def _stream(self, job, request: GenerationRequest, prompt: Prompt, envelope, send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", f"{sse.MEDIA_TYPE}; charset=utf-8".encode()),
             *((k.lower().encode(), v.encode()) for k, v in sse.HEADERS.items())]})
-        started.append(True)
 
         async def emit(payload: bytes) -> None:
             await send({"type": "http.response.body", "body": payload, "more_body": True})

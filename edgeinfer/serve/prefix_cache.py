@@ -48,11 +48,6 @@ class PrefixCache:
     def cost(self, kept: KeptCache) -> int:
         return (kept.footprint if self.host_memory else self.capacity) * self.bytes_per_token
 
-    @property
-    def bytes(self) -> int:
-        with self._lock:
-            return sum(self.cost(k) for k in self._kept.values())
-
     def __len__(self) -> int:
         return len(self._kept)
 
