@@ -190,6 +190,35 @@ def second_turn(url: str, words: str, new_tokens: int) -> dict:
             "prefilled_tokens": t["prompt_n"], "prefill_ms": t["prompt_ms"], "ttft_ms": t["ttft_ms"]}
 
 
+def cache_growth(model, vocab: int) -> dict:
+    """This process's RSS growth (MiB) as generators are held: 4 fed 20 tokens each, then one fed 528, then none.
+    A warm-up with both shapes first, so that onnxruntime's arena has grown already: what is left is the caches."""
+    import gc
+
+    from edgeinfer.bench.profiler import random_prompt
+    from edgeinfer.sampler import GREEDY
+
+    def fed(tokens: int, seed: int):
+        generator = model.generator(GREEDY)
+        generator.append(random_prompt(tokens, vocab, seed))
+        return generator
+
+    for tokens in (528, 20):
+        fed(tokens, 0).extend(2)
+    process = psutil.Process()
+    gc.collect()
+    base = process.memory_info().rss
+    grown = lambda: (process.memory_info().rss - base) / 2**20  # noqa: E731
+    held = [fed(20, seed) for seed in range(1, 5)]
+    growth = {"4 generators x 20 tokens": grown()}
+    held.append(fed(528, 9))
+    growth["+1 generator x 528 tokens"] = grown()
+    del held
+    gc.collect()
+    growth["all dropped"] = grown()
+    return growth
+
+
 def markdown(rows: list[dict], turns: dict, settings: dict) -> str:
     lines = [
         f"# `edgeinfer serve` under load: {settings['model']} on {settings['machine']}",
@@ -208,8 +237,12 @@ def markdown(rows: list[dict], turns: dict, settings: dict) -> str:
         lines.append(f"| {r['interface']} | {r['clients']} | {r['ttft_ms']:.0f} ms | {r['engine_ttft_ms']:.0f} ms | "
                      f"{r['decode_tokens_per_s']:.1f} | {r['aggregate_tokens_per_s']:.1f} | {r['idle_rss_mib']:.0f} MiB | "
                      f"{r['peak_rss_mib']:.0f} MiB | {r['mib_per_request']:.0f} MiB |")
-    lines += ["", f"KV cache per request: {settings['kv_mib_per_request']:.1f} MiB ({settings['kv_bytes_per_token']} "
-              "bytes per token x (prompt + new tokens)).", "",
+    growth = settings["cache_growth_mib"]
+    lines += ["", f"KV cache per request by its tokens: {settings['kv_mib_per_request']:.1f} MiB "
+              f"({settings['kv_bytes_per_token']} bytes per token x (prompt + new tokens)); a whole "
+              f"{settings['context_length']}-token cache: {settings['kv_bytes_per_token'] * settings['context_length'] / 2**20:.0f} MiB. "
+              "RSS growth of the API process while it holds generators, after a warm-up: "
+              + ", ".join(f"{k} {v:+.0f} MiB" for k, v in growth.items()) + ".", "",
               "A chat's second turn (first turn: the same prompt length, as text; the second turn's server timings):", "",
               "| prefix cache | prompt tokens | cached | prefilled | prefill | TTFT |", "|---|---|---|---|---|---|"]
     for name, t in turns.items():
@@ -241,11 +274,14 @@ def main() -> None:
     def prompts(round_: int, client: int) -> list[int]:
         return random_prompt(args.prompt_tokens, vocab, seed=1000 * (round_ + 2) + client)
 
+    growth = cache_growth(model, vocab)
+    print(json.dumps({"cache_growth_mib": growth}), flush=True)
     rows = measure("api", psutil.Process().pid, lambda i, ids: api_request(model, ids, args.new_tokens),
                    prompts, args.clients, args.rounds, args.new_tokens)
     sentence = "The quick brown fox jumps over the lazy dog while the cat watches from the window. "
     words = model.tokenizer.decode(model.tokenizer.encode(sentence * args.prompt_tokens)[: args.prompt_tokens])
     kv_per_token = kv_bytes_per_token(model.manifest)
+    context_length = model.context_length
     machine = get_backend("cpu").device_description()
     del model  # the server loads its own copy
 
@@ -267,6 +303,7 @@ def main() -> None:
         "command": "python bench/serve_load.py " + " ".join(sys.argv[1:]), "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens, "rounds": args.rounds, "kv_bytes_per_token": kv_per_token,
         "kv_mib_per_request": kv_per_token * (args.prompt_tokens + args.new_tokens) / 2**20,
+        "context_length": context_length, "cache_growth_mib": growth,
     }
     text = markdown(rows, turns, settings)
     print(text)

@@ -71,11 +71,11 @@ class Job:
             self.cancel()
 
     def _run(self) -> None:
-        prompt, request = self.prompt, self.request
-        kept = self.cache.take(prompt.ids) or KeptCache(self.model.generator(request.sampling))
-        stream = self.model.stream_ids(prompt.ids, prompt.max_new_tokens, request.sampling, request.stop,
-                                       request.ignore_eos, generator=kept.generator, thinking=prompt.thinking)
+        prompt, request, stream = self.prompt, self.request, None
         try:
+            kept = self.cache.take(prompt.ids) or KeptCache(self.model.generator(request.sampling))
+            stream = self.model.stream_ids(prompt.ids, prompt.max_new_tokens, request.sampling, request.stop,
+                                           request.ignore_eos, generator=kept.generator, thinking=prompt.thinking)
             for piece in stream:
                 if self.cancelled:
                     return
@@ -91,7 +91,8 @@ class Job:
             self._emit(Failed(APIError(500, f"internal error ({type(exc).__name__}): see the server log",
                                        type=SERVER_ERROR, code="internal_error")))
         finally:
-            stream.close()  # a cancelled stream stops here; its generator (and KV cache) goes with this frame
+            if stream is not None:
+                stream.close()  # a cancelled stream stops here; its generator (and KV cache) goes with this frame
 
 
 class Workers:
