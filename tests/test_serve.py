@@ -133,6 +133,10 @@ def streamed_chat(client, model_id: str, prompt: str, **options) -> tuple[str, s
 # -- the openai client against `edgeinfer run` ------------------------------------------------------------------
 
 
+def test_the_server_listens_on_loopback_by_default(server):
+    assert server.host == "127.0.0.1"
+
+
 def test_models_lists_the_served_model(client, package):
     listed = client.models.list().data
     assert [m.id for m in listed] == [package.name]
@@ -253,6 +257,23 @@ def test_a_client_that_leaves_cancels_its_generation(server, client, model_id):
     # Its cache was dropped, not kept: the same prompt again finds nothing cached.
     again = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": prompt}], max_tokens=1)
     assert again.usage.prompt_tokens_details.cached_tokens == 0
+
+
+def test_a_client_that_leaves_the_queue_frees_its_place(server, client, model_id):
+    long = dict(model=model_id, stream=True, max_tokens=4000, temperature=0, extra_body={"ignore_eos": True})
+    running = [client.chat.completions.create(messages=[{"role": "user", "content": f"long {i}"}], **long)
+               for i in range(4)]
+    for stream in running:  # each has its first chunk: all four slots are taken
+        next(iter(stream))
+    with pytest.raises(httpx.ReadTimeout):  # waits in the queue, then gives up
+        httpx.post(f"{server.url}/v1/chat/completions", json={"messages": USER, "max_tokens": 4}, headers=headers(),
+                   timeout=httpx.Timeout(10, read=0.5))
+    deadline = time.monotonic() + 10
+    while stats(server)["queued"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (stats(server)["running"], stats(server)["queued"]) == (4, 0)
+    for stream in running:
+        stream.close()
 
 
 # -- prompt-prefix reuse ----------------------------------------------------------------------------------------
