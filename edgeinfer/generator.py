@@ -136,14 +136,7 @@ class Generator:
         A caller then appends only TOKEN_IDS[kept:]: a chat's earlier turns are not run again. The last id is
         always run, because its logits give the next token.
         """
-        limit = min(self.position, len(token_ids) - 1)
-        if limit <= 0:
-            self.rewind(0)
-            return 0
-        held = np.asarray(self.tokens[:limit], dtype=np.int64)
-        wanted = np.asarray(token_ids[:limit], dtype=np.int64)
-        differ = np.flatnonzero(held != wanted)
-        kept = int(differ[0]) if differ.size else limit
+        kept = reusable_prefix(self.tokens, token_ids)
         self.rewind(kept)
         return kept
 
@@ -162,6 +155,16 @@ class Generator:
             raise GenerationError(f"position {position} is outside the {self.capacity}-token context")
         self.tokens = [0] * position
         self.logits = None
+
+
+def reusable_prefix(held, prompt) -> int:
+    """How many of PROMPT's tokens a cache holding HELD need not run: their common start, short of the whole
+    prompt (its last token always runs, for the next token's logits)."""
+    limit = min(len(held), len(prompt) - 1)
+    if limit <= 0:
+        return 0
+    differ = np.flatnonzero(np.asarray(held[:limit], dtype=np.int64) != np.asarray(prompt[:limit], dtype=np.int64))
+    return int(differ[0]) if differ.size else limit
 
 
 @dataclass(frozen=True)

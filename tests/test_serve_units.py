@@ -14,7 +14,8 @@ import edgeinfer  # noqa: E402
 from edgeinfer.chat import split_reasoning  # noqa: E402
 from edgeinfer.sampler import GREEDY, SamplingParams  # noqa: E402
 from edgeinfer.serve.api_errors import APIError  # noqa: E402
-from edgeinfer.serve.prefix_cache import KeptCache, PrefixCache, shared_prefix  # noqa: E402
+from edgeinfer.generator import reusable_prefix  # noqa: E402
+from edgeinfer.serve.prefix_cache import KeptCache, PrefixCache  # noqa: E402
 from edgeinfer.serve.reasoning import ReasoningSplitter  # noqa: E402
 from edgeinfer.serve.scheduler import Scheduler  # noqa: E402
 from edgeinfer.serve.schema import parse_request  # noqa: E402
@@ -118,11 +119,11 @@ def kept(model, tokens: list[int]) -> KeptCache:
     return KeptCache(generator)
 
 
-def test_shared_prefix_leaves_the_last_prompt_token_to_run():
-    assert shared_prefix([1, 2, 3, 4], [1, 2, 9]) == 2
-    assert shared_prefix([1, 2, 3], [1, 2, 3]) == 2  # its logits are needed: it runs again
-    assert shared_prefix([1, 2], [1, 2, 3, 4]) == 2
-    assert shared_prefix([], [1]) == 0
+def test_the_reusable_prefix_leaves_the_last_prompt_token_to_run():
+    assert reusable_prefix([1, 2, 3, 4], [1, 2, 9]) == 2
+    assert reusable_prefix([1, 2, 3], [1, 2, 3]) == 2  # its logits are needed: it runs again
+    assert reusable_prefix([1, 2], [1, 2, 3, 4]) == 2
+    assert reusable_prefix([], [1]) == 0
 
 
 def test_the_prefix_cache_hands_out_the_longest_match(tiny_model):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..generator import Generator
+from ..generator import Generator, reusable_prefix
 
 # Below this many shared tokens, taking a kept cache costs its owner more than it saves the taker (a chat
 # template's opening is a few tokens; a system prompt is dozens).
@@ -25,15 +25,6 @@ MIN_SHARED_TOKENS = 16
 class KeptCache:
     generator: Generator
     footprint: int = 0  # cache slots whose memory is in use: the most tokens it held (host pages stay touched)
-
-
-def shared_prefix(held: list[int], prompt: list[int]) -> int:
-    """How many of PROMPT's tokens a cache holding HELD can skip: their common start, short of the whole prompt."""
-    limit = min(len(held), len(prompt) - 1)
-    if limit <= 0:
-        return 0
-    differ = np.flatnonzero(np.asarray(held[:limit]) != np.asarray(prompt[:limit]))
-    return int(differ[0]) if differ.size else limit
 
 
 class PrefixCache:
@@ -56,7 +47,7 @@ class PrefixCache:
         with self._lock:
             best, best_shared = None, 0
             for key, kept in self._kept.items():  # the most recent wins a tie: it comes last
-                shared = shared_prefix(kept.generator.tokens, prompt)
+                shared = reusable_prefix(kept.generator.tokens, prompt)
                 if shared and shared >= best_shared:
                     best, best_shared = key, shared
             if best is None or best_shared < min(MIN_SHARED_TOKENS, len(prompt) - 1):
