@@ -91,8 +91,13 @@ class Model:
         return SamplingParams()  # DeepSeek-R1's recommendation (0.6 / 0.95), a sound default for other chat models
 
     def generator(self, sampling: SamplingParams | None = None) -> Generator:
-        """A fresh generator with its own KV cache."""
-        return Generator(self.engine.new_runner(), self.spec.vocab_size, sampling or self.default_sampling())
+        """A fresh generator with its own KV cache (on a GPU, maybe the buffers of one given back by `recycle`)."""
+        return Generator(self._runners.acquire(), self.spec.vocab_size, sampling or self.default_sampling())
+
+    def recycle(self, generator: Generator) -> None:
+        """The caller is done with GENERATOR: a later `generator()` may reuse its cache buffers and decode graph
+        (kept on GPUs, where making them costs milliseconds and each new CUDA graph stays with the session)."""
+        self._runners.release(generator.runner)
 
     def encode_prompt(self, prompt_or_messages, raw: bool = False) -> list[int]:
         if raw:

@@ -263,3 +263,17 @@ def test_chat_session_runs_only_the_new_turn(preset_pkg):
     first = session.last_result
     "".join(session.send("and a second one"))
     assert session.last_result.cached_tokens >= first.prompt_tokens - 2  # all but the "<think>\n" its reply opened
+
+
+def test_a_recycled_generators_runner_serves_the_next_generator(qwen2_fp32):
+    from edgeinfer.model import RunnerPool
+
+    model = edgeinfer.load(qwen2_fp32)
+    model._runners = RunnerPool(model.engine, keep=True)  # as on a GPU
+    first = model.generator(GREEDY)
+    first.append([1, 2, 3])
+    model.recycle(first)
+    second = model.generator(GREEDY)
+    assert second.runner is first.runner and second.position == 0
+    second.append([1, 2, 3])
+    np.testing.assert_array_equal(second.logits, model.generator(GREEDY).runner.forward([1, 2, 3], 0))

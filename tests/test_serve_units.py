@@ -139,20 +139,25 @@ def test_the_prefix_cache_hands_out_the_longest_match(tiny_model):
 
 
 def test_the_prefix_cache_drops_what_a_longer_entry_covers(tiny_model):
-    cache = PrefixCache(10**9, 1, tiny_model.context_length, host_memory=True)
-    cache.put(kept(tiny_model, list(range(30))))
-    cache.put(kept(tiny_model, list(range(50))))  # covers the first
+    dropped = []
+    cache = PrefixCache(10**9, 1, tiny_model.context_length, host_memory=True, on_drop=dropped.append)
+    short, longer, shortest = kept(tiny_model, list(range(30))), kept(tiny_model, list(range(50))), kept(tiny_model, list(range(20)))
+    cache.put(short)
+    cache.put(longer)  # covers the first
     assert len(cache) == 1
-    cache.put(kept(tiny_model, list(range(20))))  # covered by the second: not kept
+    cache.put(shortest)  # covered by the second: not kept
     assert len(cache) == 1 and cache.take(list(range(60))).generator.position == 50
+    assert dropped == [short.generator, shortest.generator]  # given back (Model.recycle), not leaked
 
 
 def test_the_prefix_cache_evicts_the_least_recently_used_beyond_its_budget(tiny_model):
-    cache = PrefixCache(budget_bytes=100, bytes_per_token=1, capacity=tiny_model.context_length, host_memory=True)
+    dropped = []
+    cache = PrefixCache(budget_bytes=100, bytes_per_token=1, capacity=tiny_model.context_length, host_memory=True,
+                        on_drop=dropped.append)
     first, second, third = (kept(tiny_model, [base + i for i in range(40)]) for base in (0, 50, 100))
     for entry in (first, second, third):
         cache.put(entry)
-    assert len(cache) == 2 and cache.stats()["evictions"] == 1
+    assert len(cache) == 2 and cache.stats()["evictions"] == 1 and dropped == [first.generator]
     assert cache.take([i for i in range(40)]) is None  # the oldest went
     assert cache.take([50 + i for i in range(40)]) is second
 

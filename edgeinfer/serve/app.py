@@ -47,7 +47,7 @@ class ServerState:
         self.model, self.settings = model, settings
         self.scheduler = Scheduler(settings.parallel, settings.queue)
         self.cache = PrefixCache(settings.cache_bytes, kv_bytes_per_token(model.manifest), model.context_length,
-                                 host_memory=model.backend.kv_location == "host")
+                                 host_memory=model.backend.kv_location == "host", on_drop=model.recycle)
         self.workers = Workers(model, self.cache)
         self.created = int(time.time())
 

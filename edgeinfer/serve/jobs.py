@@ -71,7 +71,7 @@ class Job:
             self.cancel()
 
     def _run(self) -> None:
-        prompt, request, stream = self.prompt, self.request, None
+        prompt, request, kept, stream = self.prompt, self.request, None, None
         try:
             kept = self.cache.take(prompt.ids) or KeptCache(self.model.generator(request.sampling))
             stream = self.model.stream_ids(prompt.ids, prompt.max_new_tokens, request.sampling, request.stop,
@@ -83,6 +83,7 @@ class Job:
             if self.cancelled:
                 return
             self.cache.put(kept)
+            kept = None  # the cache's now
             self._emit(Finished(stream.result))
         except EdgeInferError as exc:  # the prompt was checked before: this is the model's or the package's fault
             self._emit(Failed(APIError(500, f"generation failed: {exc}", type=SERVER_ERROR, code="generation_failed")))
@@ -92,7 +93,9 @@ class Job:
                                        type=SERVER_ERROR, code="internal_error")))
         finally:
             if stream is not None:
-                stream.close()  # a cancelled stream stops here; its generator (and KV cache) goes with this frame
+                stream.close()  # a cancelled stream stops here
+            if kept is not None:  # cancelled or failed: its KV cache goes now (on a GPU, its buffers to the pool)
+                self.model.recycle(kept.generator)
 
 
 class Workers:

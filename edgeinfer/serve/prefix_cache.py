@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +29,10 @@ class KeptCache:
 
 
 class PrefixCache:
-    def __init__(self, budget_bytes: int, bytes_per_token: int, capacity: int, host_memory: bool):
+    def __init__(self, budget_bytes: int, bytes_per_token: int, capacity: int, host_memory: bool,
+                 on_drop: Callable[[Generator], None] = lambda generator: None):
         self.budget_bytes, self.bytes_per_token = budget_bytes, bytes_per_token
+        self._on_drop = on_drop  # a generator the cache lets go of (Model.recycle: a GPU reuses its buffers)
         # A device cache is allocated whole; a host one is calloc'd and grows as tokens fill it.
         self.capacity, self.host_memory = capacity, host_memory
         self._kept: OrderedDict[int, KeptCache] = OrderedDict()  # least recently used first
@@ -60,17 +63,22 @@ class PrefixCache:
         """Keep KEPT for later requests, dropping caches it makes useless and the oldest ones beyond the budget."""
         kept.footprint = max(kept.footprint, kept.generator.position)
         tokens = kept.generator.tokens
+        dropped = []
         with self._lock:
             for key, other in list(self._kept.items()):
                 held = other.generator.tokens
                 if len(held) <= len(tokens) and held == tokens[: len(held)]:
-                    del self._kept[key]  # every prompt shares at least as much with KEPT
+                    dropped.append(self._kept.pop(key))  # every prompt shares at least as much with KEPT
                 elif len(tokens) < len(held) and tokens == held[: len(tokens)]:
-                    return  # the other one already serves every prompt KEPT would
-            self._kept[id(kept)] = kept
+                    dropped.append(kept)  # the other one already serves every prompt KEPT would
+                    break
+            else:
+                self._kept[id(kept)] = kept
             while self._kept and sum(self.cost(k) for k in self._kept.values()) > self.budget_bytes:
-                self._kept.popitem(last=False)
+                dropped.append(self._kept.popitem(last=False)[1])
                 self.evictions += 1
+        for gone in dropped:
+            self._on_drop(gone.generator)
 
     def stats(self) -> dict:
         with self._lock:
