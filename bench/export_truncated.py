@@ -25,7 +25,7 @@ class FirstLayers:
         if not 0 < layers <= source.spec.num_layers:
             raise SystemExit(f"--layers {layers}: the model has {source.spec.num_layers}")
         self.source = source
-        self.spec = replace(source.spec, num_layers=layers)
+        self.spec = replace(source.spec, num_layers=layers, layer_types=source.spec.layer_types[:layers])
         self.description = f"{source.description} (first {layers} of {source.spec.num_layers} layers)"
         self.random_weights = source.random_weights
 

@@ -1,4 +1,4 @@
-"""Architecture facts in one declarative place: families, the spec of one model, and presets.
+"""The spec of one model: its family (families.py), sizes and the per-layer facts the graphs are built from.
 
 The graph builders read only `ArchSpec`; weight sources produce tensors under the Hugging Face
 names listed by `tensor_names`, whatever their own file format calls them.
@@ -8,32 +8,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
+
 from .errors import SourceError
-from .limits import size_problem
-
-
-@dataclass(frozen=True)
-class Family:
-    """What differs between decoder families that share the Llama layout."""
-
-    name: str
-    hf_architectures: tuple[str, ...]
-    hf_model_types: tuple[str, ...]
-    qkv_bias: bool
-
-
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in (
-        Family("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), qkv_bias=True),
-        Family("llama", ("LlamaForCausalLM", "MistralForCausalLM"), ("llama", "mistral"), qkv_bias=False),
-    )
-}
+from .families import FAMILIES, Family
+from .limits import MAX_SIZES, size_problem
+from .rope import ROPE_TYPES
 
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """The shape and constants of one decoder-only model."""
+    """The shape and constants of one decoder-only model: what both graph builders and the runtime read."""
 
     family: str
     hidden_size: int
@@ -47,10 +32,23 @@ class ArchSpec:
     rms_norm_eps: float
     max_position_embeddings: int
     tie_word_embeddings: bool = False
+    # transformers' rope parameters beyond theta ({"rope_type": "llama3", "factor": 32.0, ...}, see rope.py);
+    # None: plain RoPE
+    rope_scaling: dict | None = None
+    rotary_dim: int | None = None  # leading dims of each head that rotate (Phi-4-mini: 3/4); None: all of them
+    layer_types: tuple[str, ...] = ()  # per layer FULL or SLIDING; (): all FULL
+    sliding_window: int | None = None  # tokens a SLIDING layer sees, itself included
+    local_rope_theta: float | None = None  # plain RoPE of SLIDING layers with a base of their own (Gemma 3)
+    layers_without_rope: tuple[int, ...] = ()  # (SmolLM3's NoPE layers)
+    attention_scale: float | None = None  # of q.k; None: 1/sqrt(head_dim) (Gemma: query_pre_attn_scalar^-0.5)
+
+    @property
+    def family_data(self) -> Family:
+        return FAMILIES[self.family]
 
     @property
     def qkv_bias(self) -> bool:
-        return FAMILIES[self.family].qkv_bias
+        return self.family_data.qkv_bias
 
     @property
     def q_size(self) -> int:
@@ -60,22 +58,84 @@ class ArchSpec:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
+    @property
+    def rotary_dims(self) -> int:
+        return self.rotary_dim or self.head_dim
+
+    @property
+    def query_scale(self) -> float:
+        return self.attention_scale if self.attention_scale is not None else self.head_dim ** -0.5
+
+    @property
+    def embedding_scale(self) -> float:
+        """What the embeddings are multiplied by before the first layer (in float32, as transformers does)."""
+        return float(np.float32(self.hidden_size ** 0.5)) if self.family_data.scaled_embeddings else 1.0
+
+    # -- per layer ------------------------------------------------------------------------------------------
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of LAYER; None: it attends to every earlier token."""
+        sliding = self.layer_types and self.layer_types[layer] == SLIDING
+        return self.sliding_window if sliding else None
+
+    def ropes(self) -> list[tuple[float, dict | None]]:
+        """The distinct (theta, scaling) RoPEs the layers use: the global one first, a sliding layers' own second."""
+        kinds = [(self.rope_theta, self.rope_scaling)]
+        if self.local_rope_theta is not None and any(self.layer_window(i) for i in range(self.num_layers)):
+            kinds.append((self.local_rope_theta, None))
+        return kinds
+
+    def layer_rope(self, layer: int) -> int | None:
+        """Index into ropes() of LAYER's RoPE; None for a layer without one."""
+        if layer in self.layers_without_rope:
+            return None
+        return 1 if self.local_rope_theta is not None and self.layer_window(layer) else 0
+
+    def windows(self) -> list[int | None]:
+        """The distinct windows of the layers, in layer order (None: full attention): one attention mask each."""
+        return list(dict.fromkeys(self.layer_window(i) for i in range(self.num_layers)))
+
+    def layer_mask(self, layer: int) -> int:
+        return self.windows().index(self.layer_window(layer))
+
+    # -- tensors ----------------------------------------------------------------------------------------------
     def tensor_names(self) -> list[str]:
-        """Hugging Face names of every weight, in the order the exporter consumes them."""
+        """Hugging Face names of every weight, in the order the exporter consumes them (fused checkpoints' tensors
+        by the names of their parts: see checkpoint_tensor)."""
+        family = self.family_data
         names = ["model.embed_tokens.weight"]
         for i in range(self.num_layers):
             p = f"model.layers.{i}."
-            names.append(p + "input_layernorm.weight")
+            names.append(p + f"{family.norms.attention_in}.weight")
             for proj in ("q_proj", "k_proj", "v_proj"):
                 names.append(f"{p}self_attn.{proj}.weight")
                 if self.qkv_bias:
                     names.append(f"{p}self_attn.{proj}.bias")
-            names += [p + "self_attn.o_proj.weight", p + "post_attention_layernorm.weight"]
+            if family.qk_norm:
+                names += [p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"]
+            names.append(p + "self_attn.o_proj.weight")
+            names += [f"{p}{norm}.weight" for norm in family.norms.names()[1:]]
             names += [f"{p}mlp.{proj}.weight" for proj in ("gate_proj", "up_proj", "down_proj")]
         names.append("model.norm.weight")
         if not self.tie_word_embeddings:
             names.append("lm_head.weight")
         return names
+
+    def checkpoint_tensor(self, name: str) -> tuple[str, slice | None]:
+        """Where a checkpoint keeps NAME: (its stored name, the rows of it that are NAME, or None for all). Fused
+        families store q|k|v as qkv_proj and gate|up as gate_up_proj."""
+        if not self.family_data.fused_checkpoint:
+            return name, None
+        q, kv, m = self.q_size, self.kv_size, self.intermediate_size
+        parts = {"self_attn.q_proj.weight": ("self_attn.qkv_proj.weight", slice(0, q)),
+                 "self_attn.k_proj.weight": ("self_attn.qkv_proj.weight", slice(q, q + kv)),
+                 "self_attn.v_proj.weight": ("self_attn.qkv_proj.weight", slice(q + kv, q + 2 * kv)),
+                 "mlp.gate_proj.weight": ("mlp.gate_up_proj.weight", slice(0, m)),
+                 "mlp.up_proj.weight": ("mlp.gate_up_proj.weight", slice(m, 2 * m))}
+        prefix, _, leaf = name.rpartition("model.layers.")[2].partition(".")
+        if leaf in parts:
+            stored, rows = parts[leaf]
+            return f"model.layers.{prefix}.{stored}", rows
+        return name, None
 
     def tensor_shape(self, name: str) -> tuple[int, ...]:
         h, q, kv, m = self.hidden_size, self.q_size, self.kv_size, self.intermediate_size
@@ -86,73 +146,37 @@ class ArchSpec:
             "q_proj": (q, h),
             "k_proj": (kv, h),
             "v_proj": (kv, h),
+            "qkv_proj": (q + 2 * kv, h),
             "o_proj": (h, q),
             "gate_proj": (m, h),
             "up_proj": (m, h),
+            "gate_up_proj": (2 * m, h),
             "down_proj": (h, m),
+            "q_norm": (self.head_dim,),
+            "k_norm": (self.head_dim,),
         }
-        if name.endswith("norm.weight"):
-            return (h,)
         if name.endswith(".bias"):
             return (shapes[leaf][0],)
+        if leaf in shapes:
+            return shapes[leaf]
+        if name.endswith("norm.weight"):
+            return (h,)
         return shapes[leaf]
-
-    @classmethod
-    def from_hf_config(cls, config: dict) -> "ArchSpec":
-        """Read a transformers config.json; refuse architectures we cannot build."""
-        archs = tuple(config.get("architectures") or ())
-        model_type = config.get("model_type", "")
-        family = next(
-            (f for f in FAMILIES.values() if model_type in f.hf_model_types or set(archs) & set(f.hf_architectures)),
-            None,
-        )
-        if family is None:
-            known = ", ".join(a for f in FAMILIES.values() for a in f.hf_architectures)
-            raise SourceError(
-                f"unsupported architecture {archs or model_type!r}: edgeinfer exports decoder LLMs of the "
-                f"Qwen2/Llama family ({known})"
-            )
-        rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise SourceError(f"rope scaling {rope!r} is not supported yet: export a checkpoint with plain RoPE")
-        missing = [key for key in _HF_REQUIRED if key not in config]
-        if missing:
-            raise SourceError(f"config.json has no {missing[0]}: restore config.json from the original checkpoint")
-        heads = config["num_attention_heads"]
-        return checked_spec(
-            "config.json",
-            _HF_FIELDS,
-            family=family.name,
-            hidden_size=config["hidden_size"],
-            num_layers=config["num_hidden_layers"],
-            num_heads=heads,
-            num_kv_heads=config.get("num_key_value_heads", heads),
-            head_dim=config.get("head_dim") or None,  # some configs write null or 0: derive it
-            intermediate_size=config["intermediate_size"],
-            vocab_size=config["vocab_size"],
-            rope_theta=config.get("rope_theta", rope.get("rope_theta", 10000.0)),
-            rms_norm_eps=config.get("rms_norm_eps", 1e-6),
-            max_position_embeddings=config.get("max_position_embeddings", 4096),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ArchSpec":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        names = {f.name: f for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        for key in ("layer_types", "layers_without_rope"):  # JSON gives lists
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        return cls(**values)
 
 
-_HF_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-# ArchSpec field -> the config.json key it comes from, so that errors name what the user sees in the file.
-_HF_FIELDS = {
-    "hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
-    "num_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "intermediate_size": "intermediate_size",
-    "vocab_size": "vocab_size", "max_position_embeddings": "max_position_embeddings",
-    "rope_theta": "rope_theta", "rms_norm_eps": "rms_norm_eps",
-}
+FULL, SLIDING = "full_attention", "sliding_attention"  # transformers' layer_types
 
 
 def checked_spec(where: str, file_fields: dict[str, str], head_dim=None, **values) -> ArchSpec:
@@ -185,9 +209,61 @@ def checked_spec(where: str, file_fields: dict[str, str], head_dim=None, **value
     positions = values["max_position_embeddings"]
     if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
         raise refuse("max_position_embeddings", f"is {positions!r}, not a whole number >= 1")
-    for field in ("rope_theta", "rms_norm_eps"):
-        value = values[field]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+    for field in ("rope_theta", "rms_norm_eps", "local_rope_theta", "attention_scale"):
+        value = values.get(field)
+        if value is None and field in ("local_rope_theta", "attention_scale"):
+            continue
+        if not _positive(value):
             raise refuse(field, f"is {value!r}, not a positive number")
         values[field] = float(value)
+    _check_layer_attention(values, head_dim, refuse)
     return ArchSpec(head_dim=head_dim, **values)
+
+
+def _positive(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < float("inf")
+
+
+def _whole(value, low: int, high: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
+
+
+def _check_layer_attention(values: dict, head_dim: int, refuse) -> None:
+    """The optional per-layer facts (windows, NoPE layers, partial rotary, rope scaling), checked like the sizes."""
+    layers = values["num_layers"]
+    types = values.get("layer_types") or ()
+    if types and (len(types) != layers or not set(types) <= {FULL, SLIDING}):
+        raise refuse("layer_types", f"is not {layers} entries of {FULL!r} or {SLIDING!r}")
+    window = values.get("sliding_window")
+    if window is not None and not _whole(window, 1, MAX_SIZES["context_length"]):
+        raise refuse("sliding_window", f"is {window!r}, not a whole number of tokens >= 1")
+    if not all(_whole(i, 0, layers - 1) for i in values.get("layers_without_rope") or ()):
+        raise refuse("layers_without_rope", f"names layers outside 0..{layers - 1}")
+    rotary = values.get("rotary_dim")
+    if rotary is not None and not (_whole(rotary, 2, head_dim) and rotary % 2 == 0):
+        raise refuse("rotary_dim", f"gives {rotary!r} rotary dims, not an even number up to head_dim {head_dim}")
+    scaling = values.get("rope_scaling")
+    if scaling is not None:
+        problem = rope_scaling_problem(scaling, (rotary or head_dim) // 2)
+        if problem:
+            raise refuse("rope_scaling", problem)
+
+
+def rope_scaling_problem(scaling, pairs: int) -> str | None:
+    """What is wrong with a rope_scaling object for a head of PAIRS rotated pairs (None: nothing)."""
+    if not isinstance(scaling, dict):
+        return f"is {scaling!r}, not an object"
+    kind = scaling.get("rope_type")
+    if kind not in ROPE_TYPES:
+        return f"has rope_type {kind!r}: edgeinfer builds {', '.join(ROPE_TYPES)}"
+    needs = {"linear": ("factor",), "llama3": ("factor", "original_max_position_embeddings"),
+             "yarn": ("original_max_position_embeddings",), "longrope": ("original_max_position_embeddings",)}
+    for key in needs.get(kind, ()):
+        if not _positive(scaling.get(key)):
+            return f"has {key} {scaling.get(key)!r}, not a positive number"
+    lists = {"longrope": ("short_factor", "long_factor"), "frequency_divisors": ("divisors",)}
+    for key in lists.get(kind, ()):
+        items = scaling.get(key)
+        if not isinstance(items, list) or len(items) != pairs or not all(_positive(v) for v in items):
+            return f"has {key} that is not {pairs} positive numbers (one per rotated pair)"
+    return None

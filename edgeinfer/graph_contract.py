@@ -6,8 +6,8 @@ the quantizer or the graph builders. Runners find inputs and outputs by these na
 Dynamic graphs (cpu, cuda): input_ids, seqlens_k, total_sequence_length and one past input per layer and kind;
 logits, one present output per layer and kind, and on cuda the greedy token.
 Static graphs (qnn), one or more parts per role: the hidden state in (inputs_embeds for the first part), rotary
-rows, the additive mask and each layer's past; the hidden state out (logits for the last part) and each layer's
-new rows of the cache.
+rows (one table per RoPE the layers use), the additive masks (one per attention window) and each layer's past;
+the hidden state out (logits for the last part) and each layer's new rows of the cache.
 """
 
 from __future__ import annotations
@@ -89,11 +89,14 @@ def static_io(layers: tuple[int, int], first: bool, last: bool) -> dict[str, lis
     }
 
 
-def rotary_tables(head_dim: int, rope_theta: float, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin of [length, head_dim / 2], the non-interleaved (GPT-NeoX) rotary that HF Qwen2/Llama use."""
-    inv_freq = 1.0 / (rope_theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    angles = np.outer(np.arange(length, dtype=np.float64), inv_freq)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+def rotary_tables(spec: "ArchSpec", length: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin of [ropes, length, rotary_dims / 2]: one table per RoPE the layers use (spec.ropes(), rope.py), of the
+    non-interleaved (GPT-NeoX) rotary that Hugging Face's Llama-family models use."""
+    from .rope import rotary_table
+
+    tables = [rotary_table(spec.rotary_dims, theta, scaling, spec.max_position_embeddings, length)
+              for theta, scaling in spec.ropes()]
+    return np.stack([cos for cos, _ in tables]), np.stack([sin for _, sin in tables])
 
 
 def static_shapes(graphs: dict, spec: "ArchSpec", context: int, role: str) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -102,8 +105,10 @@ def static_shapes(graphs: dict, spec: "ArchSpec", context: int, role: str) -> di
     n, d, kvh, hidden = graphs[role]["tokens"], spec.head_dim, spec.num_kv_heads, spec.hidden_size
     encoding = graphs["host"].get("kv_cache")  # absent: float32 cache I/O (fp32 packages, calibration)
     cache_dtype = encoding["dtype"] if encoding else "float32"
+    ropes, masks, pairs = len(spec.ropes()), len(spec.windows()), spec.rotary_dims // 2
     fixed = {EMBEDS_IN: (1, n, hidden), HIDDEN_IN: (1, n, hidden), HIDDEN_OUT: (1, n, hidden),
-             POSITION_COS: (1, 1, n, d // 2), POSITION_SIN: (1, 1, n, d // 2), ATTENTION_MASK: (1, 1, n, context + n),
+             POSITION_COS: (1, ropes, n, pairs), POSITION_SIN: (1, ropes, n, pairs),
+             ATTENTION_MASK: (1, masks, n, context + n),
              LOGITS: (1, 1, spec.vocab_size)}  # the last part's logits: the last row only
     shapes = {}
     for part in graphs[role]["parts"]:

@@ -182,7 +182,8 @@ class StaticRunner(Runner):
         self.cache = buffers.cache if buffers is not None else {slot: np.empty(shape, dtype) for slot in slots}
         for slot in slots:
             self.cache[slot][...] = 0 if encoding is None else encoding["zero_point"][slot]
-        self.cos, self.sin = rotary_tables(spec.head_dim, spec.rope_theta, context)
+        self.cos, self.sin = rotary_tables(spec, context)  # [ropes, C, pairs]
+        self.windows = spec.windows()  # one mask per window (None: full attention)
 
     def cache_arrays(self) -> list[np.ndarray]:
         return [self.cache[cache_slot(i, kind)] for i in range(self.spec.num_layers) for kind in CACHE_KINDS]
@@ -212,9 +213,10 @@ class StaticRunner(Runner):
         io[EMBEDS_IN][0, :pad] = 0.0
         io[EMBEDS_IN][0, pad:] = self.embeddings[ids]
         rows = np.concatenate([np.full(pad, position, dtype=np.int64), np.arange(position, position + real)])
-        np.take(self.cos, rows, axis=0, out=io[POSITION_COS][0, 0], mode="clip")
-        np.take(self.sin, rows, axis=0, out=io[POSITION_SIN][0, 0], mode="clip")
-        self._mask(io[ATTENTION_MASK][0, 0], pad, position)
+        np.take(self.cos, rows, axis=1, out=io[POSITION_COS][0], mode="clip")
+        np.take(self.sin, rows, axis=1, out=io[POSITION_SIN][0], mode="clip")
+        for mask, window in zip(io[ATTENTION_MASK][0], self.windows):
+            self._mask(mask, pad, position, window)
         if bound:
             for session, binding in zip(self.sessions[role], self.buffers.bindings[role]):
                 session.run_with_iobinding(binding)
@@ -235,13 +237,18 @@ class StaticRunner(Runner):
             hidden = io[part["outputs"][0]]
         return io
 
-    def _mask(self, mask: np.ndarray, pad: int, position: int) -> None:
-        """MASK [N, C+N], in place: real rows see the cache below POSITION and the new rows up to themselves; a
-        padding row sees only itself (its output is discarded; this keeps its softmax well defined)."""
+    def _mask(self, mask: np.ndarray, pad: int, position: int, window: int | None = None) -> None:
+        """MASK [N, C+N], in place: real rows see the cache below POSITION and the new rows up to themselves, within
+        the last WINDOW tokens (themselves included) where the layers slide; a padding row sees only itself (its output
+        is discarded; this keeps its softmax well defined). Cache slot j holds position j."""
         c, n = self.capacity, mask.shape[0]
         mask[...] = self.mask_value
         mask[pad:, :position] = 0.0
         new = np.tril(np.ones((n, n), dtype=bool))
+        if window is not None:
+            rows = position + np.arange(n - pad)  # the real rows' positions
+            mask[pad:, :position][np.arange(position)[None, :] <= rows[:, None] - window] = self.mask_value
+            new &= ~np.tril(np.ones((n, n), dtype=bool), -window)  # new rows further back than the window
         new[:, :pad] = False  # padding columns
         new[np.arange(pad), np.arange(pad)] = True
         mask[:, c:][new] = 0.0

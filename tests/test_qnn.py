@@ -419,13 +419,13 @@ def test_key_center_is_the_mean_of_the_rotated_key_bias():
 
     spec = PRESETS["tiny-qwen2"].spec
     bias = np.random.default_rng(0).normal(size=spec.kv_size).astype(np.float32) * 100
-    cos, sin = rotary_tables(spec.head_dim, spec.rope_theta, 64)
+    cos, sin = (t[spec.layer_rope(0)] for t in rotary_tables(spec, 64))
     b = bias.reshape(spec.num_kv_heads, spec.head_dim)
     half = spec.head_dim // 2
     rotated = [np.concatenate([b[:, :half] * c - b[:, half:] * s, b[:, half:] * c + b[:, :half] * s], axis=-1)
                for c, s in zip(cos, sin)]
     expected = np.mean(rotated, axis=0).reshape(1, spec.num_kv_heads, 1, spec.head_dim)
-    np.testing.assert_allclose(key_center(bias, spec, 64), expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(key_center(bias, spec, 0, 64), expected, rtol=1e-5, atol=1e-3)
 
 
 def test_products_of_two_activations_take_int16_symmetric_first_inputs(qdq_pkg):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeinfer.architecture import ArchSpec
+from edgeinfer.hf_config import spec_from_hf_config
 from edgeinfer.cli import main
 from edgeinfer.errors import ExportError, SourceError
 from edgeinfer.export.exporter import export
@@ -266,7 +266,7 @@ def _config(**changes) -> dict:
 ])
 def test_crafted_config_sizes_are_one_line_errors(changes, field):
     with pytest.raises(SourceError) as caught:
-        ArchSpec.from_hf_config(_config(**changes))
+        spec_from_hf_config(_config(**changes))
     assert field in str(caught.value) and "\n" not in str(caught.value)
 
 
@@ -363,7 +363,7 @@ def test_a_real_gguf_passes_the_header_check(qwen2_dir, tmp_path):
 
 
 def test_default_context_is_the_models_own_when_below_4096(qwen2_dir, tmp_path, capsys):
-    assert ArchSpec.from_hf_config(json.loads((qwen2_dir / "config.json").read_text())).max_position_embeddings == 512
+    assert spec_from_hf_config(json.loads((qwen2_dir / "config.json").read_text())).max_position_embeddings == 512
     assert main(["export", str(qwen2_dir), "-o", str(tmp_path / "out")]) == 0
     assert "context 512 tokens" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["context_length"] == 512

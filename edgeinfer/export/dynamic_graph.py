@@ -3,17 +3,21 @@
 One layer is SkipSimplifiedLayerNorm -> MatMulNBits(q|k|v) -> GroupQueryAttention (rotary inside, past and
 present sharing one preallocated buffer) -> MatMulNBits(o) -> SkipSimplifiedLayerNorm -> MatMulNBits(gate|up)
 -> SiLU * up -> MatMulNBits(down). Fusing q|k|v and gate|up gives two large matmuls instead of five small ones.
+
+What the family data (families.py) and the spec add: per-head q/k RMSNorms between the qkv matmul and GQA (q, k, v
+then go in separately), a norm on each branch's output before the residual add (Gemma's sandwich), GELU-tanh for
+SiLU, and per layer GQA's own rotary table (or none: NoPE layers), sliding window (local_window_size, which counts
+the token itself as transformers does) and q.k scale.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from onnx import TensorProto
 from tqdm import tqdm
 
 from ..architecture import ArchSpec
+from ..errors import ExportError
 from ..graph_contract import GREEDY_OUTPUT, dynamic_io, rotary_tables
 from .onnx_writer import GraphWriter
 from .options import ExportOptions
@@ -78,7 +82,8 @@ class DynamicDecoderGraph:
         return self.w.initializer(hf_name, self.source.tensor(hf_name).astype(self.dtype))
 
     def embedding(self, input_ids: str) -> str:
-        table = self.source.tensor("model.embed_tokens.weight")  # [V, H]
+        # Gemma's sqrt(hidden) scale folded into the table (a tied lm_head reads the table unscaled).
+        table = self.source.tensor("model.embed_tokens.weight") * np.float32(self.spec.embedding_scale)  # [V, H]
         # GatherBlockQuantized needs whole blocks along the hidden size; otherwise the table stays float.
         whole_blocks = table.shape[1] % self.options.block_size == 0
         if self.options.precision == "w4a16" and self.options.quantize_embeddings and whole_blocks:
@@ -106,43 +111,32 @@ class DynamicDecoderGraph:
         names = dynamic_io(spec.num_layers)
         kv_shape = ["batch_size", spec.num_kv_heads, "max_sequence_length", spec.head_dim]
         input_ids = w.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
-        seqlens_k = w.input("seqlens_k", TensorProto.INT32, ["batch_size"])
-        total_len = w.input("total_sequence_length", TensorProto.INT32, [])
+        self.seqlens_k = w.input("seqlens_k", TensorProto.INT32, ["batch_size"])
+        self.total_len = w.input("total_sequence_length", TensorProto.INT32, [])
         w.output("logits", t, ["batch_size", "logits_length", spec.vocab_size])
-        cos, sin = rotary_tables(spec.head_dim, spec.rope_theta, self.options.context_length)
-        cos = w.initializer("rotary.cos", cos.astype(self.dtype))
-        sin = w.initializer("rotary.sin", sin.astype(self.dtype))
+        check_rotary_fits(spec)
+        cos, sin = rotary_tables(spec, self.options.context_length)
+        self.rotary = [(w.initializer(f"rotary.cos.{r}", cos[r].astype(self.dtype)),
+                        w.initializer(f"rotary.sin.{r}", sin[r].astype(self.dtype))) for r in range(len(cos))]
 
-        hidden = self.embedding(input_ids)
-        residual, layer_out = hidden, None
-        eps = spec.rms_norm_eps
+        norms = spec.family_data.norms
+        residual, layer_out = self.embedding(input_ids), None
         for i in tqdm(range(spec.num_layers), desc="layers", unit="layer", disable=not progress, leave=False):
             p = f"model.layers.{i}."
-            past_k, past_v = (w.input(names["inputs"][3 + 2 * i + j], t, kv_shape) for j in (0, 1))
-            ln = self.norm_weight(p + "input_layernorm.weight")
+            past = [w.input(names["inputs"][3 + 2 * i + j], t, kv_shape) for j in (0, 1)]
+            ln = self.norm_weight(p + f"{norms.attention_in}.weight")
             if layer_out is None:
-                normed = w.node("SimplifiedLayerNormalization", [residual, ln], name=f"{p}input_norm", axis=-1, epsilon=eps, stash_type=1)[0]
+                normed = self._norm(residual, ln, f"{p}input_norm")
             else:
                 normed, residual = self._skip_norm(layer_out, residual, ln, f"{p}input_norm")
-            qkv = self.linear(
-                normed, f"{p}qkv_proj", [p + f"self_attn.{x}_proj.weight" for x in "qkv"],
-                [p + f"self_attn.{x}_proj.bias" for x in "qkv"] if spec.qkv_bias else [],
-            )
-            present_k, present_v = f"present.{i}.key", f"present.{i}.value"
-            attn = w.node(
-                "GroupQueryAttention", [qkv, "", "", past_k, past_v, seqlens_k, total_len, cos, sin],
-                [f"{p}attn/out", present_k, present_v], name=f"{p}attn", domain=MS,
-                num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads, do_rotary=1, rotary_interleaved=0,
-                scale=1.0 / math.sqrt(spec.head_dim),
-            )[0]
-            w.output(present_k, t, kv_shape)
-            w.output(present_v, t, kv_shape)
+            attn = self.attention(normed, i, past, kv_shape)
             o = self.linear(attn, f"{p}o_proj", [p + "self_attn.o_proj.weight"])
-            normed, residual = self._skip_norm(o, residual, self.norm_weight(p + "post_attention_layernorm.weight"), f"{p}post_norm")
-            gate_up = self.linear(normed, f"{p}gate_up_proj", [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"])
-            gate, up = w.node("Split", [gate_up], 2, name=f"{p}mlp/split", axis=-1, num_outputs=2)
-            silu = w.node("Mul", [gate, w.node("Sigmoid", [gate], name=f"{p}mlp/sigmoid")[0]], name=f"{p}mlp/silu")[0]
-            layer_out = self.linear(w.node("Mul", [silu, up], name=f"{p}mlp/gated")[0], f"{p}down_proj", [p + "mlp.down_proj.weight"])
+            if norms.attention_out:
+                o = self._norm(o, self.norm_weight(p + f"{norms.attention_out}.weight"), f"{p}attn_out_norm")
+            normed, residual = self._skip_norm(o, residual, self.norm_weight(p + f"{norms.mlp_in}.weight"), f"{p}post_norm")
+            layer_out = self.mlp(normed, p)
+            if norms.mlp_out:
+                layer_out = self._norm(layer_out, self.norm_weight(p + f"{norms.mlp_out}.weight"), f"{p}mlp_out_norm")
 
         normed, _ = self._skip_norm(layer_out, residual, self.norm_weight("model.norm.weight"), "final_norm")
         if not self.options.all_logits:
@@ -158,9 +152,67 @@ class DynamicDecoderGraph:
             w.node("ArgMax", [logits], [GREEDY_OUTPUT], name="greedy", axis=-1, keepdims=0)
             w.output(GREEDY_OUTPUT, TensorProto.INT64, ["batch_size", "logits_length"])
 
+    def attention(self, x: str, layer: int, past: list[str], kv_shape: list) -> str:
+        """q|k|v in one matmul, then GroupQueryAttention (RoPE inside, the cache appended in place). Families with
+        q/k norms split q, k and v to normalize each head of q and k first; GQA then takes them separately."""
+        spec, w, p = self.spec, self.w, f"model.layers.{layer}."
+        qkv = self.linear(
+            x, f"{p}qkv_proj", [p + f"self_attn.{t}_proj.weight" for t in "qkv"],
+            [p + f"self_attn.{t}_proj.bias" for t in "qkv"] if spec.qkv_bias else [],
+        )
+        inputs = [qkv, "", ""]
+        if spec.family_data.qk_norm:
+            sizes = w.constant(f"{p}qkv/sizes", [spec.q_size, spec.kv_size, spec.kv_size])
+            q, k, v = w.node("Split", [qkv, sizes], 3, name=f"{p}qkv/split", axis=-1)
+            inputs = [self._head_norm(q, p + "self_attn.q_norm.weight", f"{p}q_norm"),
+                      self._head_norm(k, p + "self_attn.k_norm.weight", f"{p}k_norm"), v]
+        rope, window = spec.layer_rope(layer), spec.layer_window(layer)
+        cos, sin = self.rotary[rope] if rope is not None else ("", "")
+        present = [f"present.{layer}.key", f"present.{layer}.value"]
+        out = w.node(
+            "GroupQueryAttention", [*inputs, *past, self.seqlens_k, self.total_len, cos, sin],
+            [f"{p}attn/out", *present], name=f"{p}attn", domain=MS,
+            num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads, do_rotary=int(rope is not None),
+            rotary_interleaved=0, scale=spec.query_scale, local_window_size=window or -1,
+        )[0]
+        for name in present:
+            w.output(name, self.onnx_type, kv_shape)
+        return out
+
+    def mlp(self, x: str, p: str) -> str:
+        """gate|up in one matmul, act(gate) * up, down."""
+        w = self.w
+        gate_up = self.linear(x, f"{p}gate_up_proj", [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"])
+        gate, up = w.node("Split", [gate_up], 2, name=f"{p}mlp/split", axis=-1, num_outputs=2)
+        if self.spec.family_data.activation == "gelu_tanh":
+            act = w.node("Gelu", [gate], name=f"{p}mlp/gelu", approximate="tanh")[0]
+        else:
+            act = w.node("Mul", [gate, w.node("Sigmoid", [gate], name=f"{p}mlp/sigmoid")[0]], name=f"{p}mlp/silu")[0]
+        return self.linear(w.node("Mul", [act, up], name=f"{p}mlp/gated")[0], f"{p}down_proj", [p + "mlp.down_proj.weight"])
+
+    def _head_norm(self, x: str, hf_name: str, name: str) -> str:
+        """RMSNorm over each head_dim slice of X [B, S, heads * D] (Qwen3 and Gemma 3's q_norm / k_norm)."""
+        w, d = self.w, self.spec.head_dim
+        heads = w.node("Reshape", [x, w.constant(f"{name}/heads", [0, 0, -1, d])], name=f"{name}/split_heads")[0]
+        normed = self._norm(heads, self.norm_weight(hf_name), name)
+        return w.node("Reshape", [normed, w.constant(f"{name}/flat", [0, 0, -1])], name=f"{name}/join_heads")[0]
+
+    def _norm(self, x: str, weight: str, name: str) -> str:
+        return self.w.node("SimplifiedLayerNormalization", [x, weight], name=name, axis=-1,
+                           epsilon=self.spec.rms_norm_eps, stash_type=1)[0]
+
     def _skip_norm(self, x: str, residual: str, weight: str, name: str) -> tuple[str, str]:
         out = self.w.node(
             "SkipSimplifiedLayerNormalization", [x, residual, weight], [f"{name}/out", "", "", f"{name}/residual"],
             name=name, domain=MS, epsilon=self.spec.rms_norm_eps,
         )
         return out[0], out[3]
+
+
+def check_rotary_fits(spec: ArchSpec) -> None:
+    """GroupQueryAttention rotates inside only heads of a multiple of 16 dims, and whole groups of 16 of them."""
+    if any(spec.layer_rope(i) is not None for i in range(spec.num_layers)) and (spec.head_dim % 16 or spec.rotary_dims % 16):
+        raise ExportError(
+            f"head_dim {spec.head_dim} with {spec.rotary_dims} rotary dims: onnxruntime's GroupQueryAttention needs "
+            "multiples of 16 for cpu/cuda packages; export with --target qnn (static graph), which has no such limit"
+        )

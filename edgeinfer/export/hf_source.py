@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..architecture import ArchSpec
+from ..hf_config import spec_from_hf_config
 from ..errors import SourceError
 from .safetensors_reader import SafetensorsFile
 from .sources import TokenizerFiles, read_json
@@ -33,7 +33,7 @@ class HFFolderSource:
         for name in READ_FILES:  # refuse a link out of the folder now, not after minutes of export
             self._file(name)
         self.config = read_json(folder / "config.json")
-        self.spec = ArchSpec.from_hf_config(self.config)
+        self.spec = spec_from_hf_config(self.config)
         self.description = f"hf:{folder.resolve()}"
         files = [f for f in (self._file(p.name) for p in sorted(folder.glob("*.safetensors"))) if f]
         if not files:
@@ -44,8 +44,10 @@ class HFFolderSource:
         for path in files:
             shard = SafetensorsFile(path)
             self._where.update(dict.fromkeys(shard.names(), shard))
-        missing = [n for n in self.spec.tensor_names() if n not in self._where]
-        if self.spec.tie_word_embeddings is False and missing == ["lm_head.weight"]:
+        self._prefix = _language_model_prefix(self._where)
+        stored = dict.fromkeys(self._stored_name(self.spec.checkpoint_tensor(n)[0]) for n in self.spec.tensor_names())
+        missing = [n for n in stored if n not in self._where]
+        if self.spec.tie_word_embeddings is False and missing == [self._stored_name("lm_head.weight")]:
             missing = []  # some checkpoints tie without saying so; tensor() falls back to the embedding
         if missing:
             raise SourceError(
@@ -68,14 +70,25 @@ class HFFolderSource:
     def stored_bits(self, name: str) -> int | None:
         return None  # float checkpoint
 
+    def _stored_name(self, name: str) -> str:
+        """NAME as this checkpoint stores it: a multimodal one keeps its language model under a prefix."""
+        if name == "lm_head.weight" and self._prefix == "language_model.model.":
+            return "language_model.lm_head.weight"
+        return self._prefix + name.removeprefix("model.") if name.startswith("model.") else name
+
     def tensor(self, name: str) -> np.ndarray:
-        if name not in self._where and name == "lm_head.weight":
+        if name == "lm_head.weight" and self._stored_name(name) not in self._where:
             name = "model.embed_tokens.weight"
-        array = self._where[name].tensor(name)
-        expected = self.spec.tensor_shape(name)
+        canonical, rows = self.spec.checkpoint_tensor(name)
+        stored = self._stored_name(canonical)
+        array = self._where[stored].tensor(stored)
+        expected = self.spec.tensor_shape(canonical)
         if tuple(array.shape) != expected:
-            raise SourceError(f"tensor {name} has shape {tuple(array.shape)}, config.json implies {expected}")
-        return np.asarray(array, dtype=np.float32)
+            raise SourceError(f"tensor {stored} has shape {tuple(array.shape)}, config.json implies {expected}")
+        array = np.asarray(array if rows is None else array[rows], dtype=np.float32)
+        if name.endswith("norm.weight") and self.spec.family_data.norm_offset:
+            array = array + np.float32(self.spec.family_data.norm_offset)  # sources give gains (Gemma: 1 + w)
+        return array
 
     def tokenizer(self) -> TokenizerFiles:
         path = self._file("tokenizer.json")
@@ -103,6 +116,15 @@ class HFFolderSource:
             add_bos_token=bool(config.get("add_bos_token", False)),
             special_tokens=special,
         )
+
+
+# Where checkpoints keep the language model's "model." tensors: text-only ones at the top, multimodal ones
+# (Gemma 3 4B and up) under language_model.model. (as published) or model.language_model. (saved by transformers 5).
+LANGUAGE_MODEL_PREFIXES = ("model.", "model.language_model.", "language_model.model.")
+
+
+def _language_model_prefix(names) -> str:
+    return next((p for p in LANGUAGE_MODEL_PREFIXES if f"{p}embed_tokens.weight" in names), "model.")
 
 
 def _token_text(token) -> str | None:

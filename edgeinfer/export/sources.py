@@ -1,7 +1,9 @@
 """Weight sources: everything the exporter can read, behind one small interface.
 
 A source yields float32 tensors under Hugging Face names and layout ([out, in] for linear weights),
-one at a time, so the exporter never holds more than one layer's weights in memory.
+one at a time, so the exporter never holds more than one layer's weights in memory. Whatever the checkpoint
+stores, a source gives every RMSNorm weight as the gain the normalized vector is multiplied by (Gemma's
+checkpoints store gain - 1; GGUF files the gain) and fused tensors (Phi-3's qkv_proj) as their parts.
 """
 
 from __future__ import annotations

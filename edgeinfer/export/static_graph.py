@@ -4,7 +4,8 @@ Two roles share one formulation and differ only in the token count N: `prefill` 
 `decode` (N = 1). Every tensor has a fixed shape, so the HTP compiles each graph once:
 
     inputs   inputs_embeds [1,N,H] (part 0; later parts take hidden_in [1,N,H]), position_cos/position_sin
-             [1,1,N,D/2], attention_mask [1,1,N,C+N] (additive), past_key.i/past_value.i [1,KVH,C,D]
+             [1,R,N,rotary/2] (R: one table per RoPE the layers use), attention_mask [1,M,N,C+N] (additive; M: one
+             per attention window), past_key.i/past_value.i [1,KVH,C,D]
     outputs  logits [1,1,V] (last part; the last row only) or hidden_out [1,N,H], new_key.i/new_value.i [1,KVH,N,D]
 
 The host owns the cache (C slots per layer): it gathers embeddings and rotary rows, builds the mask (past slots
@@ -14,7 +15,11 @@ at the write position. Prompts shorter than N are left-padded so the last real t
 A layer is RMSNorm (Concat eps channel, LpNormalization, Slice, Mul) -> q,k,v MatMul (+bias) -> rotate-half RoPE -> Concat(past,
 new) -> attention with the query heads of a kv group folded into rows (no KV repetition, 3-D MatMuls) -> o MatMul
 -> RMSNorm -> gate/up MatMul -> SiLU (Sigmoid*x) -> down MatMul. q/k/v and gate/up stay separate matmuls so each
-gets its own 16-bit activation range (Qwen2's k bias is much larger than q's or v's).
+gets its own 16-bit activation range (Qwen2's k bias is much larger than q's or v's). What the family data adds
+(families.py): per-head q/k norms before RoPE, norms on the attention and MLP outputs (Gemma), GELU-tanh, partial
+rotary (the rest of each head passes through), no RoPE in some layers (SmolLM3), and per layer the rotary table and
+mask (sliding window) it reads. 1/sqrt(D) or the family's own q.k scale is folded into q_proj, or into q_norm where
+there is one.
 
 W4A16: the float graphs are built first, calibrated on chat-template prompts and quantized to QDQ (see qdq.py);
 then the cache inputs and outputs become uint16, so the host keeps the cache as the NPU reads it (quantized_io.py).
@@ -40,7 +45,8 @@ from tqdm import tqdm
 from .. import __version__
 from ..architecture import ArchSpec
 from ..errors import ExportError
-from ..graph_contract import EMBEDDINGS_FILE, MASK_VALUE, describe_step_bytes, rotary_tables, static_io, static_step_bytes
+from ..graph_contract import (ATTENTION_MASK, EMBEDDINGS_FILE, MASK_VALUE, POSITION_COS, POSITION_SIN,
+                              describe_step_bytes, rotary_tables, static_io, static_step_bytes)
 from .onnx_writer import GraphWriter, WeightsFile
 from .options import ExportOptions
 from .sources import WeightSource
@@ -81,18 +87,23 @@ def context_constants(spec: ArchSpec, layers: tuple[int, int], tokens: int, cont
     return constants
 
 
-def key_center(bias: np.ndarray, spec: ArchSpec, context: int) -> np.ndarray:
-    """The mean over positions 0..CONTEXT-1 of the rotated key bias, [1, KVH, 1, D]: what the graph subtracts from
+def key_center(bias: np.ndarray, spec: ArchSpec, layer: int, context: int) -> np.ndarray:
+    """The mean over positions 0..CONTEXT-1 of LAYER's rotated key bias, [1, KVH, 1, D]: what the graph subtracts from
     every key after RoPE. Scores shift by q.center for every key of a row, which the softmax ignores, so the result
     is the same in exact arithmetic; what changes is the size of the numbers on the way. Qwen2.5's layer-0 key bias
     (norm ~900 in the lowest-frequency pairs, which barely rotate) puts a common ~500-12,000 into every score of a
     row whose differences of a few units decide the softmax: the HTP's 16x16-bit MatMul keeps ~0.1-0.5% of that
     (errors of 4-40 units; the CPU EP's float MatMul 0.1), and a 16-bit grid over it steps 0.24. Centered, the
     keys' norm is ~20 (the idea of SageAttention's K smoothing, fixed from the weights instead of per batch)."""
-    cos, sin = (t.astype(np.float64).mean(axis=0) for t in rotary_tables(spec.head_dim, spec.rope_theta, context))
-    b = bias.astype(np.float64).reshape(spec.num_kv_heads, 2, spec.head_dim // 2)
-    first, second = b[:, 0] * cos - b[:, 1] * sin, b[:, 1] * cos + b[:, 0] * sin  # the rope of static_graph.rope
-    return np.concatenate([first, second], axis=-1).reshape(1, spec.num_kv_heads, 1, spec.head_dim).astype(np.float32)
+    b = bias.astype(np.float64).reshape(spec.num_kv_heads, spec.head_dim)
+    rope = spec.layer_rope(layer)
+    if rope is None:  # a layer without RoPE: its keys' bias is their mean
+        return b.reshape(1, spec.num_kv_heads, 1, spec.head_dim).astype(np.float32)
+    cos, sin = (t[rope].astype(np.float64).mean(axis=0) for t in rotary_tables(spec, context))
+    half = spec.rotary_dims // 2
+    x1, x2, rest = b[:, :half], b[:, half : 2 * half], b[:, 2 * half :]  # the rope of StaticDecoderGraph.rope
+    center = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
+    return center.reshape(1, spec.num_kv_heads, 1, spec.head_dim).astype(np.float32)
 
 
 def with_context(model, spec: ArchSpec, part: dict, tokens: int, context: int):
@@ -171,18 +182,36 @@ class StaticDecoderGraph:
             y = self.w.node("Add", [y, bias], name=f"{name}/bias")[0]
         return y
 
-    def rms_norm(self, x: str, hf_name: str, name: str, rows: int | None = None) -> str:
-        """RMSNorm as LpNormalization (QNN's L2Norm) times sqrt(H) * weight: x / ||x|| never forms x^2, whose
-        16-bit range the first token's massive activations (|x| ~ 1000-2000 from layer 1 of Qwen2.5 on) take,
-        leaving every other token's mean square on a grid step of ~15 (zero). eps stays exact: one extra channel
-        of sqrt(H * eps) goes into the norm and is sliced off after it."""
-        w, h, n = self.w, self.spec.hidden_size, rows or self.n
-        eps = np.full((1, n, 1), np.sqrt(h * self.spec.rms_norm_eps), dtype=np.float32)
+    def rms_norm(self, x: str, hf_name: str, name: str, lead: tuple[int, ...] | None = None, gain: float = 1.0) -> str:
+        """RMSNorm over the last axis of X [*LEAD, width] as LpNormalization (QNN's L2Norm) times sqrt(width) *
+        weight: x / ||x|| never forms x^2, whose 16-bit range the first token's massive activations (|x| ~ 1000-2000
+        from layer 1 of Qwen2.5 on) take, leaving every other token's mean square on a grid step of ~15 (zero). eps
+        stays exact: one extra channel of sqrt(width * eps) goes into the norm and is sliced off after it. LEAD
+        defaults to the hidden state's [1, N]; GAIN scales the weight (a folded constant)."""
+        w = self.w
+        lead = lead or (1, self.n)
+        width = self.spec.tensor_shape(hf_name)[0]
+        eps = np.full((*lead, 1), np.sqrt(width * self.spec.rms_norm_eps), dtype=np.float32)
         padded = w.node("Concat", [x, w.initializer(f"{name}/eps", eps)], name=f"{name}/with_eps", axis=-1)[0]
         normed = w.node("LpNormalization", [padded], name=f"{name}/l2norm", axis=-1, p=2)[0]
-        normed = w.node("Slice", [normed, w.constant(f"{name}/s0", [0]), w.constant(f"{name}/e0", [h]),
-                                  w.constant(f"{name}/axis", [2])], name=f"{name}/drop_eps")[0]
-        weight = w.shared_initializer(hf_name, lambda: self.source.tensor(hf_name) * np.float32(np.sqrt(h)))
+        normed = w.node("Slice", [normed, w.constant(f"{name}/s0", [0]), w.constant(f"{name}/e0", [width]),
+                                  w.constant(f"{name}/axis", [len(lead)])], name=f"{name}/drop_eps")[0]
+        weight = w.shared_initializer(hf_name, lambda: self.source.tensor(hf_name) * np.float32(np.sqrt(width) * gain))
+        return w.node("Mul", [normed, weight], name=f"{name}/scale")[0]
+
+    def head_norm(self, x: str, count: int, hf_name: str, name: str, gain: float = 1.0) -> str:
+        """RMSNorm of each head of X [1, N, COUNT * D] (q_norm / k_norm), over rows of a [1, N * COUNT, D] tensor, as
+        x / sqrt(mean(x^2) + eps) * weight. Not LpNormalization as for the hidden state: on the HTP simulator QNN's
+        L2Norm over head-wide rows parts from the CPU EP (tiny Qwen3, 8 decode steps: logits 0.03-0.10 apart for head
+        dims 16-128, against 0.006-0.009 this way; q/k carry no massive activations for x^2 to lose range to)."""
+        w, d = self.w, self.spec.head_dim
+        rows = w.node("Reshape", [x, w.constant(f"{name}/rows", [1, self.n * count, d])], name=f"{name}/to_rows")[0]
+        square = w.node("Mul", [rows, rows], name=f"{name}/square")[0]
+        mean = w.node("ReduceMean", [square, w.constant(f"{name}/axes", [-1])], name=f"{name}/mean", keepdims=1)[0]
+        eps = w.initializer(f"{name}/eps", np.array([self.spec.rms_norm_eps], dtype=np.float32))
+        rms = w.node("Sqrt", [w.node("Add", [mean, eps], name=f"{name}/add_eps")[0]], name=f"{name}/rms")[0]
+        normed = w.node("Div", [rows, rms], name=f"{name}/normalize")[0]
+        weight = w.shared_initializer(hf_name, lambda: self.source.tensor(hf_name) * np.float32(gain))
         return w.node("Mul", [normed, weight], name=f"{name}/scale")[0]
 
     def heads(self, x: str, count: int, name: str) -> str:
@@ -191,16 +220,33 @@ class StaticDecoderGraph:
         return self.w.node("Transpose", [self.w.node("Reshape", [x, shape], name=f"{name}/reshape")[0]],
                            name=f"{name}/transpose", perm=[0, 2, 1, 3])[0]
 
-    def rope(self, x: str, name: str) -> str:
-        """Rotate-half RoPE with host-gathered cos/sin [1,1,N,D/2]."""
-        w, half = self.w, self.spec.head_dim // 2
+    def rope(self, x: str, rope: int | None, name: str) -> str:
+        """Rotate-half RoPE of the first rotary_dims of each head [1,heads,N,D] with the host's cos/sin rows of table
+        ROPE (self.rotary); the rest of the head passes through (partial rotary); None: no RoPE (NoPE layers)."""
+        if rope is None:
+            return x
+        w, half, d = self.w, self.spec.rotary_dims // 2, self.spec.head_dim
+        cos, sin = self.rotary[rope]
         axis = w.constant(f"{name}/axis", [3])
         x1 = w.node("Slice", [x, w.constant(f"{name}/s0", [0]), w.constant(f"{name}/e0", [half]), axis], name=f"{name}/x1")[0]
         x2 = w.node("Slice", [x, w.constant(f"{name}/s1", [half]), w.constant(f"{name}/e1", [2 * half]), axis], name=f"{name}/x2")[0]
         mul = lambda a, b, tag: w.node("Mul", [a, b], name=f"{name}/{tag}")[0]  # noqa: E731
-        o1 = w.node("Sub", [mul(x1, "position_cos", "x1c"), mul(x2, "position_sin", "x2s")], name=f"{name}/o1")[0]
-        o2 = w.node("Add", [mul(x2, "position_cos", "x2c"), mul(x1, "position_sin", "x1s")], name=f"{name}/o2")[0]
-        return w.node("Concat", [o1, o2], name=f"{name}/concat", axis=3)[0]
+        o1 = w.node("Sub", [mul(x1, cos, "x1c"), mul(x2, sin, "x2s")], name=f"{name}/o1")[0]
+        o2 = w.node("Add", [mul(x2, cos, "x2c"), mul(x1, sin, "x1s")], name=f"{name}/o2")[0]
+        rotated = [o1, o2]
+        if 2 * half < d:
+            rotated.append(w.node("Slice", [x, w.constant(f"{name}/s2", [2 * half]), w.constant(f"{name}/e2", [d]), axis],
+                                  name=f"{name}/pass")[0])
+        return w.node("Concat", rotated, name=f"{name}/concat", axis=3)[0]
+
+    def host_rows(self, input_name: str, count: int, tag: str) -> list[str]:
+        """One [1,1,N,*] row set per table of a host input [1,COUNT,N,*] (rotary tables, masks); the input itself when
+        there is one."""
+        if count == 1:
+            return [input_name]
+        w, axis = self.w, self.w.constant(f"{tag}/axis", [1])
+        return [w.node("Slice", [input_name, w.constant(f"{tag}/s{k}", [k]), w.constant(f"{tag}/e{k}", [k + 1]), axis],
+                       name=f"{tag}/{k}")[0] for k in range(count)]
 
     def attention(self, q: str, k: str, v: str, past_k: str, past_v: str, mask: str, name: str) -> str:
         """Query heads of one kv group folded into rows: [KVH, G*N, D] x [KVH, D, C+N]; no KV repetition."""
@@ -224,47 +270,71 @@ class StaticDecoderGraph:
         out = w.node("Transpose", [out], name=f"{name}/o_t", perm=[0, 2, 1, 3])[0]
         return w.node("Reshape", [out, w.constant(f"{name}/o_flat", [1, n, s.q_size])], name=f"{name}/o_flat")[0]
 
+    def mlp(self, h: str, p: str) -> str:
+        """gate and up as separate matmuls (each its own 16-bit range), act(gate) * up, down."""
+        w = self.w
+        gate = self.linear(h, f"{p}gate_proj", p + "mlp.gate_proj.weight")
+        up = self.linear(h, f"{p}up_proj", p + "mlp.up_proj.weight")
+        if self.spec.family_data.activation == "gelu_tanh":
+            act = w.node("Gelu", [gate], name=f"{p}mlp/gelu", approximate="tanh")[0]
+        else:
+            act = w.node("Mul", [gate, w.node("Sigmoid", [gate], name=f"{p}mlp/sigmoid")[0]], name=f"{p}mlp/silu")[0]
+        return self.linear(w.node("Mul", [act, up], name=f"{p}mlp/gated")[0], f"{p}down_proj", p + "mlp.down_proj.weight")
+
     def build(self) -> None:
         s, w, n, c = self.spec, self.w, self.n, self.c
+        family = s.family_data
         f32 = TensorProto.FLOAT
         io = static_io(self.layers, self.first, self.last)
         x = w.input(io["inputs"][0], f32, [1, n, s.hidden_size])
-        for name in ("position_cos", "position_sin"):
-            w.input(name, f32, [1, 1, n, s.head_dim // 2])
-        w.input("attention_mask", f32, [1, 1, n, c + n])
+        ropes, windows = len(s.ropes()), len(s.windows())
+        for name in (POSITION_COS, POSITION_SIN):
+            w.input(name, f32, [1, ropes, n, s.rotary_dims // 2])
+        w.input(ATTENTION_MASK, f32, [1, windows, n, c + n])
+        self.rotary = list(zip(self.host_rows(POSITION_COS, ropes, "cos"), self.host_rows(POSITION_SIN, ropes, "sin")))
         groups = s.num_heads // s.num_kv_heads
-        # The mask row of token t serves every query head of a group: [1,1,N,C+N] -> [1, G*N, C+N].
-        mask = w.node("Reshape", ["attention_mask", w.constant("mask/shape", self.context_constants["mask/shape"])],
-                      name="mask/reshape")[0]
-        mask = w.node("Tile", [mask, w.constant("mask/repeats", [1, groups, 1])], name="mask/tile")[0]
+        # The mask row of token t serves every query head of a group: [1,1,N,C+N] -> [1, G*N, C+N], per window.
+        masks = []
+        for k, rows in enumerate(self.host_rows(ATTENTION_MASK, windows, "mask")):
+            mask = w.node("Reshape", [rows, w.constant("mask/shape", self.context_constants["mask/shape"])],
+                          name=f"mask/reshape{k or ''}")[0]
+            masks.append(w.node("Tile", [mask, w.constant("mask/repeats", [1, groups, 1])], name=f"mask/tile{k or ''}")[0])
         kv_shape = [1, s.num_kv_heads, c, s.head_dim]
         new_shape = [1, s.num_kv_heads, n, s.head_dim]
-        q_scale = 1.0 / np.sqrt(s.head_dim)
+        norms = family.norms
         for i in range(*self.layers):
             p = f"model.layers.{i}."
             past_k, past_v = w.input(f"past_key.{i}", f32, kv_shape), w.input(f"past_value.{i}", f32, kv_shape)
-            h = self.rms_norm(x, p + "input_layernorm.weight", f"{p}input_norm")
+            h = self.rms_norm(x, p + f"{norms.attention_in}.weight", f"{p}input_norm")
             bias = (lambda t: p + f"self_attn.{t}_proj.bias") if s.qkv_bias else (lambda t: None)
+            # q.k's scale is folded into q: into its per-head norm where there is one (the norm would undo it in q_proj)
+            q_scale = 1.0 if family.qk_norm else s.query_scale
             q = self.linear(h, f"{p}q_proj", p + "self_attn.q_proj.weight", bias("q"), scale=q_scale)
             k = self.linear(h, f"{p}k_proj", p + "self_attn.k_proj.weight", bias("k"))
             v = self.linear(h, f"{p}v_proj", p + "self_attn.v_proj.weight", bias("v"))
-            q = self.rope(self.heads(q, s.num_heads, f"{p}q"), f"{p}q_rope")
-            k = self.rope(self.heads(k, s.num_kv_heads, f"{p}k"), f"{p}k_rope")
+            if family.qk_norm:  # over each head's D values: rows of [1, N * heads, D]
+                q = self.head_norm(q, s.num_heads, p + "self_attn.q_norm.weight", f"{p}q_norm", gain=s.query_scale)
+                k = self.head_norm(k, s.num_kv_heads, p + "self_attn.k_norm.weight", f"{p}k_norm")
+            q, k = self.heads(q, s.num_heads, f"{p}q"), self.heads(k, s.num_kv_heads, f"{p}k")
+            q = self.rope(q, s.layer_rope(i), f"{p}q_rope")
+            k = self.rope(k, s.layer_rope(i), f"{p}k_rope")
             if self.center_keys:  # the cache holds keys minus their bias's mean
-                center = w.shared_initializer(f"{p}k_center", lambda: key_center(self.source.tensor(bias("k")), s, c))
+                center = w.shared_initializer(f"{p}k_center", lambda: key_center(self.source.tensor(bias("k")), s, i, c))
                 k = w.node("Sub", [k, center], name=f"{p}k_center")[0]
             v = self.heads(v, s.num_kv_heads, f"{p}v")
             new_k = w.node("Identity", [k], [f"new_key.{i}"], name=f"{p}new_key")[0]
             new_v = w.node("Identity", [v], [f"new_value.{i}"], name=f"{p}new_value")[0]
             w.output(new_k, f32, new_shape)
             w.output(new_v, f32, new_shape)
-            attn = self.attention(q, new_k, new_v, past_k, past_v, mask, f"{p}attn")
-            x = w.node("Add", [x, self.linear(attn, f"{p}o_proj", p + "self_attn.o_proj.weight")], name=f"{p}attn_residual")[0]
-            h = self.rms_norm(x, p + "post_attention_layernorm.weight", f"{p}post_norm")
-            gate = self.linear(h, f"{p}gate_proj", p + "mlp.gate_proj.weight")
-            up = self.linear(h, f"{p}up_proj", p + "mlp.up_proj.weight")
-            silu = w.node("Mul", [gate, w.node("Sigmoid", [gate], name=f"{p}mlp/sigmoid")[0]], name=f"{p}mlp/silu")[0]
-            down = self.linear(w.node("Mul", [silu, up], name=f"{p}mlp/gated")[0], f"{p}down_proj", p + "mlp.down_proj.weight")
+            attn = self.attention(q, new_k, new_v, past_k, past_v, masks[s.layer_mask(i)], f"{p}attn")
+            o = self.linear(attn, f"{p}o_proj", p + "self_attn.o_proj.weight")
+            if norms.attention_out:
+                o = self.rms_norm(o, p + f"{norms.attention_out}.weight", f"{p}attn_out_norm")
+            x = w.node("Add", [x, o], name=f"{p}attn_residual")[0]
+            h = self.rms_norm(x, p + f"{norms.mlp_in}.weight", f"{p}post_norm")
+            down = self.mlp(h, p)
+            if norms.mlp_out:
+                down = self.rms_norm(down, p + f"{norms.mlp_out}.weight", f"{p}mlp_out_norm")
             x = w.node("Add", [x, down], name=f"{p}mlp_residual")[0]
         if not self.last:
             w.node("Identity", [x], ["hidden_out"], name="hidden_out/identity")
@@ -273,7 +343,7 @@ class StaticDecoderGraph:
         if n > 1:  # prompts are left-padded: the last real token is always the last row
             x = w.node("Slice", [x, w.constant("last/start", [n - 1]), w.constant("last/end", [n]), w.constant("last/axis", [1])],
                        name="last_position")[0]
-        x = self.rms_norm(x, "model.norm.weight", "final_norm", rows=1)
+        x = self.rms_norm(x, "model.norm.weight", "final_norm", lead=(1, 1))
         head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
         logits = self.linear(x, "lm_head", head)
         w.node("Identity", [logits], ["logits"], name="logits/identity")
@@ -334,7 +404,9 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
         from .weight_bits import eight_bit_graph_weights
 
         eight_bit = eight_bit_graph_weights(weights, options)  # asked of the source itself (GGUF: how it stored each)
-    if options.precision == "w4a16" and options.rotate:
+    # A sandwich norm (Gemma) leaves no matmul to fold its gain into: those families keep their residual stream.
+    rotate = options.precision == "w4a16" and options.rotate and weights.spec.family_data.rotatable
+    if rotate:
         from .rotation import RotatedResidual
 
         weights = RotatedResidual(weights)  # the same function; the quantizer sees no massive channels
@@ -343,7 +415,9 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
     # Embeddings stay on the host (a gather from a memory-mapped table): the table is the largest tensor and a
     # gather is no work for an NPU; fp16 halves it at no measurable cost (fp32 packages keep fp32).
     table_dtype = np.float16 if options.precision == "w4a16" else np.float32
-    np.save(folder / EMBEDDINGS_FILE, weights.tensor("model.embed_tokens.weight").astype(table_dtype))
+    table = weights.tensor("model.embed_tokens.weight") * np.float32(spec.embedding_scale)  # Gemma's sqrt(hidden)
+    np.save(folder / EMBEDDINGS_FILE, table.astype(table_dtype))
+    del table
     host = {
         "embeddings": {"file": EMBEDDINGS_FILE, "dtype": np.dtype(table_dtype).name, "where": "host (gather)"},
         "rotary": "host (cos/sin rows gathered per position)",
@@ -377,7 +451,7 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
     if progress:
         print(f"quantized {len(parts)} part(s) x 2 graphs to W4A16 QDQ in {time.perf_counter() - started:.1f} s")
     report_step_bytes(graphs, host, spec, options.context_length, progress)
-    if options.rotate:  # what `edgeinfer verify` needs to compare hidden states with an unrotated reference
+    if rotate:  # what `edgeinfer verify` needs to compare hidden states with an unrotated reference
         from ..hadamard import KIND, SEED
 
         quantization["rotation"] = {"of": "residual stream", "kind": KIND, "seed": SEED, "size": spec.hidden_size}
