@@ -1,6 +1,6 @@
 """A few decode steps of a qnn package on the HTP beside the CPU EP: the same QDQ graphs, token for token.
 
-    python bench/qnn_htp_steps.py PACKAGE [--prompt "..."] [--prompt-tokens 8] [--steps 4] [--json out.json]
+    python bench/qnn_htp_steps.py PACKAGE [--prompt "..."] [--raw] [--prompt-tokens 8] [--steps 4] [--json out.json]
 
 The prompt goes through the decode graph one token at a time (the simulator spends minutes on a 128-token prefill
 of the 1.5B), then STEPS greedy tokens; both devices use the package's smallest context bucket. Prints, per step,
@@ -24,11 +24,14 @@ from edgeinfer.static_runner import StaticEngine
 from edgeinfer.tokenizer import TextTokenizer
 
 
-def prompt_ids(package, text: str, count: int) -> list[int]:
+def prompt_ids(package, text: str, count: int, raw: bool = False) -> list[int]:
+    """The end of TEXT as a chat prompt (where the assistant turn opens), or with RAW the start of TEXT itself."""
     tok = package.manifest.tokenizer
     tokenizer = TextTokenizer.from_package(package, tok["bos_token_id"], tok["add_bos_token"])
+    if raw:
+        return tokenizer.encode(text, parse_special=False, add_bos=False)[:count]
     chat = ChatFormat(tokenizer, tok["chat_template"], tok["chat_format"], package.manifest.context_length)
-    return chat.encode(text)[-count:]  # the end of the chat prompt: the assistant turn opens there
+    return chat.encode(text)[-count:]
 
 
 def decode_steps(engine: StaticEngine, ids: list[int], steps: int) -> dict:
@@ -54,11 +57,12 @@ def main() -> None:
     parser.add_argument("package", type=Path)
     parser.add_argument("--prompt", default="Write a Python function that checks whether a string is a palindrome.")
     parser.add_argument("--prompt-tokens", type=int, default=8)
+    parser.add_argument("--raw", action="store_true", help="the prompt's own tokens (a text to continue), no chat template")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     package = load_package(args.package)
-    ids = prompt_ids(package, args.prompt, args.prompt_tokens)
+    ids = prompt_ids(package, args.prompt, args.prompt_tokens, args.raw)
     results = {}
     for device in ("cpu", "qnn"):
         backend = get_backend(device)

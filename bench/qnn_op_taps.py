@@ -1,10 +1,10 @@
-"""Where the HTP parts from the CPU EP inside a qnn package's decode graph: every quantized activation, both devices.
+"""Where the HTP parts from the CPU EP inside a qnn package's graphs: every quantized activation, both devices.
 
-    python bench/qnn_op_taps.py PACKAGE [--prompt-tokens 8] [--show 40] [--json out.json]
+    python bench/qnn_op_taps.py PACKAGE [--role decode|prefill] [--prompt-tokens 8] [--show 40] [--json out.json]
 
-The package's decode graphs (smallest context bucket) get every QuantizeLinear output as an extra graph output (the
-uint16 activations themselves); the decode feeds of a CPU run of the prompt's last token are replayed through both
-devices. Per tapped tensor, in graph order: the producing op, the largest difference in quantization steps and the
+The package's graphs of one role (smallest context bucket) get every QuantizeLinear output as an extra graph output
+(the uint16 activations themselves); the feeds of a CPU EP run (the prompt but its last token as one prefill chunk,
+then the last token's decode step) are replayed through both devices. Per tapped tensor, in graph order: the producing op, the largest difference in quantization steps and the
 SQNR of the HTP's values against the CPU EP's. A tensor the HTP computes as the CPU EP does differs by 0-1 steps;
 the first one that differs by many is where to look.
 """
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -38,22 +40,26 @@ class RecordingSession:
         return self.session.run(names, feed)
 
 
-def decode_feeds(package, ids: list[int]) -> list[dict]:
-    """Each decode part's feed for the last token of IDS, the earlier tokens decoded one by one on the CPU EP."""
+def recorded_feeds(package, ids: list[int]) -> dict[str, list[dict]]:
+    """Each part's feed per role on the CPU EP: the prefill of IDS but the last token (one chunk), then the decode of
+    the last token."""
     backend = get_backend("cpu")
     engine = StaticEngine(backend, package, backend.package_options(package.manifest.precision, BackendOptions()))
     context = engine.contexts[0]
     sessions = {role: [RecordingSession(s) for s in parts] for role, parts in engine.sessions_for(context).items()}
     m = package.manifest
     runner = StaticRunner(sessions, m.graphs, m.spec, context, engine.embeddings)
-    for position, token in enumerate(ids):
-        runner.run([token], position)
-    return [s.feed for s in sessions["decode"]]
+    if len(ids) - 1 > m.graphs["prefill"]["tokens"]:
+        raise SystemExit(f"--prompt-tokens {len(ids)}: at most one prefill chunk ({m.graphs['prefill']['tokens']}) plus one")
+    runner.run(ids[:-1], 0)
+    runner.run(ids[-1:], len(ids) - 1)
+    return {role: [s.feed for s in parts] for role, parts in sessions.items()}
 
 
-def tapped_graph(path: Path, folder: Path) -> tuple[Path, list[dict]]:
+def tapped_graph(path: Path, folder: Path, match: str = "") -> tuple[Path, list[dict]]:
     """PATH with every QuantizeLinear output as a graph output, written into FOLDER beside links to its data files;
-    returns the file and, per tap, its name, producer op, scale and zero point."""
+    returns the file and, per tap, its name, producer op, scale and zero point. FOLDER must be on the package's file
+    system: onnxruntime refuses data files that resolve outside the model's folder, so they are hard links."""
     model = onnx.load(str(path), load_external_data=False)
     init = {i.name: i for i in model.graph.initializer}
     producer = {out: node for node in model.graph.node for out in node.output}
@@ -61,6 +67,8 @@ def tapped_graph(path: Path, folder: Path) -> tuple[Path, list[dict]]:
     taps = []
     for node in model.graph.node:
         if node.op_type != "QuantizeLinear" or node.input[1] not in init or node.output[0] in outputs:
+            continue
+        if not re.search(match, node.output[0]):
             continue
         scale = numpy_helper.to_array(init[node.input[1]], base_dir=str(path.parent))
         zero = numpy_helper.to_array(init[node.input[2]], base_dir=str(path.parent)) if len(node.input) > 2 else np.zeros((), np.uint8)
@@ -73,7 +81,7 @@ def tapped_graph(path: Path, folder: Path) -> tuple[Path, list[dict]]:
     for data in {e.value for i in model.graph.initializer for e in i.external_data if e.key == "location"}:
         link = folder / data
         if not link.exists():
-            link.symlink_to((path.parent / data).resolve())
+            os.link(path.parent / data, link)
     out = folder / path.name
     onnx.save(model, str(out))
     return out, taps
@@ -98,25 +106,29 @@ def main() -> None:
     parser.add_argument("package", type=Path)
     parser.add_argument("--prompt", default="Write a Python function that checks whether a string is a palindrome.")
     parser.add_argument("--prompt-tokens", type=int, default=8)
+    parser.add_argument("--role", choices=("decode", "prefill"), default="decode")
+    parser.add_argument("--match", default="", help="tap only tensors whose name matches this regex (a prefill graph "
+                        "with every activation as an output exceeds the simulator's memory)")
     parser.add_argument("--show", type=int, default=0, help="print only the first SHOW rows (0: all)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     package = load_package(args.package)
     ids = prompt_ids(package, args.prompt, args.prompt_tokens)
-    feeds = decode_feeds(package, ids)
+    feeds = recorded_feeds(package, ids)[args.role]
     m = package.manifest
-    smallest = min(  # the bucket decode_feeds ran: StaticEngine's first context
+    smallest = min(  # the bucket recorded_feeds ran: StaticEngine's first context
         m.graphs.get("contexts", [m.context_length]))
     qnn, cpu = get_backend("qnn"), get_backend("cpu")
     report = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for part, feed in zip(m.graphs["decode"]["parts"], feeds):
+    with tempfile.TemporaryDirectory(dir=args.package.resolve().parent) as tmp:
+        for part, feed in zip(m.graphs[args.role]["parts"], feeds):
             name = part["file"] if smallest == m.context_length else part["contexts"][str(smallest)]
-            path, taps = tapped_graph(package.graph(name, "a graph part"), Path(tmp))
+            path, taps = tapped_graph(package.graph(name, "a graph part"), Path(tmp), args.match)
             names = [t["name"] for t in taps]
             results = {}
             for backend in (cpu, qnn):
-                options = backend.package_options(m.precision, BackendOptions())
+                # A tapped QuantizeLinear's output leaves the graph; QNN hands such boundary Q nodes to the CPU.
+                options = backend.package_options(m.precision, BackendOptions(allow_fallback=True))
                 session = backend.create_session(str(path), options)
                 results[backend.name] = session.run(names, feed)
             report += compare(taps, results["cpu"], results["qnn"])

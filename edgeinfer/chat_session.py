@@ -1,4 +1,8 @@
-"""A multi-turn conversation that keeps within the context window by dropping the oldest turns."""
+"""A multi-turn conversation that keeps within the context window by dropping the oldest turns.
+
+The session keeps one generator: each turn's prompt begins with the previous turns, which its cache already
+holds, so only the new message is run (until old turns are dropped and the prompt's start changes).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ class ChatSession:
         self.sampling = sampling
         self.max_new_tokens = max_new_tokens
         self.history: list[dict] = []
+        self._generator = None  # made on the first turn, kept for the next ones
+        self.last_result = None  # the latest turn's GenerationResult (timings, cached_tokens)
 
     def reset(self) -> None:
         self.history.clear()
@@ -32,7 +38,9 @@ class ChatSession:
     def send(self, text: str):
         """Yield the reply's text pieces; the answer (without reasoning) joins the history."""
         messages = self._fit([*self.history, {"role": "user", "content": text}])
-        stream = self.model.stream(messages, self.max_new_tokens, self.sampling)
+        if self._generator is None:
+            self._generator = self.model.generator(self.sampling)
+        stream = self.model.stream(messages, self.max_new_tokens, self.sampling, generator=self._generator)
         yield from stream
-        result = stream.result
+        result = self.last_result = stream.result
         self.history = [*messages, {"role": "assistant", "content": result.answer or result.text}]

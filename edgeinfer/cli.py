@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -124,6 +125,37 @@ def _chat(args) -> None:
         print()
 
 
+def _serve(args) -> None:
+    try:
+        from .serve.server import run_server
+        from .serve.settings import ServeSettings
+    except ImportError as exc:
+        raise EdgeInferError(f"edgeinfer serve needs the [serve] extra ({exc.name} is missing): "
+                             "pip install 'edgeinfer[serve]'") from None
+    for name, value, least in (("--parallel", args.parallel, 1), ("--queue", args.queue, 0),
+                               ("--read-timeout", args.read_timeout, 0.1), ("--shutdown-timeout", args.shutdown_timeout, 0),
+                               ("--max-body-mb", args.max_body_mb, 0.001), ("--cache-mb", args.cache_mb, 0)):
+        if value is not None and not value >= least:
+            raise EdgeInferError(f"{name} must be at least {least}, got {value}")
+    model = _load(args)
+    source = Path(args.package)
+    settings = ServeSettings(
+        model_id=args.alias or (source.name if source.is_dir() else args.package), host=args.host, port=args.port,
+        parallel=args.parallel, queue=args.parallel * 4 if args.queue is None else args.queue, api_key=args.api_key,
+        read_timeout_s=args.read_timeout, shutdown_timeout_s=args.shutdown_timeout,
+        max_body_bytes=int(args.max_body_mb * (1 << 20)), cache_bytes=int(args.cache_mb * (1 << 20)),
+    )
+
+    def announce(url: str) -> None:
+        print(f"edgeinfer serve: {settings.model_id} on {args.device} at {url} (parallel {settings.parallel}, "
+              f"queue {settings.queue}{', API key required' if settings.api_key else ''}); Ctrl-C stops", flush=True)
+        if not settings.api_key and settings.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"edgeinfer: {settings.host} is reachable from other machines and no --api-key is set: "
+                  "anyone who can reach it can use the model", file=sys.stderr, flush=True)
+
+    run_server(model, settings, announce)
+
+
 def _devices(args) -> None:
     from .backends import backend_names, get_backend
 
@@ -211,6 +243,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("package", help="package folder, or a source to export into the cache first")
     generation_args(p)
     p.set_defaults(func=_chat)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs the [serve] extra)",
+                       description="Serve one model over OpenAI's API: /v1/chat/completions, /v1/completions, "
+                       "/v1/models, /health. Sampling defaults are the run command's; requests override them.")
+    p.add_argument("package", help="package folder, or a source to export into the cache first")
+    p.add_argument("--device", default="cpu", help=", ".join(backend_names()))
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8080, help="0: any free port (the URL is printed)")
+    p.add_argument("--parallel", type=int, default=4, help="requests that generate at once, each with its own KV cache")
+    p.add_argument("--queue", type=int, default=None, help="requests that wait for a slot; beyond them, 503 "
+                   "(default: 4 x --parallel)")
+    p.add_argument("--api-key", default=os.environ.get("EDGEINFER_API_KEY"),
+                   help="require `Authorization: Bearer KEY` on every route but /health (default: $EDGEINFER_API_KEY)")
+    p.add_argument("--alias", help="the model name /v1/models lists (default: the package folder's name)")
+    p.add_argument("--cache-mb", type=float, default=1024, help="memory for kept KV caches of earlier requests, "
+                   "whose prompts a conversation's next turn reuses (0: off)")
+    p.add_argument("--max-body-mb", type=float, default=8, help="largest request body")
+    p.add_argument("--read-timeout", type=float, default=30, help="seconds a client gets to send a request's "
+                   "headers, and again its body")
+    p.add_argument("--shutdown-timeout", type=float, default=10, help="on Ctrl-C or SIGTERM, seconds running "
+                   "requests get to finish before they are cancelled")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--allow-fallback", action="store_true", help="qnn: run unsupported nodes on the CPU")
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("verify", help="a qnn package's numerics beside a float reference, on real text")
     p.add_argument("package")

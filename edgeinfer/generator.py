@@ -130,6 +130,21 @@ class Generator:
     def reset(self) -> None:
         self.rewind(0)
 
+    def keep_common_prefix(self, token_ids) -> int:
+        """Rewind to the longest start the cache shares with TOKEN_IDS, short of all of them; returns its length.
+
+        A caller then appends only TOKEN_IDS[kept:]: a chat's earlier turns are not run again. The last id is
+        always run, because its logits give the next token.
+        """
+        kept = reusable_prefix(self.tokens, token_ids)
+        self.rewind(kept)
+        return kept
+
+    def use_sampling(self, sampling: SamplingParams) -> None:
+        """Sample with SAMPLING from now on, its seed restarting the random stream (a new request on a kept cache)."""
+        self.sampling = sampling
+        self.rng = np.random.default_rng(sampling.seed)
+
     def assume_filled(self, position: int) -> None:
         """Speed tests only: treat the first POSITION cache slots as filled without running the model.
 
@@ -140,6 +155,16 @@ class Generator:
             raise GenerationError(f"position {position} is outside the {self.capacity}-token context")
         self.tokens = [0] * position
         self.logits = None
+
+
+def reusable_prefix(held, prompt) -> int:
+    """How many of PROMPT's tokens a cache holding HELD need not run: their common start, short of the whole
+    prompt (its last token always runs, for the next token's logits)."""
+    limit = min(len(held), len(prompt) - 1)
+    if limit <= 0:
+        return 0
+    differ = np.flatnonzero(np.asarray(held[:limit], dtype=np.int64) != np.asarray(prompt[:limit], dtype=np.int64))
+    return int(differ[0]) if differ.size else limit
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,14 @@ class GenerationResult:
     token_ids: list[int] = field(default_factory=list)  # generated ids only
     prompt_tokens: int = 0
     finish_reason: str = ""  # eos | stop_string | length | context
-    timings: Timings = field(default_factory=Timings)
+    timings: Timings = field(default_factory=Timings)  # its prompt_tokens: those run now (cached ones were not)
+    cached_tokens: int = 0  # prompt tokens a kept generator already held, not run again
 
     def to_dict(self) -> dict:
         return {
             "text": self.text, "reasoning": self.reasoning, "answer": self.answer, "token_ids": self.token_ids,
-            "prompt_tokens": self.prompt_tokens, "finish_reason": self.finish_reason, "timings": self.timings.to_dict(),
+            "prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens,
+            "finish_reason": self.finish_reason, "timings": self.timings.to_dict(),
         }
 
 
@@ -89,8 +91,13 @@ class Model:
         return SamplingParams()  # DeepSeek-R1's recommendation (0.6 / 0.95), a sound default for other chat models
 
     def generator(self, sampling: SamplingParams | None = None) -> Generator:
-        """A fresh generator with its own KV cache."""
-        return Generator(self.engine.new_runner(), self.spec.vocab_size, sampling or self.default_sampling())
+        """A fresh generator with its own KV cache (on a GPU, maybe the buffers of one given back by `recycle`)."""
+        return Generator(self._runners.acquire(), self.spec.vocab_size, sampling or self.default_sampling())
+
+    def recycle(self, generator: Generator) -> None:
+        """The caller is done with GENERATOR: a later `generator()` may reuse its cache buffers and decode graph
+        (kept on GPUs, where making them costs milliseconds and each new CUDA graph stays with the session)."""
+        self._runners.release(generator.runner)
 
     def encode_prompt(self, prompt_or_messages, raw: bool = False) -> list[int]:
         if raw:
@@ -104,24 +111,53 @@ class Model:
         return ids
 
     def stream(self, prompt_or_messages, max_new_tokens: int = 256, sampling: SamplingParams | None = None,
-               stop: tuple[str, ...] = (), raw: bool = False, ignore_eos: bool = False) -> "TextStream":
-        """Text pieces as they are generated; once the stream ends, its `result` holds ids, split text and timings."""
-        return TextStream(self._pieces(prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos))
+               stop: tuple[str, ...] = (), raw: bool = False, ignore_eos: bool = False,
+               generator: Generator | None = None) -> "TextStream":
+        """Text pieces as they are generated; once the stream ends, its `result` holds ids, split text and timings.
+
+        GENERATOR: run on this generator's cache instead of a fresh one. The tokens it holds that begin this
+        prompt (a chat's earlier turns) are not run again; afterwards it holds this exchange, for the next call.
+        """
+        return TextStream(self._pieces(prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos, generator))
+
+    def stream_ids(self, prompt_ids: list[int], max_new_tokens: int = 256, sampling: SamplingParams | None = None,
+                   stop: tuple[str, ...] = (), ignore_eos: bool = False, generator: Generator | None = None,
+                   thinking: bool = False) -> "TextStream":
+        """`stream` for a prompt already encoded (`encode_prompt`). THINKING: the prompt opened DeepSeek-R1's
+        <think> (messages encoded for a deepseek-r1 chat format), so the reply starts with reasoning."""
+        def pieces():  # checked when iterated, as `stream` does
+            criteria = self._criteria(prompt_ids, max_new_tokens, stop, ignore_eos)
+            return (yield from self._token_pieces(list(prompt_ids), criteria, sampling, generator, thinking))
+
+        return TextStream(pieces())
 
     def generate(self, prompt_or_messages, max_new_tokens: int = 256, sampling: SamplingParams | None = None,
-                 stop: tuple[str, ...] = (), raw: bool = False, ignore_eos: bool = False) -> GenerationResult:
-        stream = self.stream(prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos)
+                 stop: tuple[str, ...] = (), raw: bool = False, ignore_eos: bool = False,
+                 generator: Generator | None = None) -> GenerationResult:
+        stream = self.stream(prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos, generator)
         for _ in stream:
             pass
         return stream.result
 
-    def _pieces(self, prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos):
+    def _pieces(self, prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos, generator):
         """The request's text pieces; returns (via StopIteration, read by TextStream) its GenerationResult."""
         criteria = self._criteria(prompt_or_messages, max_new_tokens, stop, ignore_eos)
         prompt_ids = self.encode_prompt(prompt_or_messages, raw)
+        thinking = self.chat_format.opens_thinking and not raw
+        return (yield from self._token_pieces(prompt_ids, criteria, sampling, generator, thinking))
+
+    def _token_pieces(self, prompt_ids: list[int], criteria: StopCriteria, sampling, generator, thinking: bool):
+        if not prompt_ids:
+            raise GenerationError("the prompt is empty: pass some text")
         check_fits(len(prompt_ids) + 1, self.context_length)  # room for at least the first new token
-        runner = self._runners.acquire()
-        loop = TokenLoop(Generator(runner, self.spec.vocab_size, sampling or self.default_sampling()), prompt_ids, criteria)
+        sampling = sampling or self.default_sampling()
+        pooled = generator is None
+        if pooled:
+            generator = Generator(self._runners.acquire(), self.spec.vocab_size, sampling)
+        else:
+            generator.use_sampling(sampling)
+        cached = generator.keep_common_prefix(prompt_ids)
+        loop = TokenLoop(generator, prompt_ids[cached:], criteria)
         decoder, stopper = self.tokenizer.stream_decoder(), TextStopper(criteria.stop_strings)
         ids: list[int] = []
         try:
@@ -132,15 +168,16 @@ class Model:
                 if stopper.stopped:
                     loop.stop("stop_string")
         finally:  # finished, cancelled or failed: the next request may reuse the runner
-            self._runners.release(runner)
+            if pooled:
+                self._runners.release(generator.runner)
         if not stopper.stopped:
             if tail := stopper.feed(decoder.flush()) + stopper.flush():
                 yield tail
             if stopper.stopped:
                 loop.stop("stop_string")
-        reply: Reply = split_reasoning(stopper.text, self.chat_format.opens_thinking and not raw)
+        reply: Reply = split_reasoning(stopper.text, thinking)
         return GenerationResult(reply.raw, reply.reasoning, reply.answer, ids, len(prompt_ids),
-                                "stop_string" if stopper.stopped else loop.finish_reason, loop.timings)
+                                "stop_string" if stopper.stopped else loop.finish_reason, loop.timings, cached)
 
     def _criteria(self, prompt_or_messages, max_new_tokens, stop, ignore_eos) -> StopCriteria:
         if isinstance(prompt_or_messages, str) and not prompt_or_messages.strip():

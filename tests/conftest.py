@@ -34,11 +34,16 @@ def make_hf_checkpoint(folder: Path, family: str = "qwen2", seed: int = 0, **ove
         for p in model.parameters():
             p.mul_(3.0) if p.dim() == 2 else None
     model.save_pretrained(folder)
-    tokenizer_json, ids = byte_tokenizer_json(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    write_chatml_tokenizer(folder)
+    return folder
+
+
+def write_chatml_tokenizer(folder: Path) -> None:
+    """A byte-level tokenizer with ChatML's special tokens and template beside a tiny checkpoint."""
+    tokenizer_json, _ = byte_tokenizer_json(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     (folder / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
     config = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": CHATML}
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,11 @@ longrope switches to its long factors (at 40) during the greedy run, SmolLM3's f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from edgeinfer.export.presets import byte_tokenizer_json
-
-from .conftest import CHATML
+from .conftest import write_chatml_tokenizer
 
 BASE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
             vocab_size=272, max_position_embeddings=512)
@@ -73,10 +70,7 @@ def make_family_checkpoint(folder: Path, name: str, seed: int = 0) -> Path:
             else:  # norms away from their init, so that a misplaced or unshifted gain shows
                 param.add_(torch.randn_like(param) * 0.2)
     model.save_pretrained(folder)
-    tokenizer_json, _ = byte_tokenizer_json(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    (folder / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-    config = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": CHATML}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    write_chatml_tokenizer(folder)
     return folder
 
 

@@ -226,3 +226,54 @@ def test_chat_session_keeps_history_within_the_context(preset_pkg):
     assert not any(m["content"].startswith("message 0") for m in session.history)  # the oldest went first
     with pytest.raises(GenerationError, match="does not fit"):
         "".join(session.send("x" * 400))
+
+
+def test_keep_common_prefix_rewinds_to_what_the_prompt_shares(fp32_model):
+    gen = fp32_model.generator(GREEDY)
+    gen.append([1, 2, 3, 4, 5])
+    assert gen.keep_common_prefix([1, 2, 3, 9, 9]) == 3 and gen.tokens == [1, 2, 3]
+    assert gen.keep_common_prefix([1, 2, 3]) == 2  # the last prompt token runs again: its logits are needed
+    assert gen.keep_common_prefix([7, 8]) == 0 and gen.position == 0
+
+
+def test_a_kept_generator_gives_the_fresh_result_without_rerunning_the_prefix(fp32_model):
+    first, second = "the first turn of a conversation", "the first turn of a conversation, and the second"
+    gen = fp32_model.generator(GREEDY)
+    fp32_model.generate(first, max_new_tokens=8, sampling=GREEDY, raw=True, generator=gen)
+    again = fp32_model.generate(second, max_new_tokens=16, sampling=GREEDY, raw=True, ignore_eos=True, generator=gen)
+    fresh = fp32_model.generate(second, max_new_tokens=16, sampling=GREEDY, raw=True, ignore_eos=True)
+    assert again.token_ids == fresh.token_ids and fresh.cached_tokens == 0
+    shared = len(fp32_model.encode_prompt(first, raw=True))
+    assert again.cached_tokens == shared and again.timings.prompt_tokens == again.prompt_tokens - shared
+
+
+def test_a_kept_generator_restarts_sampling_from_each_requests_seed(fp32_model):
+    seeded = SamplingParams(temperature=1.0, seed=5)
+    gen = fp32_model.generator(seeded)
+    runs = [fp32_model.generate("abc", max_new_tokens=8, sampling=seeded, raw=True, generator=gen).token_ids
+            for _ in range(2)]
+    assert runs[0] == runs[1] == fp32_model.generate("abc", max_new_tokens=8, sampling=seeded, raw=True).token_ids
+
+
+def test_chat_session_runs_only_the_new_turn(preset_pkg):
+    from edgeinfer.chat_session import ChatSession
+
+    session = ChatSession(edgeinfer.load(preset_pkg), GREEDY, max_new_tokens=8)
+    "".join(session.send("the first message of the chat"))
+    first = session.last_result
+    "".join(session.send("and a second one"))
+    assert session.last_result.cached_tokens >= first.prompt_tokens - 2  # all but the "<think>\n" its reply opened
+
+
+def test_a_recycled_generators_runner_serves_the_next_generator(qwen2_fp32):
+    from edgeinfer.model import RunnerPool
+
+    model = edgeinfer.load(qwen2_fp32)
+    model._runners = RunnerPool(model.engine, keep=True)  # as on a GPU
+    first = model.generator(GREEDY)
+    first.append([1, 2, 3])
+    model.recycle(first)
+    second = model.generator(GREEDY)
+    assert second.runner is first.runner and second.position == 0
+    second.append([1, 2, 3])
+    np.testing.assert_array_equal(second.logits, model.generator(GREEDY).runner.forward([1, 2, 3], 0))

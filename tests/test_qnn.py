@@ -387,3 +387,63 @@ def test_context_buckets_are_the_same_graphs_over_fewer_slots(tmp_path):
     for small, full in zip(outputs[64], outputs[256]):
         assert small.shape == full.shape
         assert np.allclose(small.astype(np.float32), full.astype(np.float32), atol=1e-3 * (1 + np.abs(full.astype(np.float32)).max()))
+
+
+def test_a_graph_qnn_refuses_is_named_even_with_a_compile_cache(tmp_path, monkeypatch):
+    """A refused compile can leave an EP context file behind; the error must still say which nodes QNN refused
+    (it said "the EP context model exists already" when the first attempt had written one)."""
+    from onnx import TensorProto, helper
+
+    from edgeinfer.errors import BackendError
+
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    # QNN compiles the Relu (writing its EP context) and leaves NonZero to the CPU, which fallback off refuses.
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("NonZero", ["r"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "nonzero.onnx"
+    path.write_bytes(model.SerializeToString())
+    backend = get_backend("qnn")
+    for attempt in range(2):  # the second finds whatever the first left in the cache
+        with pytest.raises(BackendError, match="has nodes QNN does not take"):
+            backend.create_session(str(path), BackendOptions(), fingerprint="f" * 64)
+
+
+def test_key_center_is_the_mean_of_the_rotated_key_bias():
+    """The constant the static graph subtracts from every key after RoPE, against RoPE applied position by position."""
+    from edgeinfer.export.presets import PRESETS
+    from edgeinfer.export.static_graph import key_center
+    from edgeinfer.graph_contract import rotary_tables
+
+    spec = PRESETS["tiny-qwen2"].spec
+    bias = np.random.default_rng(0).normal(size=spec.kv_size).astype(np.float32) * 100
+    cos, sin = (t[spec.layer_rope(0)] for t in rotary_tables(spec, 64))
+    b = bias.reshape(spec.num_kv_heads, spec.head_dim)
+    half = spec.head_dim // 2
+    rotated = [np.concatenate([b[:, :half] * c - b[:, half:] * s, b[:, half:] * c + b[:, :half] * s], axis=-1)
+               for c, s in zip(cos, sin)]
+    expected = np.mean(rotated, axis=0).reshape(1, spec.num_kv_heads, 1, spec.head_dim)
+    np.testing.assert_allclose(key_center(bias, spec, 0, 64), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_products_of_two_activations_take_int16_symmetric_first_inputs(qdq_pkg):
+    """q x k^T and probabilities x values: the first input int16 with zero point 0, the second uint16 (the HTP keeps
+    both at 16 bits only so; every node still runs on QNN: test_every_node_on_qnn_with_fallback_disabled)."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(qdq_pkg / "decode.onnx"), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    produced = {out: node for node in model.graph.node for out in node.output}
+
+    def zero_point(tensor: str) -> TensorProto:
+        return inits[produced[tensor].input[2]]  # the DequantizeLinear feeding the MatMul
+
+    products = [n for n in model.graph.node if n.op_type == "MatMul" and produced[n.input[1]].input[0] not in inits]
+    assert len(products) == 2 * 2  # scores and context in each of the 2 layers
+    for node in products:
+        first, second = zero_point(node.input[0]), zero_point(node.input[1])
+        assert first.data_type == TensorProto.INT16 and not onnx.numpy_helper.to_array(first).any()
+        assert second.data_type == TensorProto.UINT16

@@ -129,3 +129,56 @@ def test_the_shipped_package_stores_block_wise_int4(outlier_model, tmp_path):
         attributes = {a.name: a.i for a in node.attribute}
         assert attributes == {"axis": 0, "block_size": 16}
         assert list(inits[node.input[1]].dims)[0] == list(inits[node.input[0]].dims)[0] // 16
+
+
+def with_qwen_key_bias(folder: Path, out: Path) -> Path:
+    """FOLDER's model with Qwen2.5's layer-0 key pattern: a bias of ~300 in the lowest-frequency rotary pairs of every
+    key head and ~16 in the queries' (real: key norm ~900, scores ~500-12,000 common to a whole row). The common part
+    is the same for every key, so the model computes the same function; its scores are hundreds of times larger."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    model = Qwen2ForCausalLM.from_pretrained(folder)
+    d = model.config.hidden_size // model.config.num_attention_heads
+    low = [d // 2 - 3, d // 2 - 2, d // 2 - 1, d - 3, d - 2, d - 1]  # rotate-half: the pairs that barely turn
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.k_proj.bias.view(-1, d)[:, low] += torch.tensor([300.0, -250, 280, -300, 260, -270])
+            layer.self_attn.q_proj.bias.view(-1, d)[:, low] += torch.tensor([17.0, -15, 16, -17, 15, -16])
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (folder / name).exists():
+            (out / name).write_bytes((folder / name).read_bytes())
+    return out
+
+
+def htp_vs_cpu_ep_sqnr(package: Path, ids: list[int]) -> float:
+    """Logits SQNR (dB) of the HTP against the CPU EP on the same package, token by token through the decode graph."""
+    rows = {}
+    for device in ("cpu", "qnn"):
+        backend = get_backend(device)
+        runner = StaticEngine(backend, load_package(package), BackendOptions()).new_runner()
+        rows[device] = []
+        for position, token in enumerate(ids):
+            runner.run([token], position)
+            rows[device].append(runner.last_logits().copy())
+    cpu, htp = np.array(rows["cpu"]), np.array(rows["qnn"])
+    return float(10 * np.log10((cpu**2).sum() / ((cpu - htp) ** 2).sum()))
+
+
+@pytest.mark.qnn
+@pytest.mark.skipif(not get_backend("qnn").availability().ok, reason="needs onnxruntime-qnn (the HTP simulator)")
+def test_the_htp_follows_the_cpu_ep_on_keys_with_a_large_bias(outlier_model, tmp_path, monkeypatch):
+    """Centered keys and 16-bit products keep the HTP with the CPU EP where the old graph (raw keys, both product inputs
+    uint16, which the HTP multiplies with the second cut to 8 bits) parted from it."""
+    folder = with_qwen_key_bias(outlier_model[0], tmp_path / "biased")
+    ids = [SINK, *[b for b in inspect.getsource(inspect).encode() if b < 256][100:124]]
+    shipped = export_tiny(folder, tmp_path / "shipped", target="qnn", prefill_chunk=16)
+    from edgeinfer.export import qdq
+
+    monkeypatch.setattr(qdq, "activation_matmul_lhs", lambda model: [])  # both inputs uint16, as before
+    old = export_tiny(folder, tmp_path / "old", target="qnn", prefill_chunk=16, center_keys=False)
+    figures = {"shipped": htp_vs_cpu_ep_sqnr(shipped, ids), "old": htp_vs_cpu_ep_sqnr(old, ids)}
+    print(f"HTP vs CPU EP logits SQNR (dB), trained tiny model with Qwen's key bias: {figures}")
+    assert figures["shipped"] >= 16.0
+    assert figures["shipped"] >= figures["old"] + 5.0

@@ -74,9 +74,13 @@ def test_a_cpu_package_still_refuses_other_devices(preset_pkg, capsys):
 @pytest.mark.qnn
 @pytest.mark.skipif(not QNN.ok, reason=f"qnn backend not available: {QNN}")
 def test_verify_on_the_npu_compares_it_with_the_cpu_ep(packages, tmp_path, monkeypatch):
-    qdq, _ = packages
     monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path))
-    from edgeinfer.verify import verify
+    from edgeinfer.verify import format_report, verify
 
-    result = verify(qdq, positions=32, device="qnn")
+    qdq, reference = packages
+    result = verify(qdq, reference, positions=32, device="qnn")
     assert result["device_vs_cpu_ep"]["top1_agreement"] >= 0.9 and result["device_vs_cpu_ep"]["logits_sqnr_db"] > 25
+    # The NPU's own distance from the float reference, beside the CPU EP's (both run the same quantized graphs)
+    on_npu, on_cpu = result["device_vs_reference"], result["vs_reference"]
+    assert abs(on_npu["logits_sqnr_db"] - on_cpu["logits_sqnr_db"]) < 3
+    assert f"package (qnn) vs {reference}" in format_report(result)

@@ -260,6 +260,10 @@ class QNNBackend(Backend):
     def _session(self, model_path: str, options: BackendOptions, context_file: Path | None) -> ort.InferenceSession:
         so = self.session_options(options)
         if context_file is not None:
+            # A refused attempt (say, nodes left for the CPU) can leave its EP context behind, and the EP will not
+            # overwrite one: the next attempt would report "exists already" instead of the reason.
+            for stale in (context_file, *context_file.parent.glob(f"{context_file.stem}*.bin")):
+                stale.unlink(missing_ok=True)
             so.add_session_config_entry("ep.context_enable", "1")
             so.add_session_config_entry("ep.context_file_path", str(context_file))
             so.add_session_config_entry("ep.context_embed_mode", "0")  # the binary in its own .bin, not in the proto

@@ -136,11 +136,34 @@ def calibrate(weights: WeightSource, graphs: dict, float_folder: Path, embedding
 def quantize_config(path: Path, op_types: list[str] | None = None):
     """onnxruntime's QNN QDQ settings (which ops, which types) for PATH's activations. For a graph whose weights
     come encoded, OP_TYPES are its float graph's, so the DequantizeLinear nodes are not quantized again."""
+    import onnx
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
+    # The product's first input reaches the MatMul as int16 symmetric (a conversion after its producer); every other
+    # tensor keeps uint16. Given raw (add_qtype_converts off): the quantizer's fixer would make all of the MatMul's
+    # tensors int16, which the HTP refuses.
+    converted = {name: [{"quant_type": QuantType.QUInt16,
+                         "convert": {"quant_type": QuantType.QInt16, "symmetric": True, "recv_nodes": {node}}}]
+                 for name, node in activation_matmul_lhs(onnx.load(str(path), load_external_data=False))}
     return get_qnn_qdq_config(str(path), None, activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8,
-                              per_channel=False, op_types_to_quantize=op_types)
+                              per_channel=False, op_types_to_quantize=op_types, init_overrides=converted or None,
+                              add_qtype_converts=False)
+
+
+def activation_matmul_lhs(model) -> list[tuple[str, str]]:
+    """(first input, node name) of every MatMul of two activations (attention's q x k^T and probabilities x values). The HTP
+    multiplies two uint16 tensors with the second cut to 8 bits (scores off by 0.2-0.4% of their size on Qwen2.5's
+    layer 0, where the CPU EP keeps them to half a 16-bit step); with the first input int16 symmetric it keeps
+    both at 16 bits (bench/qnn_op_taps.py)."""
+    weights = {i.name for i in model.graph.initializer}
+    produced = {out: node for node in model.graph.node for out in node.output}
+
+    def is_weight(name: str) -> bool:
+        node = produced.get(name)
+        return name in weights or (node is not None and node.op_type == "DequantizeLinear" and node.input[0] in weights)
+
+    return [(n.input[0], n.name) for n in model.graph.node if n.op_type == "MatMul" and not is_weight(n.input[1])]
 
 
 def quantize_graph(source_path: Path, out_path: Path, config, ranges: RangeSession, fixed_ranges: dict) -> None:

@@ -46,7 +46,7 @@ from .. import __version__
 from ..architecture import ArchSpec
 from ..errors import ExportError
 from ..graph_contract import (ATTENTION_MASK, EMBEDDINGS_FILE, MASK_VALUE, POSITION_COS, POSITION_SIN,
-                              describe_step_bytes, static_io, static_step_bytes)
+                              describe_step_bytes, rotary_tables, static_io, static_step_bytes)
 from .onnx_writer import GraphWriter, WeightsFile
 from .options import ExportOptions
 from .sources import WeightSource
@@ -85,6 +85,25 @@ def context_constants(spec: ArchSpec, layers: tuple[int, int], tokens: int, cont
     for i in range(*layers):
         constants[f"model.layers.{i}.attn/kv_shape"] = [spec.num_kv_heads, context + tokens, spec.head_dim]
     return constants
+
+
+def key_center(bias: np.ndarray, spec: ArchSpec, layer: int, context: int) -> np.ndarray:
+    """The mean over positions 0..CONTEXT-1 of LAYER's rotated key bias, [1, KVH, 1, D]: what the graph subtracts from
+    every key after RoPE. Scores shift by q.center for every key of a row, which the softmax ignores, so the result
+    is the same in exact arithmetic; what changes is the size of the numbers on the way. Qwen2.5's layer-0 key bias
+    (norm ~900 in the lowest-frequency pairs, which barely rotate) puts a common ~500-12,000 into every score of a
+    row whose differences of a few units decide the softmax: the HTP's 16x16-bit MatMul keeps ~0.1-0.5% of that
+    (errors of 4-40 units; the CPU EP's float MatMul 0.1), and a 16-bit grid over it steps 0.24. Centered, the
+    keys' norm is ~20 (the idea of SageAttention's K smoothing, fixed from the weights instead of per batch)."""
+    b = bias.astype(np.float64).reshape(spec.num_kv_heads, spec.head_dim)
+    rope = spec.layer_rope(layer)
+    if rope is None:  # a layer without RoPE: its keys' bias is their mean
+        return b.reshape(1, spec.num_kv_heads, 1, spec.head_dim).astype(np.float32)
+    cos, sin = (t[rope].astype(np.float64).mean(axis=0) for t in rotary_tables(spec, context))
+    half = spec.rotary_dims // 2
+    x1, x2, rest = b[:, :half], b[:, half : 2 * half], b[:, 2 * half :]  # the rope of StaticDecoderGraph.rope
+    center = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
+    return center.reshape(1, spec.num_kv_heads, 1, spec.head_dim).astype(np.float32)
 
 
 def with_context(model, spec: ArchSpec, part: dict, tokens: int, context: int):
@@ -144,7 +163,7 @@ class StaticDecoderGraph:
     """One part (a range of layers) of one role (N tokens), in float32."""
 
     def __init__(self, writer: GraphWriter, source: WeightSource, tokens: int, context: int,
-                 layers: tuple[int, int], first: bool, last: bool):
+                 layers: tuple[int, int], first: bool, last: bool, center_keys: bool = True):
         self.w = writer
         self.source = source
         self.spec = source.spec
@@ -152,6 +171,7 @@ class StaticDecoderGraph:
         self.c = context
         self.layers = layers
         self.first, self.last = first, last
+        self.center_keys = center_keys and self.spec.qkv_bias  # key_center: only a bias gives keys a known mean
         self.context_constants = context_constants(self.spec, layers, tokens, context)
 
     def linear(self, x: str, name: str, weight_name: str, bias_name: str | None = None, scale: float = 1.0) -> str:
@@ -298,6 +318,9 @@ class StaticDecoderGraph:
             q, k = self.heads(q, s.num_heads, f"{p}q"), self.heads(k, s.num_kv_heads, f"{p}k")
             q = self.rope(q, s.layer_rope(i), f"{p}q_rope")
             k = self.rope(k, s.layer_rope(i), f"{p}k_rope")
+            if self.center_keys:  # the cache holds keys minus their bias's mean
+                center = w.shared_initializer(f"{p}k_center", lambda: key_center(self.source.tensor(bias("k")), s, i, c))
+                k = w.node("Sub", [k, center], name=f"{p}k_center")[0]
             v = self.heads(v, s.num_kv_heads, f"{p}v")
             new_k = w.node("Identity", [k], [f"new_key.{i}"], name=f"{p}new_key")[0]
             new_v = w.node("Identity", [v], [f"new_value.{i}"], name=f"{p}new_value")[0]
@@ -340,7 +363,8 @@ def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Pa
         try:
             for role, tokens in roles.items():
                 writer = GraphWriter(data)
-                StaticDecoderGraph(writer, weights, tokens, options.context_length, layers, first, last).build()
+                StaticDecoderGraph(writer, weights, tokens, options.context_length, layers, first, last,
+                                   options.center_keys).build()
                 writer.save(folder / f"{stems[role]}.onnx", producer=f"edgeinfer {__version__}")
                 entry = {"file": f"{stems[role]}.onnx", "data": data.path.name, "layers": list(layers),
                          **static_io(layers, first, last)}
