@@ -209,15 +209,22 @@ def checked_spec(where: str, file_fields: dict[str, str], head_dim=None, **value
     positions = values["max_position_embeddings"]
     if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
         raise refuse("max_position_embeddings", f"is {positions!r}, not a whole number >= 1")
+    problem = constants_problem(values, head_dim)
+    if problem:
+        raise refuse(*problem)
     for field in ("rope_theta", "rms_norm_eps", "local_rope_theta", "attention_scale"):
-        value = values.get(field)
-        if value is None and field in ("local_rope_theta", "attention_scale"):
-            continue
-        if not _positive(value):
-            raise refuse(field, f"is {value!r}, not a positive number")
-        values[field] = float(value)
-    _check_layer_attention(values, head_dim, refuse)
+        if values.get(field) is not None:
+            values[field] = float(values[field])
     return ArchSpec(head_dim=head_dim, **values)
+
+
+def spec_problem(spec: ArchSpec) -> str | None:
+    """What is wrong with a spec read back from a package's manifest, in one line (None: nothing): the checks
+    checked_spec makes of a checkpoint, for the fields beyond the sizes (limits.spec_sizes checks those)."""
+    if not isinstance(spec.family, str) or spec.family not in FAMILIES:
+        return f"family {spec.family!r} is not one of {', '.join(FAMILIES)}"
+    problem = constants_problem(asdict(spec), spec.head_dim)
+    return f"{problem[0]} {problem[1]}" if problem else None
 
 
 def _positive(value) -> bool:
@@ -228,25 +235,29 @@ def _whole(value, low: int, high: int) -> bool:
     return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
 
 
-def _check_layer_attention(values: dict, head_dim: int, refuse) -> None:
-    """The optional per-layer facts (windows, NoPE layers, partial rotary, rope scaling), checked like the sizes."""
+def constants_problem(values: dict, head_dim: int) -> tuple[str, str] | None:
+    """(field, what is wrong) for the first of the spec's constants and optional per-layer facts (windows, NoPE
+    layers, partial rotary, rope scaling) that no real model has; None when all are sound."""
+    for field in ("rope_theta", "rms_norm_eps", "local_rope_theta", "attention_scale"):
+        value = values.get(field)
+        if not (value is None and field in ("local_rope_theta", "attention_scale")) and not _positive(value):
+            return field, f"is {value!r}, not a positive number"
     layers = values["num_layers"]
     types = values.get("layer_types") or ()
-    if types and (len(types) != layers or not set(types) <= {FULL, SLIDING}):
-        raise refuse("layer_types", f"is not {layers} entries of {FULL!r} or {SLIDING!r}")
+    if not isinstance(types, (list, tuple)) or types and (len(types) != layers or not all(t in (FULL, SLIDING) for t in types)):
+        return "layer_types", f"is not {layers} entries of {FULL!r} or {SLIDING!r}"
     window = values.get("sliding_window")
     if window is not None and not _whole(window, 1, MAX_SIZES["context_length"]):
-        raise refuse("sliding_window", f"is {window!r}, not a whole number of tokens >= 1")
-    if not all(_whole(i, 0, layers - 1) for i in values.get("layers_without_rope") or ()):
-        raise refuse("layers_without_rope", f"names layers outside 0..{layers - 1}")
+        return "sliding_window", f"is {window!r}, not a whole number of tokens >= 1"
+    nope = values.get("layers_without_rope") or ()
+    if not isinstance(nope, (list, tuple)) or not all(_whole(i, 0, layers - 1) for i in nope):
+        return "layers_without_rope", f"names layers outside 0..{layers - 1}"
     rotary = values.get("rotary_dim")
     if rotary is not None and not (_whole(rotary, 2, head_dim) and rotary % 2 == 0):
-        raise refuse("rotary_dim", f"gives {rotary!r} rotary dims, not an even number up to head_dim {head_dim}")
+        return "rotary_dim", f"gives {rotary!r} rotary dims, not an even number up to head_dim {head_dim}"
     scaling = values.get("rope_scaling")
-    if scaling is not None:
-        problem = rope_scaling_problem(scaling, (rotary or head_dim) // 2)
-        if problem:
-            raise refuse("rope_scaling", problem)
+    problem = None if scaling is None else rope_scaling_problem(scaling, (rotary or head_dim) // 2)
+    return ("rope_scaling", problem) if problem else None
 
 
 def rope_scaling_problem(scaling, pairs: int) -> str | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from .architecture import ArchSpec
+from .architecture import ArchSpec, spec_problem
 from .errors import PackageError
 from .external_data import external_data_files
 from .graph_contract import (ATTENTION_MASK, CACHE_KINDS, EMBEDS_IN, HIDDEN_IN, HIDDEN_OUT, LOGITS, POSITION_COS,
@@ -125,6 +125,7 @@ def verify_files(folder: Path, manifest: Manifest, hashes: bool = True) -> None:
 
 
 ACTIVATION_DTYPES = ("float32", "float16")
+TARGETS, GRAPH_FLAVOURS = ("cpu", "cuda", "qnn"), ("dynamic", "static")
 # A static package's host cache may hold the graphs' quantized I/O type (graphs.host.kv_cache gives its encoding).
 QUANTIZED_KV_DTYPES = {"uint16": 65535}  # dtype -> its largest zero point
 KV_ITEMSIZE = {"float32": 4, "float16": 2, "uint16": 2}
@@ -152,8 +153,10 @@ def check_manifest(folder: Path, m: Manifest) -> None:
         spec = m.spec
     except TypeError as exc:
         raise PackageError(f"{folder}/{MANIFEST}: architecture is incomplete ({exc}): re-export the package") from None
-    problem = size_problem({**spec_sizes(spec), "context_length": m.context_length})
+    problem = size_problem({**spec_sizes(spec), "context_length": m.context_length}) or spec_problem(spec)
     need(problem is None, str(problem))
+    need(m.target in TARGETS and m.graph_flavour in GRAPH_FLAVOURS,
+         f"target {m.target!r} / graph_flavour {m.graph_flavour!r} are not one of {TARGETS} / {GRAPH_FLAVOURS}")
     need(m.activation_dtype in ACTIVATION_DTYPES, f"activation_dtype {m.activation_dtype!r} is not one of {ACTIVATION_DTYPES}")
     kv = m.kv_cache
     kv_dtypes = (*ACTIVATION_DTYPES, *QUANTIZED_KV_DTYPES) if m.graph_flavour == "static" else ACTIVATION_DTYPES

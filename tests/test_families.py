@@ -336,3 +336,23 @@ def test_the_cuda_graph_in_fp16_agrees_with_fp32_on_the_cpu_ep(name, tmp_path):
     fp16, _ = logits(cuda, np.float16, tokens)
     for a, b in zip(fp16, fp32):
         assert np.abs(a - b).max() < 5e-3
+
+
+@pytest.mark.parametrize("field,value", [("layer_types", 3), ("layer_types", ["full_attention"]), ("rope_scaling", [0]),
+                                         ("rope_scaling", {"rope_type": "llama3"}), ("rotary_dim", 10**12),
+                                         ("sliding_window", "ab"), ("layers_without_rope", [99]), ("family", []),
+                                         ("local_rope_theta", -1), ("target", "cpu\n")])
+def test_a_manifest_with_a_damaged_family_fact_is_refused_in_one_line(families, tmp_path, field, value):
+    """The static runner builds its rotary tables and masks from these: a crafted manifest is one PackageError."""
+    import shutil
+
+    from edgeinfer.errors import PackageError
+
+    package = tmp_path / "pkg"
+    shutil.copytree(families.package("gemma3", "static"), package)
+    manifest = json.loads((package / "manifest.json").read_text())
+    (manifest if field == "target" else manifest["architecture"])[field] = value
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackageError) as caught:
+        edgeinfer.load(package).generate("Hi", max_new_tokens=2)
+    assert "\n" not in str(caught.value)
