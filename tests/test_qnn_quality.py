@@ -21,7 +21,7 @@ from edgeinfer.package import load_package
 from edgeinfer.sampler import GREEDY
 from edgeinfer.static_runner import StaticEngine
 
-from .conftest import export_tiny, make_hf_checkpoint
+from .conftest import export_tiny, make_hf_checkpoint, write_chatml_tokenizer
 
 SINK = 1  # <|im_start|>: every training sequence and prompt starts with it, as every chat prompt does
 MASSIVE_CHANNEL, OUTLIER_ROWS = 7, (11, 40, 99)
@@ -146,9 +146,7 @@ def with_qwen_key_bias(folder: Path, out: Path) -> Path:
             layer.self_attn.k_proj.bias.view(-1, d)[:, low] += torch.tensor([300.0, -250, 280, -300, 260, -270])
             layer.self_attn.q_proj.bias.view(-1, d)[:, low] += torch.tensor([17.0, -15, 16, -17, 15, -16])
     model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        if (folder / name).exists():
-            (out / name).write_bytes((folder / name).read_bytes())
+    write_chatml_tokenizer(out)  # the one make_hf_checkpoint gave FOLDER
     return out
 
 
