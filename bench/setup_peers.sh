@@ -31,16 +31,17 @@ llama_src() {
 
 llama_cpp() {
     local dir=$PEERS/llama.cpp src=$LLAMA_SRC build=$PEERS/llama.cpp/build
-    if [[ -x $build/bin/llama-bench && -x $build/bin/llama-quantize ]]; then
+    if [[ -x $build/bin/llama-bench && -x $build/bin/llama-lookup ]]; then
         log "llama.cpp: already built in $build/bin"; return
     fi
     llama_src
     # CPU only; nothing that downloads at configure time (web UI, OpenMP fetch, SSL).
     local flags=(-DCMAKE_BUILD_TYPE=Release -DGGML_OPENMP=ON -DBUILD_SHARED_LIBS=OFF
-                 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
+                 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF
                  -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
                  $(cpu_switches))
-    local targets=(llama-bench llama-quantize llama-perplexity)
+    # lookup/speculative/cli: llama.cpp's own speculative decoding, the peer of edgeinfer --speculate (issue 16).
+    local targets=(llama-bench llama-quantize llama-perplexity llama-lookup llama-speculative llama-cli)
     local t0=$SECONDS
     cmake -S "$src" -B "$build" -G Ninja "${flags[@]}" > "$dir/configure.log"
     cmake --build "$build" -j "$JOBS" --target "${targets[@]}" > "$dir/build.log"
