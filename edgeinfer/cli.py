@@ -159,11 +159,12 @@ def _serve(args) -> None:
 def _devices(args) -> None:
     from .backends import backend_names, get_backend
 
-    for name in backend_names():
-        backend = get_backend(name)
-        status = backend.availability()
-        detail = backend.device_description() if status.ok else str(status)
-        print(f"{name:6} {'available' if status.ok else 'not available':14} {detail}")
+    for base in backend_names():
+        for name in [base, *(f"{base}:{v}" for v in get_backend(base).variants)]:
+            backend = get_backend(name)
+            status = backend.availability()
+            detail = backend.device_description() if status.ok else str(status)
+            print(f"{name:13} {'available' if status.ok else 'not available':14} {detail}")
 
 
 def _bench(args) -> None:

@@ -125,7 +125,7 @@ def verify_files(folder: Path, manifest: Manifest, hashes: bool = True) -> None:
 
 
 ACTIVATION_DTYPES = ("float32", "float16")
-TARGETS, GRAPH_FLAVOURS = ("cpu", "cuda", "qnn"), ("dynamic", "static")
+TARGETS, GRAPH_FLAVOURS = ("cpu", "cuda", "qnn", "openvino"), ("dynamic", "static")
 # A static package's host cache may hold the graphs' quantized I/O type (graphs.host.kv_cache gives its encoding).
 QUANTIZED_KV_DTYPES = {"uint16": 65535}  # dtype -> its largest zero point
 KV_ITEMSIZE = {"float32": 4, "float16": 2, "uint16": 2}

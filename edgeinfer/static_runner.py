@@ -74,9 +74,11 @@ class StaticEngine(Engine):
         return GrowingRunner(self.runner_for, self.contexts)
 
     def runner_for(self, context: int) -> "StaticRunner":
-        """A runner over CONTEXT cache slots, its inputs and outputs bound in place."""
+        """A runner over CONTEXT cache slots, its inputs and outputs bound in place where the backend reads them there."""
         m, sessions = self.manifest, self.sessions_for(context)
-        buffers = CacheBuffers(sessions, m.graphs, m.spec, context, self.backend.shared_memory())
+        buffers = None
+        if self.backend.reads_bound_inputs_in_place():
+            buffers = CacheBuffers(sessions, m.graphs, m.spec, context, self.backend.shared_memory())
         return StaticRunner(sessions, m.graphs, m.spec, context, self.embeddings, buffers)
 
     @staticmethod

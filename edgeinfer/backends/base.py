@@ -49,6 +49,7 @@ class Backend(ABC):
     # Other targets whose packages it can also run: the CPU EP runs a qnn package's QDQ graphs, the numerics the
     # NPU must match (`edgeinfer run QNN_PACKAGE --device cpu`, `edgeinfer verify`).
     also_runs: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()  # devices `NAME:VARIANT` may pick (openvino:npu); the constructor takes one
     kv_location: str  # "host" or "device": where the KV cache buffers live
     ort_device: str = "cpu"  # OrtValue device type for buffers bound to this backend
     memory_arena: bool = True  # onnxruntime's CPU arena by default
@@ -85,6 +86,12 @@ class Backend(ABC):
         to this backend's sessions; None: plain CPU memory, which the CPU EP reads in place and an NPU copies in and
         out each run. Known once a session exists."""
         return None
+
+    def reads_bound_inputs_in_place(self) -> bool:
+        """Whether host buffers bound once to a session (IOBinding) are read where they are at every run. False where
+        onnxruntime copies a bound input into the EP's own memory when it is bound (the OpenVINO plugin): runners then
+        feed each run's inputs afresh."""
+        return True
 
     def candidate_head(self, vocab_size: int, logits_dtype, options: BackendOptions):
         """A CandidateHead beside this backend's logits when the host would pay to read whole rows (a GPU);

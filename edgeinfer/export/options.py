@@ -8,8 +8,10 @@ from ..errors import ExportError
 from ..limits import MAX_SIZES
 
 PRECISIONS = ("w4a16", "fp16", "fp32")
-TARGETS = ("cpu", "cuda", "qnn")
-DEFAULT_BLOCKS = {"cpu": 128, "cuda": 128, "qnn": 16}
+TARGETS = ("cpu", "cuda", "qnn", "openvino")
+STATIC_TARGETS = ("qnn", "openvino")  # static-shape graphs (static_graph.py): NPUs compile each shape once
+# openvino: 32, the GGUF Q4_K sub-block, which float zero points then keep exactly (quantize.quantize_blocks_float_zero)
+DEFAULT_BLOCKS = {"cpu": 128, "cuda": 128, "qnn": 16, "openvino": 32}
 DEFAULT_CONTEXT = 4096  # when the model allows it; a KV cache this long fits a phone's memory for 1-3B models
 
 
@@ -53,7 +55,7 @@ class ExportOptions:
                 f"context length {self.context_length} is above the {MAX_SIZES['context_length']} edgeinfer supports: "
                 "pass a smaller --context"
             )
-        if self.target == "qnn" and self.context_length % self.prefill_chunk:
+        if self.target in STATIC_TARGETS and self.context_length % self.prefill_chunk:
             raise ExportError(
                 f"context {self.context_length} is not a multiple of the prefill chunk {self.prefill_chunk}: change one"
             )
@@ -74,12 +76,12 @@ class ExportOptions:
             return replace(self, block_size=DEFAULT_BLOCKS[self.target]).for_model(max_positions)
         if self.context_length is None:
             context = min(DEFAULT_CONTEXT, max_positions)
-            if self.target == "qnn":
+            if self.target in STATIC_TARGETS:
                 context -= context % self.prefill_chunk  # static graphs run whole prefill chunks
             return replace(self, context_length=context).for_model(max_positions)
         if self.context_buckets is None:
             buckets = ()
-            if self.target == "qnn":
+            if self.target in STATIC_TARGETS:
                 powers = (2**k for k in range(9, 20))  # 512, 1024, ...
                 buckets = tuple(c for c in powers if self.prefill_chunk <= c < self.context_length and c % self.prefill_chunk == 0)
             return replace(self, context_buckets=buckets).for_model(max_positions)
@@ -97,7 +99,7 @@ class ExportOptions:
 
     @property
     def graph_flavour(self) -> str:
-        return "static" if self.target == "qnn" else "dynamic"
+        return "static" if self.target in STATIC_TARGETS else "dynamic"
 
     def to_dict(self) -> dict:
         """As the manifest records them (JSON: tuples are lists)."""

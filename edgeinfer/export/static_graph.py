@@ -35,7 +35,7 @@ import filecmp
 import shutil
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -159,12 +159,57 @@ def write_context_buckets(folder: Path, graphs: dict, spec: ArchSpec, buckets: t
                 part["contexts"][str(bucket)] = name
 
 
+@dataclass(frozen=True)
+class WeightBlocks:
+    """How an openvino w4a16 graph stores its linear weights: MatMulNBits, int4 blocks with float zero points (8 bits,
+    with uint8 zero points, for EIGHT_BIT and a LM_HEAD_BITS head), activations in float32. OpenVINO reads MatMulNBits as its
+    own compressed-weight MatMul; the QDQ form of the qnn graphs is what it does not follow (README, OpenVINO)."""
+
+    block_size: int
+    eight_bit: frozenset[str]  # static-graph weight names (model.layers.N.<proj>.weight) kept at 8 bits
+    lm_head_bits: int  # 8, 4, or 0 for float
+
+    def linear(self, w: GraphWriter, source: WeightSource, x: str, name: str, weight_name: str,
+               bias_name: str | None, scale: float) -> str:
+        from .quantize import quantize_blocks, quantize_blocks_float_zero
+
+        bits = self.lm_head_bits if name == "lm_head" else 8 if f"{name}.weight" in self.eight_bit else 4
+        weight = lambda: source.tensor(weight_name) * np.float32(scale)  # noqa: E731  [out, in]
+        n, k = source.spec.tensor_shape(weight_name)
+        if not bits:
+            y = w.node("MatMul", [x, w.shared_initializer(f"{name}.weight", lambda: weight().T)], name=name)[0]
+        else:
+            made = []  # one quantization gives three initializers; prefill and decode share them (shared_initializer)
+
+            def part(field: str):
+                def make():
+                    if not made:
+                        # 8 bits keep uint8 zero points (half a step of 255 is small): the CPU EP, which runs these
+                        # packages as the reference, refuses 8-bit MatMulNBits with float zero points.
+                        made.append(quantize_blocks_float_zero(weight(), self.block_size) if bits == 4 else
+                                    quantize_blocks(weight(), self.block_size, symmetric=False, bits=bits))
+                    return getattr(made[0], field).reshape(-1) if field != "packed" else made[0].packed
+                return make
+
+            inputs = [x, w.shared_initializer(f"{name}.qweight", part("packed")),
+                      w.shared_initializer(f"{name}.scales", part("scales")),
+                      w.shared_initializer(f"{name}.qzeros", part("zero_points"))]
+            y = w.node("MatMulNBits", inputs, name=name, domain="com.microsoft", K=k, N=n, bits=bits,
+                       block_size=self.block_size, accuracy_level=4)[0]
+        if bias_name:
+            bias = w.shared_initializer(f"{name}.bias", lambda: source.tensor(bias_name) * np.float32(scale))
+            y = w.node("Add", [y, bias], name=f"{name}/bias")[0]
+        return y
+
+
 class StaticDecoderGraph:
     """One part (a range of layers) of one role (N tokens), in float32."""
 
     def __init__(self, writer: GraphWriter, source: WeightSource, tokens: int, context: int,
-                 layers: tuple[int, int], first: bool, last: bool, center_keys: bool = True):
+                 layers: tuple[int, int], first: bool, last: bool, center_keys: bool = True,
+                 blocks: "WeightBlocks | None" = None):
         self.w = writer
+        self.blocks = blocks  # openvino w4a16: weights in MatMulNBits blocks; None: float MatMul
         self.source = source
         self.spec = source.spec
         self.n = tokens
@@ -175,6 +220,8 @@ class StaticDecoderGraph:
         self.context_constants = context_constants(self.spec, layers, tokens, context)
 
     def linear(self, x: str, name: str, weight_name: str, bias_name: str | None = None, scale: float = 1.0) -> str:
+        if self.blocks is not None:
+            return self.blocks.linear(self.w, self.source, x, name, weight_name, bias_name, scale)
         weight = self.w.shared_initializer(f"{name}.weight", lambda: (self.source.tensor(weight_name) * np.float32(scale)).T)
         y = self.w.node("MatMul", [x, weight], name=name)[0]  # weights stored [in, out]
         if bias_name:
@@ -351,7 +398,7 @@ class StaticDecoderGraph:
 
 
 def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Path, parts: list[tuple[int, int]],
-                       progress: bool) -> dict:
+                       progress: bool, blocks: WeightBlocks | None = None) -> dict:
     """Float32 prefill and decode graphs of each part over one weights file (each weight read from the source and
     written once); returns the manifest's role entries."""
     roles = {"prefill": options.prefill_chunk, "decode": 1}
@@ -364,7 +411,7 @@ def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Pa
             for role, tokens in roles.items():
                 writer = GraphWriter(data)
                 StaticDecoderGraph(writer, weights, tokens, options.context_length, layers, first, last,
-                                   options.center_keys).build()
+                                   options.center_keys, blocks).build()
                 writer.save(folder / f"{stems[role]}.onnx", producer=f"edgeinfer {__version__}")
                 entry = {"file": f"{stems[role]}.onnx", "data": data.path.name, "layers": list(layers),
                          **static_io(layers, first, last)}
@@ -397,15 +444,19 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
                         part_bytes: int | None = None) -> dict:
     """Write the qnn package's graphs into FOLDER; returns the manifest's `graphs` (plus "kv_dtype")."""
     if options.precision not in ("w4a16", "fp32"):
-        raise ExportError(f"precision {options.precision} is not offered for qnn: use w4a16 (the NPU's) or fp32")
+        raise ExportError(f"precision {options.precision} is not offered for {options.target}: use w4a16 (the NPU's) or fp32")
     if options.prefill_chunk < 2 or options.prefill_chunk > options.context_length:
         raise ExportError(f"prefill chunk {options.prefill_chunk} must be between 2 and the context {options.context_length}")
     if options.precision == "w4a16":
         from .weight_bits import eight_bit_graph_weights
 
         eight_bit = eight_bit_graph_weights(weights, options)  # asked of the source itself (GGUF: how it stored each)
+    blocks = None
+    if options.target == "openvino" and options.precision == "w4a16":
+        blocks = WeightBlocks(options.block_size, frozenset(eight_bit), options.lm_head_bits)
     # A sandwich norm (Gemma) leaves no matmul to fold its gain into: those families keep their residual stream.
-    rotate = options.precision == "w4a16" and options.rotate and weights.spec.family_data.rotatable
+    # Only for the QDQ graphs (qnn): the rotation spreads the massive channels that 16-bit activations cannot hold.
+    rotate = options.target == "qnn" and options.precision == "w4a16" and options.rotate and weights.spec.family_data.rotatable
     if rotate:
         from .rotation import RotatedResidual
 
@@ -424,12 +475,15 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
         "attention_mask": {"where": "host", "value": MASK_VALUE},
     }
     contexts = [*options.context_buckets, options.context_length]
-    if options.precision == "fp32":
-        graphs = write_float_graphs(weights, options, folder, parts, progress)
+    if options.precision == "fp32" or blocks is not None:
+        graphs = write_float_graphs(weights, options, folder, parts, progress, blocks)
         share_weight_files(folder, graphs)
         write_context_buckets(folder, graphs, spec, options.context_buckets)
         report_step_bytes(graphs, host, spec, options.context_length, progress)
-        return {**graphs, "contexts": contexts, "host": host, "quantization": None, "kv_dtype": "float32"}
+        quantization = None if blocks is None else {
+            "weights": "MatMulNBits, float zero points", "block_size": blocks.block_size, "lm_head_bits": blocks.lm_head_bits,
+            "eight_bit": len(blocks.eight_bit), "activations": "float32", "rotation": None}
+        return {**graphs, "contexts": contexts, "host": host, "quantization": quantization, "kv_dtype": "float32"}
 
     from .qdq import quantize_graphs
     from .quantized_io import uint16_cache_io
