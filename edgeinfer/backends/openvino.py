@@ -10,7 +10,7 @@ GroupQueryAttention never runs on OpenVINO (the graph splits around it), and the
 from the CPU EP (README, OpenVINO). CPU fallback is off unless allow_fallback; every session records which EP took
 each node (last_assignment).
 
-Compiled graphs go to OpenVINO's own cache (the `cache_dir` provider option) in a folder per package file and device
+Compiled graphs go to OpenVINO's own model cache (its CACHE_DIR property, through the plugin's load_config) in a folder per package file and device
 under $EDGEINFER_CACHE/openvino/, with a stamp like the QNN context cache: a blob whose stamp (package, onnxruntime,
 plugin, device, options) or sha256 no longer matches is removed before OpenVINO may load it, and compiled again.
 """
@@ -35,10 +35,9 @@ from .base import Availability, Backend, BackendOptions
 EP_NAME = "OpenVINOExecutionProvider"
 DEVICES = ("npu", "gpu", "cpu", "auto")  # `openvino:<device>`; plain `openvino` takes the first offered of the three
 _registered = threading.Lock()
-# OpenVINO's CPU plugin computes in bf16 where the CPU has it (this Xeon's AVX-512 BF16 does): one MatMulNBits of a
-# probe then parts from exact by 0.3% of its output, in f32 by 1e-6 (the EP ignores its old `precision` option and
-# names load_config instead). GPU and NPU keep OpenVINO's default (f16).
-_CPU_LOAD_CONFIG = {"CPU": {"INFERENCE_PRECISION_HINT": "f32"}}
+# _CPU_PRECISION: OpenVINO's CPU plugin computes in bf16 where the CPU has it (this Xeon's AVX-512 BF16 does): one
+# MatMulNBits of a probe then parts from exact by 0.3% of its output, in f32 by 1e-6. The CPU device asks for f32;
+# GPU and NPU keep OpenVINO's default (f16).
 
 
 def openvino_ep_devices() -> list:
@@ -146,21 +145,32 @@ class OpenVINOBackend(Backend):
         return False
 
     # -- sessions ------------------------------------------------------------------------------------------
-    def provider_options(self, options: BackendOptions) -> dict[str, str]:
-        defaults = {"load_config": json.dumps(_CPU_LOAD_CONFIG)} if self.device() == "cpu" else {}
+    def provider_options(self, options: BackendOptions, cache_dir: Path | None = None) -> dict[str, str]:
+        """The plugin's options: OpenVINO properties go in load_config ({"CPU": {...}}; the plugin ignores its older
+        `precision` and `cache_dir` options and says so). A user's own load_config entries win over ours."""
+        device = self.device().upper()
+        properties = {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" else {}  # see _CPU_PRECISION
+        if cache_dir is not None:
+            properties["CACHE_DIR"] = str(cache_dir)
+        provider = {k: v for k, v in options.provider_options.items() if k != "load_config"}
         if options.threads:
-            defaults["num_of_threads"] = str(options.threads)
-        return {**defaults, **options.provider_options}
+            provider.setdefault("num_of_threads", str(options.threads))
+        try:
+            config = json.loads(options.provider_options.get("load_config", "{}"))
+            config[device] = {**properties, **config.get(device, {})}
+        except (ValueError, TypeError, AttributeError):
+            raise BackendError("openvino: provider option load_config is not a JSON object of device properties: "
+                               'pass e.g. {"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}') from None
+        if config[device]:
+            provider["load_config"] = json.dumps(config, sort_keys=True)
+        return provider
 
     def providers(self, options: BackendOptions) -> list:
         return []  # added per device in session_options, as plugin EPs require
 
     def session_options(self, options: BackendOptions, cache_dir: Path | None = None):
         so = super().session_options(options)
-        provider = self.provider_options(options)
-        if cache_dir is not None:
-            provider["cache_dir"] = str(cache_dir)
-        so.add_provider_for_devices([self.ep_device()], provider)
+        so.add_provider_for_devices([self.ep_device()], self.provider_options(options, cache_dir))
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "0" if options.allow_fallback else "1")
         so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
         return so

@@ -278,13 +278,32 @@ class StaticDecoderGraph:
         x1 = w.node("Slice", [x, w.constant(f"{name}/s0", [0]), w.constant(f"{name}/e0", [half]), axis], name=f"{name}/x1")[0]
         x2 = w.node("Slice", [x, w.constant(f"{name}/s1", [half]), w.constant(f"{name}/e1", [2 * half]), axis], name=f"{name}/x2")[0]
         mul = lambda a, b, tag: w.node("Mul", [a, b], name=f"{name}/{tag}")[0]  # noqa: E731
-        o1 = w.node("Sub", [mul(x1, cos, "x1c"), mul(x2, sin, "x2s")], name=f"{name}/o1")[0]
-        o2 = w.node("Add", [mul(x2, cos, "x2c"), mul(x1, sin, "x1s")], name=f"{name}/o2")[0]
-        rotated = [o1, o2]
+        if self.blocks is not None:
+            rotated = [self.rope_rotate_half(x, x1, x2, cos, sin, name)]
+        else:
+            o1 = w.node("Sub", [mul(x1, cos, "x1c"), mul(x2, sin, "x2s")], name=f"{name}/o1")[0]
+            o2 = w.node("Add", [mul(x2, cos, "x2c"), mul(x1, sin, "x1s")], name=f"{name}/o2")[0]
+            rotated = [o1, o2]
         if 2 * half < d:
             rotated.append(w.node("Slice", [x, w.constant(f"{name}/s2", [2 * half]), w.constant(f"{name}/e2", [d]), axis],
                                   name=f"{name}/pass")[0])
         return w.node("Concat", rotated, name=f"{name}/concat", axis=3)[0]
+
+    def rope_rotate_half(self, x: str, x1: str, x2: str, cos: str, sin: str, name: str) -> str:
+        """The same rotation as x * [cos cos] + [-x2 x1] * [sin sin] (transformers' rotate_half), for OpenVINO: its CPU
+        plugin fuses the two-product form above into a RoPE op that comes back wrong from its model cache
+        (onnxruntime-ep-openvino 1.8.1: a 9-node probe matches the CPU EP to 1e-7 when compiled, parts by 30 when
+        loaded from the cache; this form matches both times)."""
+        w, half, d = self.w, self.spec.rotary_dims // 2, self.spec.head_dim
+        if 2 * half < d:  # partial rotary: only the first 2*half dims turn
+            x = w.node("Slice", [x, w.constant(f"{name}/s3", [0]), w.constant(f"{name}/e3", [2 * half]),
+                                 w.constant(f"{name}/axis3", [3])], name=f"{name}/turning")[0]
+        minus_x2 = w.node("Neg", [x2], name=f"{name}/neg_x2")[0]
+        turned = w.node("Concat", [minus_x2, x1], name=f"{name}/rotate_half", axis=3)[0]
+        cos2 = w.node("Concat", [cos, cos], name=f"{name}/cos2", axis=3)[0]
+        sin2 = w.node("Concat", [sin, sin], name=f"{name}/sin2", axis=3)[0]
+        return w.node("Add", [w.node("Mul", [x, cos2], name=f"{name}/x_cos")[0], w.node("Mul", [turned, sin2], name=f"{name}/turned_sin")[0]],
+                      name=f"{name}/rotated")[0]
 
     def host_rows(self, input_name: str, count: int, tag: str) -> list[str]:
         """One [1,1,N,*] row set per table of a host input [1,COUNT,N,*] (rotary tables, masks); the input itself when
