@@ -81,7 +81,8 @@ class ExportOptions:
             return replace(self, context_length=context).for_model(max_positions)
         if self.context_buckets is None:
             buckets = ()
-            if self.target in STATIC_TARGETS:
+            # openvino: one context, two compiled graphs (each OpenVINO blob carries its own copy of the weights)
+            if self.target == "qnn":
                 powers = (2**k for k in range(9, 20))  # 512, 1024, ...
                 buckets = tuple(c for c in powers if self.prefill_chunk <= c < self.context_length and c % self.prefill_chunk == 0)
             return replace(self, context_buckets=buckets).for_model(max_positions)
