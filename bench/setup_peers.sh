@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare the benchmark peers under bench/.peers/. Idempotent: each step skips what is already there.
-#   bash bench/setup_peers.sh [llama_cpp] [weights] [ort_genai] [optimum]     (default: all four)
+#   bash bench/setup_peers.sh [llama_cpp] [weights] [ort_genai] [optimum] [ov_genai]     (default: all five)
 # Env: JOBS (build parallelism, default 2), LLAMA_CPP_PYTHON_VERSION, ORT_GENAI_VERSION, OPTIMUM_ONNX_VERSION,
 # EDGEINFER_QWEN_GGUF (the real GGUF the llama.cpp peer times; default weights/ in the repository, git-ignored),
 # CPUINFO (default /proc/cpuinfo: where the llama.cpp build reads the CPU's flags).
@@ -116,10 +116,22 @@ optimum() {
     log "optimum: $PEERS/venv-optimum"
 }
 
+# openvino-genai, and optimum-intel for its int4 IR export: optimum-intel pins transformers (5.5 today), installed in
+# this venv over the system's; torch stays the system's CPU build (PyPI's would be the CUDA one), and torchvision,
+# which optimum pulls in and whose PyPI wheel does not load with the system's torch, goes again.
+ov_genai() {
+    vocab
+    local torch_version
+    torch_version=$(python3 -c 'import torch; print(torch.__version__.split("+")[0])')
+    venv venv-openvino "optimum-intel[openvino]" openvino-genai gguf -c <(echo "torch==$torch_version")
+    "$PEERS/venv-openvino/bin/pip" uninstall --quiet -y torchvision || true
+    log "openvino-genai: $PEERS/venv-openvino"
+}
+
 [[ ${BASH_SOURCE[0]} == "$0" ]] || return 0  # sourced (tests/test_bench_peers.py): the functions only
 
 steps=("$@")
-[[ $# -gt 0 ]] || steps=(llama_cpp weights ort_genai optimum)
+[[ $# -gt 0 ]] || steps=(llama_cpp weights ort_genai optimum ov_genai)
 failed=()
 for step in "${steps[@]}"; do
     # In a subshell with errexit, so that a failing step stops itself, is reported, and the next step still runs

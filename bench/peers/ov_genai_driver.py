@@ -1,6 +1,6 @@
 """Time openvino-genai's LLMPipeline on one OpenVINO IR folder; run by the peer venv's Python, prints JSON on stdout.
 
-    python bench/peers/openvino_genai_driver.py MODEL_DIR --prompt-lens 128 --gen-len 64 --repeat 3 --threads 2
+    python bench/peers/ov_genai_driver.py MODEL_DIR --prompt-lens 128 --gen-len 64 --repeat 3 --threads 2
 Each run: random prompt ids, batch 1, greedy, exactly GEN_LEN new tokens; TTFT and the time per output token from
 the pipeline's own perf_metrics (decode rate = 1000 / TPOT ms). One warm-up run per prompt length. OpenVINO's CPU
 defaults are kept (what its users get): the inference and KV cache precisions it chose are reported.
@@ -38,9 +38,10 @@ def main() -> None:
             if i:  # the first run warms up
                 runs.append({"prompt_len": p, "ttft_ms": ttft_ms, "prefill_tok_s": p / ttft_ms * 1e3, "decode_tok_s": 1e3 / tpot_ms})
     core = ov.Core()
+    precision = lambda name: core.get_property("CPU", name).to_string()  # noqa: E731  e.g. bf16, u8
     print(json.dumps({"openvino": ov.__version__.split("-")[0], "openvino_genai": genai.__version__.split("-")[0],
-                      "inference_precision": str(core.get_property("CPU", "INFERENCE_PRECISION_HINT")),
-                      "kv_cache_precision": str(core.get_property("CPU", "KV_CACHE_PRECISION")), "runs": runs}))
+                      "inference_precision": precision("INFERENCE_PRECISION_HINT"),
+                      "kv_cache_precision": precision("KV_CACHE_PRECISION"), "runs": runs}))
 
 
 if __name__ == "__main__":

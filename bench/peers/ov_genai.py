@@ -14,7 +14,7 @@ from . import PEERS, PeerNotInstalled, PeerResult, dir_bytes, from_driver_runs, 
 from .ort_genai import hf_checkpoint
 
 PYTHON = Path(os.environ.get("OPENVINO_GENAI_PYTHON", PEERS / "venv-openvino" / "bin" / "python"))
-FIX = "bash bench/setup_peers.sh openvino_genai"
+FIX = "bash bench/setup_peers.sh ov_genai"
 
 
 def available() -> tuple[bool, str]:
@@ -43,7 +43,7 @@ def run(prompt_lens: list[int], gen_len: int, repeat: int, threads: int, workdir
     if not ok:
         raise PeerNotInstalled(why)
     model = export(workdir.resolve())
-    cmd = [PYTHON, Path(__file__).with_name("openvino_genai_driver.py"), model, "--prompt-lens", *map(str, prompt_lens),
+    cmd = [PYTHON, Path(__file__).with_name("ov_genai_driver.py"), model, "--prompt-lens", *map(str, prompt_lens),
            "--gen-len", str(gen_len), "--repeat", str(repeat), "--threads", str(threads)]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     notes = (f"openvino {out['openvino']}, openvino-genai {out['openvino_genai']}, optimum-intel int4 IR, CPU device "
