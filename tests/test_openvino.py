@@ -147,3 +147,28 @@ def test_the_cpu_package_splits_on_openvino_and_fallback_off_names_the_ops(tmp_p
     with pytest.raises(BackendError, match="GroupQueryAttention") as error:
         backend.create_session(str(cpu_pkg / "model.onnx"), BackendOptions())
     assert "\n" not in str(error.value)
+
+
+@needs_openvino
+@pytest.mark.parametrize("family", ["gemma3", "phi4-mini", "smollm3"])
+def test_families_static_graph_features_run_on_openvino(family, tmp_path, private_cache):
+    """The openvino graph's own pieces (MatMulNBits linears, rotate-half RoPE) under the families' graph differences:
+    Gemma 3's sandwich norms, windows and q/k norms (prompt longer than the window), Phi-4-mini's partial rotary,
+    SmolLM3's NoPE layers. OpenVINO follows the CPU EP on the same package, prefill and 8 decode steps. Both quantize
+    MatMulNBits' activations to int8 in blocks of 32 (the CPU EP's accuracy_level 4, OpenVINO's dynamic quantization):
+    decode agrees to ~1e-6; a 16-row prefill on phi4-mini's peaky weights by 4.4e-3 (with OpenVINO's dynamic
+    quantization off, every step parts by ~1e-2: the CPU EP's int8 rounding is what it then misses)."""
+    from .family_checkpoints import make_family_checkpoint
+
+    pkg = export_tiny(make_family_checkpoint(tmp_path / family, family), tmp_path / "pkg", target="openvino",
+                      prefill_chunk=CHUNK)
+    prompt = np.random.default_rng(1).integers(0, 256, size=20).tolist()
+    ours, reference = (edgeinfer.load(pkg, device=d).generator(GREEDY) for d in ("openvino", "cpu"))
+    ours.append(prompt)
+    reference.append(prompt)
+    assert np.abs(ours.logits - reference.logits).max() < 1e-2
+    for _ in range(8):
+        token = int(np.argmax(reference.logits))
+        ours.append([token])
+        reference.append([token])
+        assert np.abs(ours.logits - reference.logits).max() < 1e-4
