@@ -202,15 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="cpu", choices=TARGETS)
     p.add_argument("--context", type=int, default=None,
                    help="context length (KV cache size) in tokens (default: 4096, or the model's limit if smaller)")
-    p.add_argument("--block-size", type=int, help="4-bit block size (default: 128 on cpu/cuda, the fastest; 16 on qnn, the most faithful)")
+    p.add_argument("--block-size", type=int, help="4-bit block size (default: 128 on cpu/cuda, the fastest; 16 on qnn, the most faithful; 32 on openvino, "
+                   "a GGUF Q4_K sub-block)")
     p.add_argument("--symmetric", action="store_true", help="4-bit without zero points (default: asymmetric)")
     p.add_argument("--uniform-bits", action="store_true", help="4 bits everywhere (default: 8-bit v/down in some layers)")
     p.add_argument("--lm-head-bits", type=int, default=8, choices=[0, 4, 8], help="lm_head weights (0 = float)")
     p.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4], help="MatMulNBits compute type (4 = int8)")
     p.add_argument("--all-logits", action="store_true", help="prefill returns logits for every position")
     p.add_argument("--float-embeddings", action="store_true", help="keep the embedding table in float")
-    p.add_argument("--prefill-chunk", type=int, default=128, help="qnn: tokens per static prefill run")
-    p.add_argument("--compile", action="store_true", help="qnn: also compile the context binaries on this host")
+    p.add_argument("--prefill-chunk", type=int, default=128, help="qnn, openvino: tokens per static prefill run")
+    p.add_argument("--compile", action="store_true", help="qnn: also compile the context binaries on this host (openvino: its compiled blobs)")
     p.add_argument("--force", action="store_true",
                    help="replace OUTPUT if it is an edgeinfer package (never another folder, never the source)")
     p.add_argument("--follow-symlinks", action="store_true",
