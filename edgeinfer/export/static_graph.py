@@ -168,6 +168,7 @@ class WeightBlocks:
     block_size: int
     eight_bit: frozenset[str]  # static-graph weight names (model.layers.N.<proj>.weight) kept at 8 bits
     lm_head_bits: int  # 8, 4, or 0 for float
+    accuracy_level: int = 4  # for the CPU EP, which runs these packages as the reference
 
     def linear(self, w: GraphWriter, source: WeightSource, x: str, name: str, weight_name: str,
                bias_name: str | None, scale: float) -> str:
@@ -195,7 +196,7 @@ class WeightBlocks:
                       w.shared_initializer(f"{name}.scales", part("scales")),
                       w.shared_initializer(f"{name}.qzeros", part("zero_points"))]
             y = w.node("MatMulNBits", inputs, name=name, domain="com.microsoft", K=k, N=n, bits=bits,
-                       block_size=self.block_size, accuracy_level=4)[0]
+                       block_size=self.block_size, accuracy_level=self.accuracy_level)[0]
         if bias_name:
             bias = w.shared_initializer(f"{name}.bias", lambda: source.tensor(bias_name) * np.float32(scale))
             y = w.node("Add", [y, bias], name=f"{name}/bias")[0]
@@ -472,7 +473,7 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
         eight_bit = eight_bit_graph_weights(weights, options)  # asked of the source itself (GGUF: how it stored each)
     blocks = None
     if options.target == "openvino" and options.precision == "w4a16":
-        blocks = WeightBlocks(options.block_size, frozenset(eight_bit), options.lm_head_bits)
+        blocks = WeightBlocks(options.block_size, frozenset(eight_bit), options.lm_head_bits, options.accuracy_level)
     # A sandwich norm (Gemma) leaves no matmul to fold its gain into: those families keep their residual stream.
     # Only for the QDQ graphs (qnn): the rotation spreads the massive channels that 16-bit activations cannot hold.
     rotate = options.target == "qnn" and options.precision == "w4a16" and options.rotate and weights.spec.family_data.rotatable
