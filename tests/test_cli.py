@@ -48,8 +48,11 @@ def test_errors_are_one_line(qwen2_fp32, capsys, args, message):
 def test_devices_lists_every_backend(capsys):
     assert main(["devices"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in ("cpu", "cuda", "qnn"))
-    assert "cpu    available" in out
+    assert all(name in out for name in ("cpu", "cuda", "qnn", "openvino"))
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()}
+    assert rows["cpu"] == "available"
+    # each OpenVINO device on a line of its own, available or not
+    assert {"openvino:npu", "openvino:gpu", "openvino:cpu", "openvino:auto"} <= set(rows)
 
 
 def test_ctrl_c_during_run_exits_cleanly(tmp_path):
