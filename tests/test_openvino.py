@@ -172,3 +172,18 @@ def test_families_static_graph_features_run_on_openvino(family, tmp_path, privat
         ours.append([token])
         reference.append([token])
         assert np.abs(ours.logits - reference.logits).max() < 1e-4
+
+
+@needs_openvino
+def test_a_float_openvino_package_loads_back_from_the_blob_cache(tmp_path, private_cache):
+    """fp32 packages take the rotate-half RoPE too: a second load (from OpenVINO's cache) gives the same logits."""
+    pkg = export_tiny("preset:tiny-qwen2", tmp_path / "fp32", target="openvino", precision="fp32", prefill_chunk=CHUNK)
+    prompt = np.random.default_rng(3).integers(0, 256, size=7).tolist()
+    rows = []
+    for _ in range(2):
+        generator = edgeinfer.load(pkg, device="openvino").generator(GREEDY)
+        generator.append(prompt)
+        generator.append([int(np.argmax(generator.logits))])
+        rows.append(generator.logits.copy())
+    assert any(private_cache.rglob("*.blob"))
+    assert np.abs(rows[0] - rows[1]).max() < 1e-5

@@ -208,9 +208,10 @@ class StaticDecoderGraph:
 
     def __init__(self, writer: GraphWriter, source: WeightSource, tokens: int, context: int,
                  layers: tuple[int, int], first: bool, last: bool, center_keys: bool = True,
-                 blocks: "WeightBlocks | None" = None):
+                 blocks: "WeightBlocks | None" = None, rotate_half: bool = False):
         self.w = writer
         self.blocks = blocks  # openvino w4a16: weights in MatMulNBits blocks; None: float MatMul
+        self.rotate_half = rotate_half  # openvino: RoPE in transformers' form (rope_rotate_half)
         self.source = source
         self.spec = source.spec
         self.n = tokens
@@ -279,7 +280,7 @@ class StaticDecoderGraph:
         x1 = w.node("Slice", [x, w.constant(f"{name}/s0", [0]), w.constant(f"{name}/e0", [half]), axis], name=f"{name}/x1")[0]
         x2 = w.node("Slice", [x, w.constant(f"{name}/s1", [half]), w.constant(f"{name}/e1", [2 * half]), axis], name=f"{name}/x2")[0]
         mul = lambda a, b, tag: w.node("Mul", [a, b], name=f"{name}/{tag}")[0]  # noqa: E731
-        if self.blocks is not None:
+        if self.rotate_half:
             rotated = [self.rope_rotate_half(x, x1, x2, cos, sin, name)]
         else:
             o1 = w.node("Sub", [mul(x1, cos, "x1c"), mul(x2, sin, "x2s")], name=f"{name}/o1")[0]
@@ -431,7 +432,7 @@ def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Pa
             for role, tokens in roles.items():
                 writer = GraphWriter(data)
                 StaticDecoderGraph(writer, weights, tokens, options.context_length, layers, first, last,
-                                   options.center_keys, blocks).build()
+                                   options.center_keys, blocks, rotate_half=options.target == "openvino").build()
                 writer.save(folder / f"{stems[role]}.onnx", producer=f"edgeinfer {__version__}")
                 entry = {"file": f"{stems[role]}.onnx", "data": data.path.name, "layers": list(layers),
                          **static_io(layers, first, last)}
