@@ -113,9 +113,10 @@ FAMILY_PRESETS=${FAMILY_PRESETS:-llama-3.2-1b qwen3-1.7b gemma-3-1b}
 
 families_start() {  # the first carried piece: export the family presets in the background while the rest travels
     mkdir -p $W $LOG $EDGEINFER_CACHE && cp .carry/* $W/
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site0 $W/gguf-*.whl || exit 1
     local name
     for name in $FAMILY_PRESETS; do
-        setsid nohup bash -c "PYTHONPATH=$PWD python3 -c \"import sys; from edgeinfer.export.cached import resolve_package as r; print(r(sys.argv[1], 'cuda', 'w4a16', 4096, progress=False))\" preset:$name > $LOG/family_$name.log 2>&1; touch $LOG/family_$name.done" > /dev/null 2>&1 &
+        setsid nohup bash -c "PYTHONPATH=/tmp/site0:$PWD python3 -c \"import sys; from edgeinfer.export.cached import resolve_package as r; print(r(sys.argv[1], 'cuda', 'w4a16', 4096, progress=False))\" preset:$name > $LOG/family_$name.log 2>&1; touch $LOG/family_$name.done" > /dev/null 2>&1 &
     done
 }
 
