@@ -124,7 +124,8 @@ families() {  # issue 15: each family on the GPU's own kernels against transform
     setup || exit 1
     export PYTHONPATH=$SITE:$PWD
     echo "== GPU tests: the CUDA backend and each family against transformers"
-    timeout 300 python3 -m pytest tests/test_cuda.py tests/test_families.py -k "cuda" -q -rs -p no:cacheprovider 2>&1 | tail -15
+    timeout 300 python3 -m pytest tests/test_cuda.py tests/test_families.py -k "cuda" -q -rs -p no:cacheprovider \
+        > $OUT/families-pytest.log 2>&1; grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" $OUT/families-pytest.log
     local name
     for name in $FAMILY_PRESETS; do
         wait_for family_$name 120 || continue
