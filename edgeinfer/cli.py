@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "per-layer SQNR too, a cpu fp32 package the logits only")
     p.add_argument("--text", help="a UTF-8 text file (default: the source of Python's textwrap and argparse)")
     p.add_argument("--positions", type=int, default=512, help="scored positions after the first prefill chunk")
-    p.add_argument("--device", default="cpu", help="also run the package here (qnn) and compare it with the CPU EP")
+    p.add_argument("--device", default="cpu", help="also run the package here (qnn, openvino) and compare it with the CPU EP")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the package files")
     p.set_defaults(func=_verify)
