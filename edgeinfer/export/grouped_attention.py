@@ -40,12 +40,12 @@ class GroupedAttention:
         group = spec.num_heads // spec.num_kv_heads
         heads, kv_heads, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
         owner = np.arange(heads) // group  # the kv head each query head reads
-        # [kvh*D, 1, H]: keeps q[., h, d] in the rows of h's kv head, scaled by the family's q.k scale.
+        # [kvh, 1, H, 1]: keeps q[., h, :] in the block of h's kv head, scaled by the family's q.k scale.
         block = (np.arange(kv_heads)[:, None] == owner[None, :]).astype(dtype)  # [kvh, H]
-        self.query_block = writer.initializer(
-            "attn.query_block", np.repeat(block, d, axis=0)[:, None, :] * dtype.type(spec.query_scale))
-        # [1, H, kvh, 1]: picks each head's own kv head's slice of the output.
-        self.output_block = writer.initializer("attn.output_block", block.T[None, :, :, None].copy())
+        self.query_block = writer.initializer("attn.query_block", block[:, None, :, None] * dtype.type(spec.query_scale))
+        # Output columns: head h's own kv head's slice of the [H, kvh*D] products, as flat indices of one row.
+        own = (np.arange(heads)[:, None] * kv_heads + owner[:, None]) * d + np.arange(d)[None, :]
+        self.own_columns = writer.initializer("attn.own_columns", own.reshape(-1).astype(np.int64))
 
     def cache_shapes(self) -> tuple[list, list]:
         """Shapes of a layer's past input (the P rows held) and present output (the S new rows)."""
@@ -63,12 +63,10 @@ class GroupedAttention:
         v_new = w.node("Reshape", [v, rows], [present[1]], name=f"{p}/new_values")[0]
 
         # B [kvh*D, S*H]: each query head's column, in its kv head's rows only.
-        q_rows = w.node("Reshape", [q, w.constant(f"{p}/q_heads", [-1, d])], name=f"{p}/q_rows")[0]  # [S*H, D]
-        q_cols = w.node("Transpose", [q_rows], name=f"{p}/q_cols", perm=[1, 0])[0]  # [D, S*H]
-        tiled = w.node("Tile", [q_cols, w.constant(f"{p}/tile", [kv_heads, 1])], name=f"{p}/q_tiled")[0]
-        by_head = w.node("Reshape", [tiled, w.constant(f"{p}/by_head", [spec.kv_size, -1, heads])], name=f"{p}/q_by_head")[0]
-        masked = w.node("Mul", [by_head, self.query_block], name=f"{p}/q_block")[0]
-        block = w.node("Reshape", [masked, w.constant(f"{p}/block", [spec.kv_size, -1])], name=f"{p}/block")[0]
+        q_heads = w.node("Reshape", [q, w.constant(f"{p}/q_heads", [-1, heads, d])], name=f"{p}/q_heads")[0]  # [S, H, D]
+        spread = w.node("Mul", [q_heads, self.query_block], name=f"{p}/q_spread")[0]  # [kvh, S, H, D]
+        columns = w.node("Transpose", [spread], name=f"{p}/q_columns", perm=[0, 3, 1, 2])[0]  # [kvh, D, S, H]
+        block = w.node("Reshape", [columns, w.constant(f"{p}/block", [spec.kv_size, -1])], name=f"{p}/block")[0]
 
         # Scores of every (query, head) row against the past rows, then the new ones: [S*H, P + S].
         past_scores = w.node("MatMul", [past[0], block], name=f"{p}/past_scores")[0]  # [P, S*H]
@@ -84,10 +82,8 @@ class GroupedAttention:
         mixed = w.node("Add", [w.node("MatMul", [past_probs, past[1]], name=f"{p}/past_values")[0],
                                w.node("MatMul", [new_probs, v_new], name=f"{p}/new_values_mix")[0]],
                        name=f"{p}/mixed")[0]  # [S, H, kvh*D]
-        per_kv = w.node("Reshape", [mixed, w.constant(f"{p}/per_kv", [0, heads, kv_heads, d])], name=f"{p}/per_kv")[0]
-        own = w.node("Mul", [per_kv, self.output_block], name=f"{p}/own_head")[0]
-        out = w.node("ReduceSum", [own, w.constant(f"{p}/kv_axis", [2])], name=f"{p}/out_heads", keepdims=0)[0]
-        return w.node("Reshape", [out, w.constant(f"{p}/out_shape", [1, -1, spec.q_size])], name=f"{p}/out")[0]
+        rows = w.node("Reshape", [mixed, w.constant(f"{p}/mixed_rows", [1, -1, heads * spec.kv_size])], name=f"{p}/mixed_rows")[0]
+        return w.node("Gather", [rows, self.own_columns], name=f"{p}/out", axis=2)[0]  # [1, S, H*D]
 
     def _rotate(self, x: str, num_heads: int, rotary, name: str) -> str:
         cos, sin, dims = rotary
