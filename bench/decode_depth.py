@@ -111,7 +111,10 @@ def llama_rates(gguf: Path, bin_dir: Path, depths: list[int], steps: int, repeat
         return {}, f"{tool} is missing (bash bench/setup_peers.sh llama_cpp)"
     cmd = [str(tool), "-m", str(gguf), "-p", "0", "-n", str(steps), "-d", ",".join(map(str, depths)),
            "-r", str(repeat), "-t", str(threads), "-o", "json"]
-    rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    try:
+        rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    except (subprocess.CalledProcessError, json.JSONDecodeError) as exc:
+        return {}, f"llama-bench failed: {str(getattr(exc, 'stderr', '') or exc)[-300:]}"
     rates = {row["n_depth"]: row["samples_ts"] for row in rows if row["n_gen"]}
     notes = f"llama-bench {rows[0]['build_commit']}, {rows[0]['n_threads']} threads, {rows[0]['model_type']}, " \
             f"flash_attn {rows[0].get('flash_attn')}, cache {rows[0].get('type_k')}/{rows[0].get('type_v')}; " + " ".join(cmd)
