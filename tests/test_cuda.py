@@ -115,9 +115,17 @@ def test_cuda_plan_fixes_decode_inputs_and_names_graphs(cuda_pkg):
 
 
 def test_cpu_plan_is_the_plain_one(qwen2_fp32):
-    plan = binding_plan(load_manifest(qwen2_fp32), "cpu")
+    manifest = load_manifest(qwen2_fp32)
+    plan = binding_plan(manifest, "cpu")
     assert not plan.fixed_decode_inputs and not plan.graph_capture and plan.greedy_output is None
     assert plan.decode_total_length is None and plan.run_config(decode=True) == {}
+    kv = manifest.kv_cache  # cpu packages: grouped attention's rows
+    assert plan.cache_layout == "SH" and plan.cache_shape == (kv["length"], kv["num_kv_heads"] * kv["head_dim"])
+
+
+def test_a_row_cache_package_is_refused_on_a_gpu_in_one_line(qwen2_fp32):
+    with pytest.raises(GenerationError, match="layout SH runs on the cpu only"):
+        binding_plan(load_manifest(qwen2_fp32), "cuda")
 
 
 def test_all_logits_packages_never_replay_a_graph(cuda_all_logits_pkg):
