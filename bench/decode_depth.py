@@ -121,6 +121,22 @@ def llama_rates(gguf: Path, bin_dir: Path, depths: list[int], steps: int, repeat
     return rates, notes
 
 
+def agreement(packages: dict[str, Path], new_tokens: int = 32, prompt_tokens: int = 600) -> dict:
+    """Both paths on a real prompt (this file's source as text, ~600 tokens): greedy tokens equal, logits apart."""
+    import edgeinfer
+
+    models = {p: edgeinfer.load(pkg, verify=False) for p, pkg in packages.items()}
+    prompt = models["gqa"].tokenizer.encode(Path(__file__).read_text())[:prompt_tokens]
+    gens = {p: m.generator(edgeinfer.GREEDY) for p, m in models.items()}
+    for gen in gens.values():
+        gen.append(prompt)
+    first = float(np.abs(gens["gqa"].logits - gens["grouped"].logits).max())
+    tokens = {p: gen.extend(new_tokens) for p, gen in gens.items()}
+    same = next((i for i, (a, b) in enumerate(zip(tokens["gqa"], tokens["grouped"])) if a != b), new_tokens)
+    return {"prompt_tokens": len(prompt), "new_tokens": new_tokens, "equal_greedy_tokens": same,
+            "max_abs_logit_diff_after_prompt": first}
+
+
 def median(values: list[float]) -> float:
     return float(np.median(values)) if values else float("nan")
 
@@ -139,6 +155,10 @@ def markdown(result: dict) -> str:
         out.append(f"\n- {name}: {label}")
     ratios = result["ratios"]
     out.append("\n" + "; ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()))
+    if "agreement" in result:
+        a = result["agreement"]
+        out.append(f"\nsame real prompt ({a['prompt_tokens']} tokens), greedy: {a['equal_greedy_tokens']}/{a['new_tokens']} tokens "
+                   f"equal between the paths; logits after the prompt differ by at most {a['max_abs_logit_diff_after_prompt']:.2e}")
     for path, prof in result.get("profile", {}).items():
         out.append(f"\nprofile {path} at d{prof['depth']}: {prof['run_ms']:.1f} ms per step, attention {prof['attention_ms']:.1f} ms "
                    f"({100 * prof['attention_share']:.0f}%), cache {prof['cache_mb_per_step']:.0f} MB read at "
@@ -188,6 +208,7 @@ def main() -> None:
         "llama_cpp": {"rates": llama, "notes": notes},
         "ratios": ratios,
     }
+    result["agreement"] = agreement(packages)
     if args.profile:
         result["profile"] = {p: profile_decode(pkg, deepest, 16, args.threads) for p, pkg in packages.items()}
     args.out.mkdir(parents=True, exist_ok=True)
