@@ -137,6 +137,28 @@ def agreement(packages: dict[str, Path], new_tokens: int = 32, prompt_tokens: in
             "max_abs_logit_diff_after_prompt": first}
 
 
+def prefill_rates(packages: dict[str, Path], tokens: int, threads: int, repeat: int = 2) -> dict[str, list[float]]:
+    """Prefill tok/s of a TOKENS-token prompt (the generator's chunks), alternating between the paths."""
+    import time
+
+    import edgeinfer
+    from edgeinfer.backends import BackendOptions
+    from edgeinfer.bench.profiler import random_prompt
+
+    gens = {p: edgeinfer.load(pkg, verify=False, options=BackendOptions(threads=threads)).generator(edgeinfer.GREEDY)
+            for p, pkg in packages.items()}
+    rates = {p: [] for p in packages}
+    for i in range(repeat):
+        for path, gen in gens.items():
+            gen.reset()
+            prompt = random_prompt(tokens, gen.vocab_size, seed=i)
+            start = time.perf_counter()
+            gen.append(prompt)
+            gen.next_token()
+            rates[path].append(tokens / (time.perf_counter() - start))
+    return rates
+
+
 def median(values: list[float]) -> float:
     return float(np.median(values)) if values else float("nan")
 
@@ -155,6 +177,9 @@ def markdown(result: dict) -> str:
         out.append(f"\n- {name}: {label}")
     ratios = result["ratios"]
     out.append("\n" + "; ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()))
+    if "prefill_1024" in result:
+        out.append("\nprefill of 1024 tokens, tok/s (median of 2): " + ", ".join(
+            f"{p} {median(r):.1f}" for p, r in result["prefill_1024"].items()))
     if "agreement" in result:
         a = result["agreement"]
         out.append(f"\nsame real prompt ({a['prompt_tokens']} tokens), greedy: {a['equal_greedy_tokens']}/{a['new_tokens']} tokens "
@@ -209,6 +234,7 @@ def main() -> None:
         "ratios": ratios,
     }
     result["agreement"] = agreement(packages)
+    result["prefill_1024"] = prefill_rates(packages, 1024, args.threads)
     if args.profile:
         result["profile"] = {p: profile_decode(pkg, deepest, 16, args.threads) for p, pkg in packages.items()}
     args.out.mkdir(parents=True, exist_ok=True)
