@@ -21,6 +21,8 @@ and values join the past ones through a second, small product, so the cache is n
 from __future__ import annotations
 
 import numpy as np
+import onnx
+from onnx import helper
 from ..architecture import ArchSpec
 from ..graph_contract import INPUT_IDS, past_name
 from .onnx_writer import GraphWriter
@@ -62,6 +64,18 @@ class GroupedAttention:
         k_new = w.node("Reshape", [k, rows], [present[0]], name=f"{p}/new_keys")[0]  # [S, kvh*D]
         v_new = w.node("Reshape", [v, rows], [present[1]], name=f"{p}/new_values")[0]
 
+        # Per-step tensors every layer shares, made here in the outer graph (a branch's own nodes are its alone).
+        window = spec.layer_window(layer)
+        shared = [self._mask(window), self._split_sizes(), self._per_query_shape(), self._one_token(),
+                  self._by_query_shape(), self._flat_probs_shape()]
+        one = self._branch(f"{p}/one_token", lambda: self._few_queries(q, k_new, v_new, past, layer, shared[0]))
+        many = self._branch(f"{p}/many_tokens", lambda: self._many_queries(q, k_new, v_new, past, layer, shared[0]))
+        return w.node("If", [shared[3]], name=f"{p}/path", then_branch=one, else_branch=many)[0]
+
+    def _few_queries(self, q: str, k_new: str, v_new: str, past: list[str], layer: int, mask: str) -> str:
+        """Decode: the queries as the columns of one block-diagonal matrix, so each kv head's rows are read once."""
+        w, spec, p = self.w, self.spec, f"model.layers.{layer}.attn"
+        heads, d = spec.num_heads, spec.head_dim
         # B [kvh*D, S*H]: each query head's column, in its kv head's rows only.
         q_heads = w.node("Reshape", [q, w.constant(f"{p}/q_heads", [-1, heads, d])], name=f"{p}/q_heads")[0]  # [S, H, D]
         spread = w.node("Mul", [q_heads, self.query_block], name=f"{p}/q_spread")[0]  # [kvh, S, H, D]
@@ -75,8 +89,9 @@ class GroupedAttention:
                                    w.node("Transpose", [new_scores], name=f"{p}/new_scores_t", perm=[1, 0])[0]],
                         name=f"{p}/scores", axis=1)[0]
         per_query = w.node("Reshape", [scores, self._per_query_shape()], name=f"{p}/per_query")[0]  # [S, H, P + S]
-        biased = w.node("Add", [per_query, self._mask(spec.layer_window(layer))], name=f"{p}/masked")[0]
-        probs = w.node("Softmax", [biased], name=f"{p}/softmax", axis=-1)[0]
+        if spec.layer_window(layer) is not None:  # one query sees every earlier key: only a window hides some
+            per_query = w.node("Add", [per_query, mask], name=f"{p}/masked")[0]
+        probs = w.node("Softmax", [per_query], name=f"{p}/softmax", axis=-1)[0]
         past_probs, new_probs = w.node("Split", [probs, self._split_sizes()], 2, name=f"{p}/probs", axis=-1)
 
         mixed = w.node("Add", [w.node("MatMul", [past_probs, past[1]], name=f"{p}/past_values")[0],
@@ -84,6 +99,45 @@ class GroupedAttention:
                        name=f"{p}/mixed")[0]  # [S, H, kvh*D]
         rows = w.node("Reshape", [mixed, w.constant(f"{p}/mixed_rows", [1, -1, heads * spec.kv_size])], name=f"{p}/mixed_rows")[0]
         return w.node("Gather", [rows, self.own_columns], name=f"{p}/out", axis=2)[0]  # [1, S, H*D]
+
+    def _many_queries(self, q: str, k_new: str, v_new: str, past: list[str], layer: int, mask: str) -> str:
+        """Prefill: kv heads as a batch of plain matmuls over the past and new rows joined (one copy of the cache
+        per layer, small next to S queries' work; the block-diagonal form would double the multiply-adds and its
+        [P, S*H] scores would pass through memory several times)."""
+        w, spec, p = self.w, self.spec, f"model.layers.{layer}.attn_many"
+        heads, kv_heads, d, group = spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.num_heads // spec.num_kv_heads
+        q4 = w.node("Reshape", [q, w.constant(f"{p}/q4", [-1, kv_heads, group, d])], name=f"{p}/q4")[0]  # [S, kvh, G, D]
+        q_by_kv = w.node("Transpose", [q4], name=f"{p}/q_by_kv", perm=[1, 0, 2, 3])[0]  # [kvh, S, G, D]
+        q_scaled = w.node("Mul", [q_by_kv, w.initializer(f"{p}/scale", np.array(spec.query_scale, dtype=self.dtype))],
+                          name=f"{p}/q_scaled")[0]
+        q3 = w.node("Reshape", [q_scaled, w.constant(f"{p}/q3", [kv_heads, -1, d])], name=f"{p}/q3")[0]  # [kvh, S*G, D]
+        per_head = w.constant(f"{p}/per_head", [-1, kv_heads, d])
+        keys = w.node("Concat", [past[0], k_new], name=f"{p}/keys", axis=0)[0]  # [P + S, kvh*D]
+        keys_t = w.node("Transpose", [w.node("Reshape", [keys, per_head], name=f"{p}/keys3")[0]], name=f"{p}/keys_t",
+                        perm=[1, 2, 0])[0]  # [kvh, D, P + S]
+        values = w.node("Concat", [past[1], v_new], name=f"{p}/values", axis=0)[0]
+        values_t = w.node("Transpose", [w.node("Reshape", [values, per_head], name=f"{p}/values3")[0]], name=f"{p}/values_t",
+                          perm=[1, 0, 2])[0]  # [kvh, P + S, D]
+        scores = w.node("MatMul", [q3, keys_t], name=f"{p}/scores")[0]  # [kvh, S*G, P + S]
+        by_query = w.node("Reshape", [scores, self._by_query_shape()], name=f"{p}/by_query")[0]  # [kvh, S, G, P + S]
+        probs = w.node("Softmax", [w.node("Add", [by_query, mask], name=f"{p}/masked")[0]], name=f"{p}/softmax", axis=-1)[0]
+        flat = w.node("Reshape", [probs, self._flat_probs_shape()], name=f"{p}/flat")[0]  # [kvh, S*G, P + S]
+        out = w.node("MatMul", [flat, values_t], name=f"{p}/mixed")[0]  # [kvh, S*G, D]
+        out4 = w.node("Reshape", [out, w.constant(f"{p}/out4", [kv_heads, -1, group, d])], name=f"{p}/out4")[0]
+        back = w.node("Transpose", [out4], name=f"{p}/by_token", perm=[1, 0, 2, 3])[0]  # [S, kvh, G, D]
+        return w.node("Reshape", [back, w.constant(f"{p}/out", [1, -1, spec.q_size])], name=f"{p}/out")[0]
+
+    def _branch(self, name: str, build) -> "onnx.GraphProto":
+        """BUILD's nodes as an If branch with one output (what BUILD returns); its constants stay in the outer graph."""
+        outer, self.w.nodes = self.w.nodes, []
+        try:
+            result = build()
+            nodes = self.w.nodes
+        finally:
+            self.w.nodes = outer
+        out = f"{name}/result"
+        nodes.append(helper.make_node("Identity", [result], [out], name=f"{name}/result"))
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, self.onnx_type, None)])
 
     def _rotate(self, x: str, num_heads: int, rotary, name: str) -> str:
         cos, sin, dims = rotary
@@ -108,6 +162,28 @@ class GroupedAttention:
     def _split_sizes(self) -> str:
         return self._once("split", lambda: self.w.node(
             "Concat", [self._past(), self._new_length()], name="attn/split_sizes", axis=0)[0])
+
+    def _one_token(self) -> str:
+        """True when this run feeds one token (decode): the block-diagonal path."""
+        w = self.w
+        return self._once("one", lambda: w.node("Equal", [self._new_length(), w.constant("attn/one", [1])], name="attn/one_token")[0])
+
+    def _by_query_shape(self) -> str:
+        """[kvh, S, G, -1]: the prefill path's scores regrouped by query."""
+        w, spec = self.w, self.spec
+        return self._once("by_query", lambda: w.node(
+            "Concat", [w.constant("attn/kvh", [spec.num_kv_heads]), self._new_length(),
+                       w.constant("attn/group_rest", [spec.num_heads // spec.num_kv_heads, -1])],
+            name="attn/by_query_shape", axis=0)[0])
+
+    def _flat_probs_shape(self) -> str:
+        w = self.w
+        return self._once("flat_probs", lambda: w.node(
+            "Concat", [w.constant("attn/kvh_rest", [self.spec.num_kv_heads, -1]), self._total_length()],
+            name="attn/flat_probs_shape", axis=0)[0])
+
+    def _total_length(self) -> str:
+        return self._once("total", lambda: self.w.node("Add", [self._past(), self._new_length()], name="attn/total_length")[0])
 
     def _per_query_shape(self) -> str:
         """[S, H, -1]: the scores' rows regrouped by query."""
