@@ -1,8 +1,9 @@
 """Running a dynamic-shape package (cpu, cuda) with its KV cache kept in place.
 
 Each layer's past and present are bound to the same preallocated buffer of the package's context length,
-so GroupQueryAttention appends the new keys/values in place: no per-token copy of the cache, and a step's
-cost grows only with attention over the filled part.
+so the new keys/values land in place: no per-token copy of the cache, and a step's cost grows only with attention
+over the filled part. BNSH caches (GroupQueryAttention) are bound whole, once; SH caches (grouped attention, cpu)
+are rows, bound at each run as two views: the rows held (past) and the rows this run writes (present).
 
 On a GPU the cache, the logits and the greedy token stay in device memory; a decode step updates two small
 device buffers in place (the token id and the cache length) and reads back one token id (greedy), the few most

@@ -1,8 +1,9 @@
 """The CPU/CUDA graph: dynamic shapes and onnxruntime's fastest contrib ops.
 
-One layer is SkipSimplifiedLayerNorm -> MatMulNBits(q|k|v) -> GroupQueryAttention (rotary inside, past and
-present sharing one preallocated buffer) -> MatMulNBits(o) -> SkipSimplifiedLayerNorm -> MatMulNBits(gate|up)
+One layer is SkipSimplifiedLayerNorm -> MatMulNBits(q|k|v) -> attention -> MatMulNBits(o) -> SkipSimplifiedLayerNorm -> MatMulNBits(gate|up)
 -> SiLU * up -> MatMulNBits(down). Fusing q|k|v and gate|up gives two large matmuls instead of five small ones.
+Attention (ExportOptions.attention): "gqa", GroupQueryAttention with rotary inside, past and present sharing one
+preallocated [1, kvh, context, D] buffer (cuda); or "grouped" (cpu), grouped_attention.py over row-major cache rows.
 
 What the family data (families.py) and the spec add: per-head q/k RMSNorms between the qkv matmul and GQA (q, k, v
 then go in separately), a norm on each branch's output before the residual add (Gemma's sandwich), GELU-tanh for
