@@ -1,7 +1,7 @@
 """The CPU/CUDA graph: dynamic shapes and onnxruntime's fastest contrib ops.
 
-One layer is SkipSimplifiedLayerNorm -> MatMulNBits(q|k|v) -> attention -> MatMulNBits(o) -> SkipSimplifiedLayerNorm -> MatMulNBits(gate|up)
--> SiLU * up -> MatMulNBits(down). Fusing q|k|v and gate|up gives two large matmuls instead of five small ones.
+One layer is SkipSimplifiedLayerNorm -> MatMulNBits(q|k|v) -> attention -> MatMulNBits(o) ->
+SkipSimplifiedLayerNorm -> MatMulNBits(gate|up) -> SiLU * up -> MatMulNBits(down). Fusing q|k|v and gate|up gives two large matmuls instead of five small ones.
 Attention (ExportOptions.attention): "gqa", GroupQueryAttention with rotary inside, past and present sharing one
 preallocated [1, kvh, context, D] buffer (cuda); or "grouped" (cpu), grouped_attention.py over row-major cache rows.
 
