@@ -167,7 +167,9 @@ def markdown(result: dict) -> str:
     depths = result["settings"]["depths"]
     rows = [("edgeinfer " + p, LABELS[p], result["edgeinfer"][p]) for p in PATHS if p in result["edgeinfer"]]
     if result["llama_cpp"]["rates"]:
-        rows.append(("llama.cpp", result["llama_cpp"]["notes"].split(";")[0], result["llama_cpp"]["rates"]))
+        rows.append(("llama.cpp", result["llama_cpp"]["notes"], result["llama_cpp"]["rates"]))
+    else:
+        rows.append(("llama.cpp (no figure)", result["llama_cpp"]["notes"], {}))
     out = [f"Decode tok/s with DEPTH tokens in the cache ({result['settings']['steps']} steps, median of "
            f"{result['settings']['repeat']}; {result['machine']['cpu']}, {result['settings']['threads']} threads)", "",
            "| system | " + " | ".join(f"d{d}" for d in depths) + " |", "|---|" + "---|" * len(depths)]
@@ -204,6 +206,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama-bin", type=Path, default=DEFAULT_LLAMA_BIN)
+    parser.add_argument("--llama-repeat", type=int, default=2, help="llama-bench -r (each repeat prefills DEPTH tokens anew)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--tag", default="xeon-2c")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -215,7 +218,7 @@ def main() -> None:
 
     packages = {path: export_package(gguf, args.workdir, path, args.context) for path in PATHS}
     rates = edgeinfer_rates(packages, depths, args.steps, args.repeat, args.threads)
-    llama, notes = llama_rates(gguf, args.llama_bin, depths, args.steps, args.repeat, args.threads)
+    llama, notes = llama_rates(gguf, args.llama_bin, depths, args.steps, args.llama_repeat, args.threads)
     deepest = max(depths)
     ratios = {f"after/before d{d}": median(rates["grouped"][d]) / median(rates["gqa"][d]) for d in depths}
     if llama:
@@ -227,7 +230,8 @@ def main() -> None:
         "machine": describe_machine(),
         "gguf": str(gguf),
         "packages": {p: str(v) for p, v in packages.items()},
-        "settings": {"depths": depths, "steps": args.steps, "repeat": args.repeat, "threads": args.threads,
+        "settings": {"depths": depths, "steps": args.steps, "repeat": args.repeat, "llama_repeat": args.llama_repeat,
+                     "threads": args.threads,
                      "context": args.context, "cache_fill": "random values, every page touched"},
         "edgeinfer": {p: {d: r for d, r in by_depth.items()} for p, by_depth in rates.items()},
         "llama_cpp": {"rates": llama, "notes": notes},
