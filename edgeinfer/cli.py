@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-chunk", type=int, default=128, help="qnn: tokens per static prefill run")
     p.add_argument("--attention", choices=ATTENTIONS, default=None,
                    help="cpu/cuda attention: gqa (onnxruntime's GroupQueryAttention) or grouped (cpu only: keys and "
-                        "values read once per kv head; the cpu default); default: the target's")
+                        "values read once per kv head); default: the target's (gqa)")
     p.add_argument("--compile", action="store_true", help="qnn: also compile the context binaries on this host")
     p.add_argument("--force", action="store_true",
                    help="replace OUTPUT if it is an edgeinfer package (never another folder, never the source)")

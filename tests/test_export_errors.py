@@ -101,7 +101,7 @@ def test_bad_options():
         ExportOptions(attention="flash")
     with pytest.raises(ExportError, match="grouped is for --target cpu"):
         ExportOptions(target="cuda", attention="grouped")
-    assert ExportOptions().for_model(4096).attention == "grouped"
+    assert ExportOptions().for_model(4096).attention == "gqa"
     assert ExportOptions(target="cuda").for_model(4096).attention == "gqa"
 
 

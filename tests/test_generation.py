@@ -34,9 +34,9 @@ def test_greedy_tokens_equal_transformers_generate(fp32_model, qwen2_dir):
 
 
 @pytest.fixture(scope="module")
-def gqa_model(qwen2_dir, tmp_path_factory):
-    """The fp32 tiny model with GroupQueryAttention's BNSH cache (cpu packages default to grouped attention's SH)."""
-    return edgeinfer.load(export_tiny(qwen2_dir, tmp_path_factory.mktemp("gqa") / "pkg", precision="fp32", attention="gqa"))
+def grouped_model(qwen2_dir, tmp_path_factory):
+    """The fp32 tiny model with grouped attention's SH cache rows (cpu packages default to GroupQueryAttention's BNSH)."""
+    return edgeinfer.load(export_tiny(qwen2_dir, tmp_path_factory.mktemp("grouped") / "pkg", precision="fp32", attention="grouped"))
 
 
 def positions(cache: np.ndarray, part: slice) -> np.ndarray:
@@ -45,8 +45,8 @@ def positions(cache: np.ndarray, part: slice) -> np.ndarray:
 
 
 @pytest.mark.parametrize("which", ["grouped", "gqa"])
-def test_cache_is_written_in_place(which, fp32_model, gqa_model):
-    model = fp32_model if which == "grouped" else gqa_model
+def test_cache_is_written_in_place(which, fp32_model, grouped_model):
+    model = grouped_model if which == "grouped" else fp32_model
     assert model.manifest.kv_cache["layout"] == ("SH" if which == "grouped" else "BNSH")
     gen = model.generator(GREEDY)
     before = [a.copy() for a in gen.runner.cache_arrays()]
@@ -58,10 +58,10 @@ def test_cache_is_written_in_place(which, fp32_model, gqa_model):
         assert np.array_equal(positions(old, slice(4, None)), positions(new, slice(4, None)))  # nothing beyond the new positions
 
 
-def test_grouped_attention_decodes_like_group_query_attention(fp32_model, gqa_model):
+def test_grouped_attention_decodes_like_group_query_attention(fp32_model, grouped_model):
     """The two cache layouts and attention paths: the same logits over a prompt, chunked prefill and decode steps."""
     prompt = np.random.default_rng(3).integers(0, 256, size=50).tolist()
-    grouped, gqa = fp32_model.generator(GREEDY), gqa_model.generator(GREEDY)
+    grouped, gqa = grouped_model.generator(GREEDY), fp32_model.generator(GREEDY)
     grouped.prefill_chunk = 16  # prefill over a held past too
     for gen in (grouped, gqa):
         gen.append(prompt)

@@ -11,9 +11,9 @@ PRECISIONS = ("w4a16", "fp16", "fp32")
 TARGETS = ("cpu", "cuda", "qnn")
 DEFAULT_BLOCKS = {"cpu": 128, "cuda": 128, "qnn": 16}
 ATTENTIONS = ("gqa", "grouped")
-# cpu: "grouped" decodes faster once the cache holds more than a few hundred tokens (bench/decode_depth.py);
-# cuda: onnxruntime's GroupQueryAttention runs flash attention on an fp16 cache.
-DEFAULT_ATTENTION = {"cpu": "grouped", "cuda": "gqa"}
+# cpu: "gqa" until bench/decode_depth.py's run on real weights (decode at depths 128 and 4064, prefill) says whether
+# "grouped" wins at every depth; cuda: onnxruntime's GroupQueryAttention runs flash attention on an fp16 cache.
+DEFAULT_ATTENTION = {"cpu": "gqa", "cuda": "gqa"}
 DEFAULT_CONTEXT = 4096  # when the model allows it; a KV cache this long fits a phone's memory for 1-3B models
 
 
