@@ -25,7 +25,7 @@ def _export(args) -> None:
         precision=args.precision, target=args.target, context_length=args.context, block_size=args.block_size,
         symmetric=args.symmetric, mixed_bits=not args.uniform_bits, lm_head_bits=args.lm_head_bits,
         accuracy_level=args.accuracy_level, all_logits=args.all_logits,
-        quantize_embeddings=not args.float_embeddings, prefill_chunk=args.prefill_chunk,
+        quantize_embeddings=not args.float_embeddings, prefill_chunk=args.prefill_chunk, attention=args.attention,
     )
     export(args.source, args.output, options, force=args.force, follow_symlinks=args.follow_symlinks)
     if args.compile:
@@ -181,7 +181,7 @@ def _table(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .backends import backend_names
-    from .export.options import PRECISIONS, TARGETS
+    from .export.options import ATTENTIONS, PRECISIONS, TARGETS
     from .sampler import SamplingParams
 
     DEFAULTS = SamplingParams()  # noqa: N806 - the one place sampling defaults live
@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-logits", action="store_true", help="prefill returns logits for every position")
     p.add_argument("--float-embeddings", action="store_true", help="keep the embedding table in float")
     p.add_argument("--prefill-chunk", type=int, default=128, help="qnn, openvino: tokens per static prefill run")
+    p.add_argument("--attention", choices=ATTENTIONS, default=None,
+                   help="cpu/cuda attention: gqa (onnxruntime's GroupQueryAttention) or grouped (cpu only: keys and "
+                        "values read once per kv head); default: the target's (gqa)")
     p.add_argument("--compile", action="store_true", help="qnn: also compile the context binaries on this host (openvino: its compiled blobs)")
     p.add_argument("--force", action="store_true",
                    help="replace OUTPUT if it is an edgeinfer package (never another folder, never the source)")

@@ -1,8 +1,9 @@
 """Running a dynamic-shape package (cpu, cuda) with its KV cache kept in place.
 
 Each layer's past and present are bound to the same preallocated buffer of the package's context length,
-so GroupQueryAttention appends the new keys/values in place: no per-token copy of the cache, and a step's
-cost grows only with attention over the filled part.
+so the new keys/values land in place: no per-token copy of the cache, and a step's cost grows only with attention
+over the filled part. BNSH caches (GroupQueryAttention) are bound whole, once; SH caches (grouped attention, cpu)
+are rows, bound at each run as two views: the rows held (past) and the rows this run writes (present).
 
 On a GPU the cache, the logits and the greedy token stay in device memory; a decode step updates two small
 device buffers in place (the token id and the cache length) and reads back one token id (greedy), the few most
@@ -43,8 +44,11 @@ class BindingPlan:
 
     device: str  # "cpu" or "cuda": where the cache, the logits and the greedy token live
     cache: tuple[tuple[str, str], ...]  # (past input, present output) pairs, each bound to one buffer
-    cache_shape: tuple[int, int, int, int]  # [batch 1, kv heads, context length, head dim]
+    cache_shape: tuple[int, ...]  # BNSH: [batch 1, kv heads, context length, head dim]; SH: [context length, kv heads * head dim]
     cache_dtype: str
+    # "BNSH": past and present are the whole buffer (GroupQueryAttention appends in place); "SH": past is the rows
+    # held, present the rows this run adds, both bound as views of the buffer at each run (grouped_attention.py)
+    cache_layout: str
     all_logits: bool  # packages exported with all_logits return one logits row per fed token
     greedy_output: str | None  # output with the argmax of each row, when the graph has one (cuda packages)
     fixed_decode_inputs: bool  # decode reads input_ids and seqlens_k from buffers updated in place
@@ -77,11 +81,18 @@ def binding_plan(manifest: Manifest, device: str = "cpu", graph_id: int | None =
     all_logits = bool(manifest.export_options.get("all_logits"))
     fixed = on_device if fixed_decode_inputs is None else fixed_decode_inputs
     fixed = fixed and not all_logits  # a graph needs fixed output shapes: all_logits packages always run as prefill
+    layout = kv.get("layout", "BNSH")
+    if layout == "SH" and on_device:
+        raise GenerationError(f"this package's cache layout SH runs on the cpu only: run it with --device cpu, or "
+                              f"re-export it for {device} (--target cuda)")
+    shape = ((kv["length"], kv["num_kv_heads"] * kv["head_dim"]) if layout == "SH"
+             else (1, kv["num_kv_heads"], kv["length"], kv["head_dim"]))
     return BindingPlan(
         device=device,
         cache=tuple(pairs),
-        cache_shape=(1, kv["num_kv_heads"], kv["length"], kv["head_dim"]),
+        cache_shape=shape,
         cache_dtype=kv["dtype"],
+        cache_layout=layout,
         all_logits=all_logits,
         greedy_output=GREEDY_OUTPUT if GREEDY_OUTPUT in outputs else None,
         fixed_decode_inputs=fixed,
@@ -123,10 +134,15 @@ class DynamicRunner(Runner):
         self._cache = [self._buffer(past, lazy_zeros(self.plan.cache_shape, dtype)) for past, _ in self.plan.cache]
         self.binding = session.io_binding()  # prefill, and every run on the CPU path
         self._decode = session.io_binding() if self.plan.fixed_decode_inputs else None
+        self._rows = self.plan.cache_layout == "SH"
+        if self._rows:
+            self._row_bytes = self.plan.cache_shape[1] * np.dtype(dtype).itemsize
+            self._cache_dtype = dtype
         for b in filter(None, (self.binding, self._decode)):
             for (past, present), buffer in zip(self.plan.cache, self._cache):
-                b.bind_ortvalue_input(past, buffer)
-                b.bind_ortvalue_output(present, buffer)
+                if not self._rows:  # rows are bound at each run: the prefix grows
+                    b.bind_ortvalue_input(past, buffer)
+                    b.bind_ortvalue_output(present, buffer)
         self._bind_outputs(1)  # last position only: one buffer for every run
         if self._decode is not None:
             self._ids = self._buffer(INPUT_IDS, np.zeros((1, 1), dtype=np.int64))
@@ -155,6 +171,8 @@ class DynamicRunner(Runner):
             binding.bind_cpu_input(TOTAL_LENGTH, np.array(total, dtype=np.int32))
             if self.all_logits:
                 self._bind_outputs(ids.shape[1])  # one row per token: the shape follows the chunk
+            if self._rows:
+                self._bind_rows(position, ids.shape[1])
         with self._lock:
             self.session.run_with_iobinding(binding, options)
 
@@ -198,6 +216,15 @@ class DynamicRunner(Runner):
             b.bind_ortvalue_output(LOGITS, self._logits_value)
             if self._greedy_value is not None:
                 b.bind_ortvalue_output(self.plan.greedy_output, self._greedy_value)
+
+    def _bind_rows(self, held: int, new: int) -> None:
+        """SH caches: each past input is the HELD rows of its buffer, each present output the NEW rows after them
+        (raw pointers into the host buffers: no copy, no OrtValue per run)."""
+        width = self.plan.cache_shape[1]
+        for (past, present), buffer in zip(self.plan.cache, self._cache):
+            start = buffer.data_ptr()
+            self.binding.bind_input(past, "cpu", 0, self._cache_dtype, [held, width], start)
+            self.binding.bind_output(present, "cpu", 0, self._cache_dtype, [new, width], start + held * self._row_bytes)
 
     def _buffer(self, name: str, array: np.ndarray) -> ort.OrtValue:
         """NAME's buffer with ARRAY's contents on the plan's device (a copy); on the host it wraps ARRAY."""
@@ -281,10 +308,15 @@ def check_graph(path: Path, session, manifest: Manifest) -> None:
     past = [n for n in listed_in if n.startswith("past_key_values.")]
     present = [n for n in listed_out if n.startswith("present.")]
     need(len(past) == len(present) == 2 * kv["num_layers"], f"{len(past)} cache inputs for {kv['num_layers']} layers")
+    rows = kv.get("layout", "BNSH") == "SH"
     for name in past + present:
         value = inputs.get(name) or outputs[name]
-        need(len(value.shape) == 4 and value.shape[1] == kv["num_kv_heads"] and value.shape[3] == kv["head_dim"],
-             f"{name} has shape {value.shape}, the manifest says {kv['num_kv_heads']} heads of {kv['head_dim']}")
+        if rows:  # [tokens, kv heads * head dim]
+            fits = len(value.shape) == 2 and value.shape[1] == kv["num_kv_heads"] * kv["head_dim"]
+        else:  # [batch, kv heads, context, head dim]
+            fits = len(value.shape) == 4 and value.shape[1] == kv["num_kv_heads"] and value.shape[3] == kv["head_dim"]
+        need(fits, f"{name} has shape {value.shape}, the manifest says {kv['num_kv_heads']} heads of {kv['head_dim']} "
+                   f"in layout {kv.get('layout', 'BNSH')}")
         need(value.type == _ORT_TYPES[kv["dtype"]], f"{name} is {value.type}, the manifest says {kv['dtype']}")
     logits = outputs["logits"]
     need(logits.shape[-1] == manifest.architecture["vocab_size"],

@@ -112,9 +112,21 @@ def test_cuda_plan_fixes_decode_inputs_and_names_graphs(cuda_pkg):
 
 
 def test_cpu_plan_is_the_plain_one(qwen2_fp32):
-    plan = binding_plan(load_manifest(qwen2_fp32), "cpu")
+    manifest = load_manifest(qwen2_fp32)
+    plan = binding_plan(manifest, "cpu")
     assert not plan.fixed_decode_inputs and not plan.graph_capture and plan.greedy_output is None
     assert plan.decode_total_length is None and plan.run_config(decode=True) == {}
+    kv = manifest.kv_cache
+    assert plan.cache_layout == "BNSH" and plan.cache_shape == (1, kv["num_kv_heads"], kv["length"], kv["head_dim"])
+
+
+def test_a_row_cache_package_plans_rows_on_the_cpu_and_is_refused_on_a_gpu(qwen2_dir, tmp_path):
+    manifest = load_manifest(export_tiny(qwen2_dir, tmp_path / "grouped", precision="fp32", attention="grouped"))
+    kv = manifest.kv_cache  # grouped attention's rows
+    plan = binding_plan(manifest, "cpu")
+    assert plan.cache_layout == "SH" and plan.cache_shape == (kv["length"], kv["num_kv_heads"] * kv["head_dim"])
+    with pytest.raises(GenerationError, match="layout SH runs on the cpu only"):
+        binding_plan(manifest, "cuda")
 
 
 def test_all_logits_packages_never_replay_a_graph(cuda_all_logits_pkg):

@@ -12,14 +12,16 @@ from .conftest import export_tiny, reference_logits, reference_model
 
 
 class OrtDecoder:
-    """Drives the exported graph with onnxruntime directly (no edgeinfer runtime), copying the cache each step."""
+    """Drives the exported graph with onnxruntime directly (no edgeinfer runtime), copying the cache each step.
+    BNSH caches go in whole and come back whole; SH caches go in as the rows held and the new rows come back."""
 
     def __init__(self, package):
         self.manifest = load_manifest(package)
         graph = self.manifest.graphs["decoder"]
         self.session = ort.InferenceSession(str(package / graph["file"]), providers=["CPUExecutionProvider"])
         kv = self.manifest.kv_cache
-        shape = (1, kv["num_kv_heads"], kv["length"], kv["head_dim"])
+        self.rows = kv["layout"] == "SH"
+        shape = (0, kv["num_kv_heads"] * kv["head_dim"]) if self.rows else (1, kv["num_kv_heads"], kv["length"], kv["head_dim"])
         self.past = {name: np.zeros(shape, np.float32) for name in graph["inputs"][3:]}
         self.total = 0
 
@@ -32,6 +34,8 @@ class OrtDecoder:
             **self.past,
         }
         logits, *present = self.session.run(None, feeds)
+        if self.rows:
+            present = [np.concatenate([past, new]) for past, new in zip(self.past.values(), present)]
         self.past = dict(zip(self.past, present))
         return logits[0]
 
@@ -50,10 +54,12 @@ def assert_parity(hf_dir, package, steps: int = 20, tolerance: float = 1e-3):
         assert np.abs(logits[-1] - reference_logits(ref, seq)[-1]).max() <= tolerance
 
 
+@pytest.mark.parametrize("attention", ["gqa", "grouped"])
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_fp32_export_matches_transformers(family, qwen2_dir, llama_dir, tmp_path):
+def test_fp32_export_matches_transformers(family, attention, qwen2_dir, llama_dir, tmp_path):
     hf_dir = qwen2_dir if family == "qwen2" else llama_dir
-    package = export_tiny(hf_dir, tmp_path / "pkg", precision="fp32", all_logits=True)
+    package = export_tiny(hf_dir, tmp_path / "pkg", precision="fp32", all_logits=True, attention=attention)
+    assert load_manifest(package).kv_cache["layout"] == ("SH" if attention == "grouped" else "BNSH")
     assert_parity(hf_dir, package)
 
 

@@ -1,8 +1,9 @@
 """The CPU/CUDA graph: dynamic shapes and onnxruntime's fastest contrib ops.
 
-One layer is SkipSimplifiedLayerNorm -> MatMulNBits(q|k|v) -> GroupQueryAttention (rotary inside, past and
-present sharing one preallocated buffer) -> MatMulNBits(o) -> SkipSimplifiedLayerNorm -> MatMulNBits(gate|up)
--> SiLU * up -> MatMulNBits(down). Fusing q|k|v and gate|up gives two large matmuls instead of five small ones.
+One layer is SkipSimplifiedLayerNorm -> MatMulNBits(q|k|v) -> attention -> MatMulNBits(o) ->
+SkipSimplifiedLayerNorm -> MatMulNBits(gate|up) -> SiLU * up -> MatMulNBits(down). Fusing q|k|v and gate|up gives two large matmuls instead of five small ones.
+Attention (ExportOptions.attention): "gqa", GroupQueryAttention with rotary inside, past and present sharing one
+preallocated [1, kvh, context, D] buffer (cuda); or "grouped" (cpu), grouped_attention.py over row-major cache rows.
 
 What the family data (families.py) and the spec add: per-head q/k RMSNorms between the qkv matmul and GQA (q, k, v
 then go in separately), a norm on each branch's output before the residual add (Gemma's sandwich), GELU-tanh for
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from ..architecture import ArchSpec
 from ..errors import ExportError
 from ..graph_contract import GREEDY_OUTPUT, dynamic_io, rotary_tables
+from .grouped_attention import GroupedAttention
 from .onnx_writer import GraphWriter
 from .options import ExportOptions
 from .quantize import quantize_blocks
@@ -32,6 +34,12 @@ _ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 def has_greedy_output(options: ExportOptions) -> bool:
     """GPU packages pick the greedy token on the device; CPU packages keep their graph as it was."""
     return options.target == "cuda"
+
+
+def cache_layout(options: ExportOptions) -> str:
+    """The manifest's kv_cache layout: "BNSH" [1, kv heads, context, head dim] for GroupQueryAttention, "SH"
+    [context, kv heads * head dim] rows for grouped attention (the runner binds a prefix of them)."""
+    return "SH" if options.attention == "grouped" else "BNSH"
 
 
 class DynamicDecoderGraph:
@@ -109,7 +117,11 @@ class DynamicDecoderGraph:
     def build(self, progress: bool = True) -> None:
         spec, w, t = self.spec, self.w, self.onnx_type
         names = dynamic_io(spec.num_layers)
-        kv_shape = ["batch_size", spec.num_kv_heads, "max_sequence_length", spec.head_dim]
+        self.grouped = GroupedAttention(w, spec, t, self.dtype) if self.options.attention == "grouped" else None
+        if self.grouped:
+            past_shape, self.present_shape = self.grouped.cache_shapes()
+        else:
+            past_shape = self.present_shape = ["batch_size", spec.num_kv_heads, "max_sequence_length", spec.head_dim]
         input_ids = w.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
         self.seqlens_k = w.input("seqlens_k", TensorProto.INT32, ["batch_size"])
         self.total_len = w.input("total_sequence_length", TensorProto.INT32, [])
@@ -117,19 +129,19 @@ class DynamicDecoderGraph:
         check_rotary_fits(spec)
         cos, sin = rotary_tables(spec, self.options.context_length)
         self.rotary = [(w.initializer(f"rotary.cos.{r}", cos[r].astype(self.dtype)),
-                        w.initializer(f"rotary.sin.{r}", sin[r].astype(self.dtype))) for r in range(len(cos))]
+                        w.initializer(f"rotary.sin.{r}", sin[r].astype(self.dtype)), 2 * cos.shape[-1]) for r in range(len(cos))]
 
         norms = spec.family_data.norms
         residual, layer_out = self.embedding(input_ids), None
         for i in tqdm(range(spec.num_layers), desc="layers", unit="layer", disable=not progress, leave=False):
             p = f"model.layers.{i}."
-            past = [w.input(names["inputs"][3 + 2 * i + j], t, kv_shape) for j in (0, 1)]
+            past = [w.input(names["inputs"][3 + 2 * i + j], t, past_shape) for j in (0, 1)]
             ln = self.norm_weight(p + f"{norms.attention_in}.weight")
             if layer_out is None:
                 normed = self._norm(residual, ln, f"{p}input_norm")
             else:
                 normed, residual = self._skip_norm(layer_out, residual, ln, f"{p}input_norm")
-            attn = self.attention(normed, i, past, kv_shape)
+            attn = self.attention(normed, i, past)
             o = self.linear(attn, f"{p}o_proj", [p + "self_attn.o_proj.weight"])
             if norms.attention_out:
                 o = self._norm(o, self.norm_weight(p + f"{norms.attention_out}.weight"), f"{p}attn_out_norm")
@@ -152,32 +164,36 @@ class DynamicDecoderGraph:
             w.node("ArgMax", [logits], [GREEDY_OUTPUT], name="greedy", axis=-1, keepdims=0)
             w.output(GREEDY_OUTPUT, TensorProto.INT64, ["batch_size", "logits_length"])
 
-    def attention(self, x: str, layer: int, past: list[str], kv_shape: list) -> str:
-        """q|k|v in one matmul, then GroupQueryAttention (RoPE inside, the cache appended in place). Families with
-        q/k norms split q, k and v to normalize each head of q and k first; GQA then takes them separately."""
+    def attention(self, x: str, layer: int, past: list[str]) -> str:
+        """q|k|v in one matmul, then GroupQueryAttention (RoPE inside, the cache appended in place) or, for the "SH"
+        cache layout, grouped_attention.py's matmuls. Families with q/k norms split q, k and v to normalize each head
+        of q and k first; attention then takes them separately."""
         spec, w, p = self.spec, self.w, f"model.layers.{layer}."
         qkv = self.linear(
             x, f"{p}qkv_proj", [p + f"self_attn.{t}_proj.weight" for t in "qkv"],
             [p + f"self_attn.{t}_proj.bias" for t in "qkv"] if spec.qkv_bias else [],
         )
         inputs = [qkv, "", ""]
-        if spec.family_data.qk_norm:
+        if spec.family_data.qk_norm or self.grouped:
             sizes = w.constant(f"{p}qkv/sizes", [spec.q_size, spec.kv_size, spec.kv_size])
             q, k, v = w.node("Split", [qkv, sizes], 3, name=f"{p}qkv/split", axis=-1)
-            inputs = [self._head_norm(q, p + "self_attn.q_norm.weight", f"{p}q_norm"),
-                      self._head_norm(k, p + "self_attn.k_norm.weight", f"{p}k_norm"), v]
+            if spec.family_data.qk_norm:
+                q = self._head_norm(q, p + "self_attn.q_norm.weight", f"{p}q_norm")
+                k = self._head_norm(k, p + "self_attn.k_norm.weight", f"{p}k_norm")
+            inputs = [q, k, v]
         rope, window = spec.layer_rope(layer), spec.layer_window(layer)
-        cos, sin = self.rotary[rope] if rope is not None else ("", "")
         present = [f"present.{layer}.key", f"present.{layer}.value"]
-        out = w.node(
+        for name in present:
+            w.output(name, self.onnx_type, self.present_shape)
+        if self.grouped:
+            return self.grouped.build(*inputs, layer, past, present, self.rotary[rope] if rope is not None else None)
+        cos, sin = self.rotary[rope][:2] if rope is not None else ("", "")
+        return w.node(
             "GroupQueryAttention", [*inputs, *past, self.seqlens_k, self.total_len, cos, sin],
             [f"{p}attn/out", *present], name=f"{p}attn", domain=MS,
             num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads, do_rotary=int(rope is not None),
             rotary_interleaved=0, scale=spec.query_scale, local_window_size=window or -1,
         )[0]
-        for name in present:
-            w.output(name, self.onnx_type, kv_shape)
-        return out
 
     def mlp(self, x: str, p: str) -> str:
         """gate|up in one matmul, act(gate) * up, down."""

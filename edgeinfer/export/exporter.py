@@ -46,7 +46,7 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
                 context_length=options.context_length,
                 activation_dtype=options.activation_dtype,
                 kv_cache={
-                    "layout": "BNSH",
+                    "layout": graphs.pop("kv_layout", "BNSH"),
                     "dtype": graphs.pop("kv_dtype"),
                     "num_layers": spec.num_layers,
                     "num_kv_heads": spec.num_kv_heads,
@@ -82,7 +82,7 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
 
         return build_static_graphs(weights, options, folder, progress)
     from ..graph_contract import dynamic_io
-    from .dynamic_graph import DynamicDecoderGraph, has_greedy_output
+    from .dynamic_graph import DynamicDecoderGraph, cache_layout, has_greedy_output
 
     writer = GraphWriter(folder / "model.onnx.data")
     try:
@@ -90,7 +90,8 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
         writer.save(folder / "model.onnx", producer=f"edgeinfer {__version__}")
     finally:
         writer.close()
-    return {"decoder": {"file": "model.onnx", **dynamic_io(weights.spec.num_layers, has_greedy_output(options))}, "kv_dtype": options.activation_dtype}
+    return {"decoder": {"file": "model.onnx", **dynamic_io(weights.spec.num_layers, has_greedy_output(options))},
+            "kv_dtype": options.activation_dtype, "kv_layout": cache_layout(options)}
 
 
 def _write_tokenizer(folder: Path, tokenizer: TokenizerFiles) -> None:

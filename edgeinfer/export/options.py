@@ -12,6 +12,10 @@ TARGETS = ("cpu", "cuda", "qnn", "openvino")
 STATIC_TARGETS = ("qnn", "openvino")  # static-shape graphs (static_graph.py): NPUs compile each shape once
 # openvino: 32, the GGUF Q4_K sub-block, which float zero points then keep exactly (quantize.quantize_blocks_float_zero)
 DEFAULT_BLOCKS = {"cpu": 128, "cuda": 128, "qnn": 16, "openvino": 32}
+ATTENTIONS = ("gqa", "grouped")
+# cpu: "gqa" until bench/decode_depth.py's run on real weights (decode at depths 128 and 4064, prefill) says whether
+# "grouped" wins at every depth; cuda: onnxruntime's GroupQueryAttention runs flash attention on an fp16 cache.
+DEFAULT_ATTENTION = {"cpu": "gqa", "cuda": "gqa"}
 DEFAULT_CONTEXT = 4096  # when the model allows it; a KV cache this long fits a phone's memory for 1-3B models
 
 
@@ -34,6 +38,9 @@ class ExportOptions:
     # qnn: smaller contexts with graphs of their own over the same weights, so a short chat attends over fewer
     # slots; None: every power of two from 512 below the context (see for_model)
     context_buckets: tuple[int, ...] | None = None
+    # cpu/cuda: "gqa" (onnxruntime's GroupQueryAttention over a [1, kvh, context, D] cache) or "grouped" (cpu only:
+    # grouped_attention.py over a row-major cache prefix); None: the target's default (see for_model)
+    attention: str | None = None
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -44,6 +51,10 @@ class ExportOptions:
             raise ExportError(f"block size {self.block_size} is not supported: use 16, 32, 64, 128 or 256")
         if self.lm_head_bits not in (0, 4, 8):
             raise ExportError(f"lm_head bits {self.lm_head_bits} is not supported: use 4, 8, or 0 for float")
+        if self.attention not in (None, *ATTENTIONS):
+            raise ExportError(f"unknown attention {self.attention!r}: choose one of {', '.join(ATTENTIONS)}")
+        if self.attention == "grouped" and self.target != "cpu":
+            raise ExportError(f"--attention grouped is for --target cpu (a {self.target} package uses gqa): drop it")
         if self.context_buckets is not None:
             object.__setattr__(self, "context_buckets", tuple(sorted(set(self.context_buckets))))  # JSON gives lists
         if self.context_length is None:
@@ -74,6 +85,8 @@ class ExportOptions:
         accuracy is what W4A16 there lacks)."""
         if self.block_size is None:
             return replace(self, block_size=DEFAULT_BLOCKS[self.target]).for_model(max_positions)
+        if self.attention is None and self.graph_flavour == "dynamic":
+            return replace(self, attention=DEFAULT_ATTENTION[self.target]).for_model(max_positions)
         if self.context_length is None:
             context = min(DEFAULT_CONTEXT, max_positions)
             if self.target in STATIC_TARGETS:
