@@ -20,7 +20,7 @@ class OrtDecoder:
         self.session = ort.InferenceSession(str(package / graph["file"]), providers=["CPUExecutionProvider"])
         kv = self.manifest.kv_cache
         shape = (1, kv["num_kv_heads"], kv["length"], kv["head_dim"])
-        self.past = {name: np.zeros(shape, np.float32) for name in graph["inputs"][3:]}
+        self.past = {name: np.zeros(shape, np.float32) for name in graph["inputs"] if name.startswith("past_key_values.")}
         self.total = 0
 
     def __call__(self, ids: list[int]) -> np.ndarray:
@@ -29,6 +29,7 @@ class OrtDecoder:
             "input_ids": np.array([ids], np.int64),
             "seqlens_k": np.array([self.total - 1], np.int32),
             "total_sequence_length": np.array(self.total, np.int32),
+            "logits_rows": np.array([len(ids)], np.int64),  # every row: parity is checked at each prompt position
             **self.past,
         }
         logits, *present = self.session.run(None, feeds)
