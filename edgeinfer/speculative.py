@@ -99,7 +99,7 @@ def accept_sampled(proposal: Proposal, rows: np.ndarray, sampling: SamplingParam
         out.append(_draw(residual / total, rng))
         return out
     row = rows[len(proposal.tokens)]
-    out.append(sample(row, sampling, rng, np.asarray(_history(history, out, sampling), dtype=np.int64)))
+    out.append(sample(row, sampling, rng, _history(history, out, sampling)))
     return out
 
 
