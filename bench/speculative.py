@@ -73,10 +73,10 @@ def tasks() -> list[Task]:
                             "the whole function, unchanged otherwise."),
         ("heapq.nsmallest", "Add type hints to this function's signature and reply with the whole function, "
                             "unchanged otherwise."),
-        ("fnmatch.translate", "Rename the local variable `res` to `pattern_parts` and reply with the whole function, "
-                              "unchanged otherwise."),
-        ("shlex.shlex.read_token", "Replace every `self.debug >= 2` check by `self.debug > 1` and reply with the whole "
-                                   "method, unchanged otherwise."),
+        ("difflib.get_close_matches", "Rename the parameter `possibilities` to `candidates` everywhere in this function "
+                                      "and reply with the whole function, unchanged otherwise."),
+        ("statistics.median_grouped", "Add a check that `interval` is positive (raise ValueError otherwise) at the start "
+                                      "of this function and reply with the whole function, unchanged otherwise."),
     ]
     quote = [
         ("heapq", "Which sentences explain why heaps are useful for sorting on disk or tape? Quote them word for word, "
