@@ -183,8 +183,16 @@ class DynamicRunner(Runner):
                 binding.bind_cpu_input(LOGITS_ROWS, np.array([rows], dtype=np.int64))
             # all_logits packages: one row per token, the shape follows the chunk
             self._bind_outputs(ids.shape[1] if self.all_logits else rows)
-        with self._lock:
-            self.session.run_with_iobinding(binding, options)
+        try:
+            with self._lock:
+                self.session.run_with_iobinding(binding, options)
+        except Exception:
+            if binding is not self._verify:
+                raise
+            # A device that cannot capture or replay the verify shape: verify runs as prefill runs do from now on
+            # (the same rows, no graph); the failed run's cache rows are written again.
+            self.verify_width = None
+            self.run(token_ids, position, rows)
 
     def last_logits(self, all_rows: bool = False) -> np.ndarray:
         """float32 logits of the last run's last token (every row it returned with ALL_ROWS); a GPU copies them here."""
@@ -255,7 +263,8 @@ class DynamicRunner(Runner):
         binding.bind_ortvalue_input(SEQLENS, seqlens)
         binding.bind_ortvalue_input(TOTAL_LENGTH, total)
         if self.plan.logits_rows:
-            binding.bind_ortvalue_input(LOGITS_ROWS, self._buffer(LOGITS_ROWS + suffix, np.array([width], dtype=np.int64)))
+            # Host memory: it sets a Slice's start, which the CUDA EP reads on the host (no copy inside a captured graph).
+            binding.bind_ortvalue_input(LOGITS_ROWS, self._host_value(LOGITS_ROWS + suffix, np.array([width], dtype=np.int64)))
         return ids, seqlens
 
     def _verify_binding(self):
@@ -321,7 +330,7 @@ class DynamicEngine(Engine):
         self.graph_capture = backend.graph_capture(options)
         self.device_id = backend.device_id(options)
         self.head = backend.candidate_head(manifest.architecture["vocab_size"], np.dtype(manifest.activation_dtype), options)
-        self._graph_ids = itertools.count(1)
+        self._graph_ids = itertools.count(1, 2)  # each runner: its decode graph and its verify graph
         self._run_lock = threading.Lock() if self.graph_capture else None
 
     def new_runner(self) -> "DynamicRunner":

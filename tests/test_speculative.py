@@ -253,3 +253,20 @@ def test_greedy_with_speculation_is_plain_greedy_on_qnn(static_packages):
         assert fast.token_ids == plain.token_ids
         accepted += fast.timings.accepted_tokens
     assert accepted > 0
+
+
+def test_fixed_width_verify_runs_give_the_plain_tokens(tiny_cpu):
+    """The GPU path on the CPU: decode and verify read fixed buffers updated in place (what a captured CUDA graph
+    replays), proposals padded to the verify width and the pad rewound; greedy output stays the plain one."""
+    from edgeinfer.dynamic_runner import VERIFY_WIDTH, DynamicRunner, binding_plan
+
+    model = edgeinfer.load(tiny_cpu)
+    plan = binding_plan(model.manifest, "cpu", fixed_decode_inputs=True)
+    assert plan.verify_width == VERIFY_WIDTH and plan.logits_rows
+    prompt = model.tokenizer.encode(CODE * 2)
+    plain = model.generate(CODE * 2, 40, GREEDY, raw=True, ignore_eos=True, speculate="off").token_ids
+    runner = DynamicRunner(model.engine.session, model.manifest, plan=plan)
+    loop = speculative_loop(Generator(runner, model.spec.vocab_size, GREEDY), prompt, StopCriteria(40, ignore_eos=True),
+                            Speculation("lookup"))
+    assert list(loop) == plain
+    assert loop.timings.accepted_tokens > 0 and runner._verify is not None  # the fixed verify binding ran
