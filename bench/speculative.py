@@ -124,7 +124,8 @@ def edgeinfer_runs(model, task: Task, tokens: int, speculate: str) -> tuple[Run,
     return (Run(task.name, task.kind, "edgeinfer-plain", len(ids), t0.new_tokens, t0.decode_tokens_per_s, extra={"text": plain.text}),
             Run(task.name, task.kind, f"edgeinfer-{speculate}", len(ids), t1.new_tokens, t1.decode_tokens_per_s,
                 t1.acceptance_rate, t1.tokens_per_pass, spec.token_ids == plain.token_ids,
-                {"forward_passes": t1.forward_passes, "proposed": t1.proposed_tokens, "accepted": t1.accepted_tokens}))
+                {"forward_passes": t1.forward_passes, "verify_passes": t1.verify_passes, "proposed": t1.proposed_tokens,
+                 "accepted": t1.accepted_tokens, "text": spec.text}))
 
 
 def _llama(binary: Path, gguf: Path, prompt_file: Path, tokens: int, extra: list[str]) -> str:

@@ -29,6 +29,7 @@ class Timings:
     forward_passes: int = 0  # decode runs after the prompt (one per token without speculation)
     proposed_tokens: int = 0  # speculative decoding: proposed tokens the model checked
     accepted_tokens: int = 0  # ... and kept
+    verify_passes: int = 0  # forward passes that checked at least one proposed token
     speculate: str = "off"  # the proposer that ran: off, lookup, draft (auto names the one it chose)
 
     @property
@@ -55,7 +56,7 @@ class Timings:
             "ttft_s": self.ttft_s, "decode_s": self.decode_s,
             "prefill_tokens_per_s": self.prefill_tokens_per_s, "decode_tokens_per_s": self.decode_tokens_per_s,
             "speculate": self.speculate, "forward_passes": self.forward_passes, "proposed_tokens": self.proposed_tokens,
-            "accepted_tokens": self.accepted_tokens, "acceptance_rate": self.acceptance_rate,
+            "accepted_tokens": self.accepted_tokens, "verify_passes": self.verify_passes, "acceptance_rate": self.acceptance_rate,
             "tokens_per_pass": self.tokens_per_pass,
         }
 

@@ -239,6 +239,7 @@ class SpeculativeLoop:
         gen.rewind(position + len(new))  # the pending token and the kept proposals; the last new token is pending
         timings.forward_passes += 1
         timings.proposed_tokens += k
+        timings.verify_passes += k > 0
         timings.accepted_tokens += len(new) - 1
         self.budget.record(k, len(new) - 1, time.perf_counter() - started)
         return new
