@@ -195,8 +195,9 @@ class DynamicRunner(Runner):
             self.run(token_ids, position, rows)
 
     def last_logits(self, all_rows: bool = False) -> np.ndarray:
-        """float32 logits of the last run's last token (every row it returned with ALL_ROWS); a GPU copies them here."""
-        logits = self._logits_value.numpy()  # on the host, a view of the bound buffer
+        """float32 logits of the last run's last token (every row it returned with ALL_ROWS); a GPU copies them here.
+        On the host, a view of the numpy array the OrtValue wraps (a view of the OrtValue would not keep it alive)."""
+        logits = self._host_arrays[f"{LOGITS}.{self._rows}"] if self.device == "cpu" else self._logits_value.numpy()
         if all_rows:
             return logits[0].astype(np.float32)
         return logits[0, -1].astype(np.float32, copy=False)
@@ -206,7 +207,7 @@ class DynamicRunner(Runner):
         not logits); None when the package has no such output."""
         if self._greedy_value is None:
             return None
-        return self._greedy_value.numpy()[0]
+        return (self._host_arrays[f"{GREEDY_OUTPUT}.{self._rows}"] if self.device == "cpu" else self._greedy_value.numpy())[0]
 
     def greedy_token(self) -> int | None:
         """The argmax of the last logits row from the graph's own output (one id crosses to the host);
@@ -233,8 +234,10 @@ class DynamicRunner(Runner):
         Row counts up to KEPT_ROWS keep their buffers: a verify run neither reallocates them nor disturbs the decode
         step's; an all_logits chunk's [rows, vocab] buffer lives until the next run of another size."""
         if rows not in self._outputs:
-            if len(self._outputs) > KEPT_ROWS:
-                self._outputs = {n: pair for n, pair in self._outputs.items() if n <= KEPT_ROWS}
+            for n in [n for n in self._outputs if n > KEPT_ROWS]:  # the last all_logits chunk's buffers go
+                del self._outputs[n]
+                self._host_arrays.pop(f"{LOGITS}.{n}", None)
+                self._host_arrays.pop(f"{GREEDY_OUTPUT}.{n}", None)
             logits = self._buffer(f"{LOGITS}.{rows}", np.empty((1, rows, self.vocab_size), dtype=self.logits_dtype))
             greedy = (self._buffer(f"{GREEDY_OUTPUT}.{rows}", np.zeros((1, rows), dtype=np.int64))
                       if self.plan.greedy_output else None)
