@@ -126,7 +126,12 @@ class Generator:
 
     def _feed(self, chunk: np.ndarray, rows: int = 1) -> None:
         try:
-            self.runner.run(chunk, self.position, rows)  # the results stay with the runner (on a GPU) until the sampler asks
+            # The results stay with the runner (on a GPU) until the sampler asks; ROWS only where verifying, so a runner
+            # written before verification (run(ids, position)) still drives plain decoding.
+            if rows == 1:
+                self.runner.run(chunk, self.position)
+            else:
+                self.runner.run(chunk, self.position, rows)
             self._logits, self._pending = None, True
         except GenerationError:
             raise
