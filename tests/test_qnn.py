@@ -144,7 +144,9 @@ def test_shared_memory_turned_off_binds_host_memory(qdq_pkg):
     model = edgeinfer.load(qdq_pkg, device="qnn", options=BackendOptions(provider_options={"enable_htp_shared_memory_allocator": "0"}))
     assert not model.backend.shared_memory_taken and not model.backend.shared_memory_refusal  # never asked
     assert model.generator(GREEDY).runner.buffers.memory is None
-    assert greedy(model.generator(GREEDY), prompt(9), 6) == greedy(cpu_static_generator(qdq_pkg), prompt(9), 6)
+    # prompt(11): its 6 steps' top-2 gaps (>= 0.0067) clear the HTP's ~0.003 from the CPU EP; prompt(9) met a 0.0006
+    # near-tie at step 2 once prefill and decode shared activation ranges (random weights' near-ties, see above)
+    assert greedy(model.generator(GREEDY), prompt(11), 6) == greedy(cpu_static_generator(qdq_pkg), prompt(11), 6)
 
 
 def test_greedy_tokens_over_htp_shared_memory(qdq_pkg):
