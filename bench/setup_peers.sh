@@ -40,7 +40,8 @@ llama_cpp() {
                  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF
                  -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
                  $(cpu_switches))
-    # lookup/speculative/completion: llama.cpp's own speculative decoding, the peer of edgeinfer --speculate (issue 16).
+    # lookup/speculative: llama.cpp's own speculative decoding, the peer of edgeinfer --speculate (issue 16);
+    # completion: its plain decoding of the same prompts (bench/speculative.py).
     local targets=(llama-bench llama-quantize llama-perplexity llama-lookup llama-speculative llama-completion)
     local t0=$SECONDS
     cmake -S "$src" -B "$build" -G Ninja "${flags[@]}" > "$dir/configure.log"
