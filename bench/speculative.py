@@ -99,7 +99,8 @@ def tasks() -> list[Task]:
         out.append(Task("quote", module, f"Here is the documentation of Python's `{module}` module:\n\n{_doc(module)}\n\n{ask}"))
     for k, ask in enumerate(free):
         out.append(Task("free", f"free{k + 1}", ask))
-    return out
+    # Kinds in turn (edit, quote, free, edit, ...): a run cut short still covers every kind.
+    return [task for group in zip(out[0:4], out[4:8], out[8:12]) for task in group]
 
 
 @dataclass
@@ -178,6 +179,7 @@ def summarize(runs: list[Run]) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [f"# Speculative decoding, {result['machine'].get('cpu', '')} ({result['timestamp']})", "",
+             f"{len(result['prompts'])} prompts{'' if result['complete'] else ' (the run was cut short: partial)'}.", "",
              f"Package {result['package']}, GGUF {result['gguf']}; {result['tokens']} new tokens per prompt, greedy, "
              "eos ignored; effective decode tok/s = (new tokens - 1) / first-to-last token time, mean over the kind's prompts.",
              f"llama.cpp: {result['llama_build']}", "",
@@ -247,6 +249,11 @@ def main() -> None:
                 print("      " + "  ".join(f"{r.side} {r.decode_tokens_per_s:6.1f}" +
                                            (f" (acc {r.acceptance_rate:.0%})" if r.acceptance_rate is not None else "")
                                            for r in llama_runs), flush=True)
+            save(args, runs, started, complete=False)  # what has run so far, should the run be cut short
+    save(args, runs, started, complete=True)
+
+
+def save(args, runs: list[Run], started: float, complete: bool) -> None:
     info = args.llama_bin.parent.parent / "BUILD_INFO.txt"
     summary = summarize(runs)
     result = {
@@ -255,7 +262,8 @@ def main() -> None:
         "machine": describe_machine(),
         "package": str(args.package), "gguf": str(args.gguf), "tokens": args.tokens, "speculate": args.speculate,
         "llama_build": info.read_text().replace("\n", "; ") if info.exists() else ("not run: no build in " + str(args.llama_bin)),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - started, 1), "complete": complete,
+        "prompts": sorted({r.task for r in runs}),
         "summary": summary,
         "targets": targets(summary, f"edgeinfer-{args.speculate}"),
         "runs": [asdict(r) for r in runs],
@@ -263,7 +271,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     args.out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-    print(markdown(result))
+    if complete:
+        print(markdown(result))
 
 
 if __name__ == "__main__":
