@@ -109,11 +109,11 @@ speculate() {  # issue 16 on the GPU: verify-run cost by width (captured graphs)
     wait_for export_cuda 300 || exit 1
     local cuda_pkg trace
     cuda_pkg=$(tail -1 $LOG/export_cuda.log)
-    trace=$(ls bench/results/speculative-cpu-*.json | tail -1)
+    trace=$(ls bench/results/speculative-cpu-*.json 2>/dev/null | tail -1)
     echo "== GPU tests (speculative ones included)"
     timeout 240 python3 -m pytest tests/test_cuda.py tests/test_speculative.py -q -rs -p no:cacheprovider -k "not qnn" 2>&1 | tail -6
     echo "== verify cost by width on cuda (captured decode and verify graphs), greedy check, estimate from $trace"
-    python3 bench/verify_cost.py "$cuda_pkg" --device cuda --depth 600 --repeat 50 --trace "$trace" \
+    python3 bench/verify_cost.py "$cuda_pkg" --device cuda --depth 600 --repeat 50 ${trace:+--trace "$trace"} \
         --json $OUT/speculative_cuda_h100.json 2>&1 | tail -40
     echo "== edgeinfer bench --device cuda, lookup vs off (random weights: acceptance means nothing, the path runs)"
     for mode in off lookup; do
