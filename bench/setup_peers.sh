@@ -9,7 +9,7 @@ set -euo pipefail
 
 BENCH=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$BENCH")
-PEERS=$BENCH/.peers
+PEERS=${PEERS:-$BENCH/.peers}  # env: build elsewhere (e.g. the main checkout's peers from a worktree)
 JOBS=${JOBS:-2}
 CPUINFO=${CPUINFO:-/proc/cpuinfo}
 LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
@@ -40,8 +40,9 @@ llama_cpp() {
                  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF
                  -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
                  $(cpu_switches))
-    # lookup/speculative: llama.cpp's own speculative decoding, the peer of edgeinfer --speculate (issue 16).
-    local targets=(llama-bench llama-quantize llama-perplexity llama-lookup llama-speculative)
+    # lookup/speculative: llama.cpp's own speculative decoding, the peer of edgeinfer --speculate (issue 16);
+    # completion: its plain decoding of the same prompts (bench/speculative.py).
+    local targets=(llama-bench llama-quantize llama-perplexity llama-lookup llama-speculative llama-completion)
     local t0=$SECONDS
     cmake -S "$src" -B "$build" -G Ninja "${flags[@]}" > "$dir/configure.log"
     cmake --build "$build" -j "$JOBS" --target "${targets[@]}" > "$dir/build.log"

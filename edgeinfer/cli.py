@@ -73,8 +73,11 @@ def _load(args):
     from .export.cached import resolve_package
     from .model import load
 
+    from .bench.cli import speculation_from
+
     package = resolve_package(args.package, get_backend(args.device).target)
     model = load(package, device=args.device, options=_backend_options(args))
+    model.speculation = speculation_from(args, args.device, _backend_options(args))
     if package != Path(args.package) and model.manifest.source.get("random_weights"):  # a preset, exported just now
         print(f"edgeinfer: {args.package} has random weights (its text is noise; it shows the path, not a model): "
               "export a real checkpoint for real text", file=sys.stderr)
@@ -96,8 +99,10 @@ def _run(args) -> None:
         print(piece, end="", flush=True)
     result = pieces.result
     t = result.timings
+    speculated = (f", {t.speculate}: {t.acceptance_rate:.0%} of {t.proposed_tokens} proposed tokens kept, "
+                  f"{t.tokens_per_pass:.2f} tokens per pass" if t.speculate != "off" else "")
     print(f"\n[{t.prompt_tokens} prompt tokens, TTFT {t.ttft_s * 1000:.0f} ms, {t.new_tokens} new tokens at "
-          f"{t.decode_tokens_per_s:.1f} tok/s, stopped by {result.finish_reason}]", file=sys.stderr)
+          f"{t.decode_tokens_per_s:.1f} tok/s{speculated}, stopped by {result.finish_reason}]", file=sys.stderr)
 
 
 def _chat(args) -> None:
@@ -182,6 +187,7 @@ def _table(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .backends import backend_names
     from .export.options import ATTENTIONS, PRECISIONS, TARGETS
+    from .bench.cli import add_speculate_argument
     from .sampler import SamplingParams
 
     DEFAULTS = SamplingParams()  # noqa: N806 - the one place sampling defaults live
@@ -232,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=DEFAULTS.seed)
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--allow-fallback", action="store_true", help="qnn: run unsupported nodes on the CPU")
+        add_speculate_argument(p, default=["auto"], note="lookup where it measures faster, plain decoding elsewhere; "
+                               "the output is the same either way")
 
     p = sub.add_parser("run", help="generate a reply to one prompt")
     p.add_argument("package", nargs="?", default=DEFAULT_RUN_MODEL,
@@ -270,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shutdown-timeout", type=float, default=10, help="on Ctrl-C or SIGTERM, seconds running "
                    "requests get to finish before they are cancelled")
     p.add_argument("--threads", type=int, default=None)
+    add_speculate_argument(p, default=["auto"], note="lookup where it measures faster for greedy requests")
     p.add_argument("--allow-fallback", action="store_true", help="qnn: run unsupported nodes on the CPU")
     p.set_defaults(func=_serve)
 

@@ -125,6 +125,7 @@ class DynamicDecoderGraph:
         input_ids = w.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
         self.seqlens_k = w.input("seqlens_k", TensorProto.INT32, ["batch_size"])
         self.total_len = w.input("total_sequence_length", TensorProto.INT32, [])
+        logits_rows = w.input(LOGITS_ROWS, TensorProto.INT64, [1])
         w.output("logits", t, ["batch_size", "logits_length", spec.vocab_size])
         check_rotary_fits(spec)
         cos, sin = rotary_tables(spec, self.options.context_length)
@@ -135,7 +136,7 @@ class DynamicDecoderGraph:
         residual, layer_out = self.embedding(input_ids), None
         for i in tqdm(range(spec.num_layers), desc="layers", unit="layer", disable=not progress, leave=False):
             p = f"model.layers.{i}."
-            past = [w.input(names["inputs"][3 + 2 * i + j], t, past_shape) for j in (0, 1)]
+            past = [w.input(names["inputs"][4 + 2 * i + j], t, past_shape) for j in (0, 1)]
             ln = self.norm_weight(p + f"{norms.attention_in}.weight")
             if layer_out is None:
                 normed = self._norm(residual, ln, f"{p}input_norm")
@@ -152,10 +153,12 @@ class DynamicDecoderGraph:
 
         normed, _ = self._skip_norm(layer_out, residual, self.norm_weight("model.norm.weight"), "final_norm")
         if not self.options.all_logits:
-            # Only the last position's logits are needed to sample: skips a [S, vocab] matmul in prefill.
+            # Logits for the last LOGITS_ROWS positions only: 1 to sample (skips a [S, vocab] matmul in prefill), k+1 to
+            # verify k proposed tokens in one run (speculative decoding).
+            start = w.node("Neg", [logits_rows], name="last_rows/start")[0]
             normed = w.node(
-                "Slice", [normed, w.constant("last.start", [-1]), w.constant("last.end", [np.iinfo(np.int64).max]), w.constant("last.axis", [1])],
-                name="last_position",
+                "Slice", [normed, start, w.constant("last.end", [np.iinfo(np.int64).max]), w.constant("last.axis", [1])],
+                name="last_rows",
             )[0]
         head = "model.embed_tokens.weight" if spec.tie_word_embeddings else "lm_head.weight"
         logits = self.linear(normed, "lm_head", [head], bits=self.options.lm_head_bits or None)

@@ -6,7 +6,8 @@ Two roles share one formulation and differ only in the token count N: `prefill` 
     inputs   inputs_embeds [1,N,H] (part 0; later parts take hidden_in [1,N,H]), position_cos/position_sin
              [1,R,N,rotary/2] (R: one table per RoPE the layers use), attention_mask [1,M,N,C+N] (additive; M: one
              per attention window), past_key.i/past_value.i [1,KVH,C,D]
-    outputs  logits [1,1,V] (last part; the last row only) or hidden_out [1,N,H], new_key.i/new_value.i [1,KVH,N,D]
+    outputs  logits [1,R,V] (last part; the last R rows: R = 1 for decode, min(N, VERIFY_ROWS) for prefill, which
+             verifies up to R-1 proposed tokens in one run) or hidden_out [1,N,H], new_key.i/new_value.i [1,KVH,N,D]
 
 The host owns the cache (C slots per layer): it gathers embeddings and rotary rows, builds the mask (past slots
 below the write position plus causal new rows), passes the whole cache as past, and writes the new K/V rows back
@@ -408,14 +409,24 @@ class StaticDecoderGraph:
             w.node("Identity", [x], ["hidden_out"], name="hidden_out/identity")
             w.output("hidden_out", f32, [1, n, s.hidden_size])
             return
-        if n > 1:  # prompts are left-padded: the last real token is always the last row
-            x = w.node("Slice", [x, w.constant("last/start", [n - 1]), w.constant("last/end", [n]), w.constant("last/axis", [1])],
-                       name="last_position")[0]
-        x = self.rms_norm(x, "model.norm.weight", "final_norm", lead=(1, 1))
+        rows = logits_rows_of(n)
+        if rows < n:  # prompts are left-padded: the last real tokens are always the last rows
+            x = w.node("Slice", [x, w.constant("last/start", [n - rows]), w.constant("last/end", [n]), w.constant("last/axis", [1])],
+                       name="last_rows")[0]
+        x = self.rms_norm(x, "model.norm.weight", "final_norm", lead=(1, rows))
         head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
         logits = self.linear(x, "lm_head", head)
         w.node("Identity", [logits], ["logits"], name="logits/identity")
-        w.output("logits", f32, [1, 1, s.vocab_size])
+        w.output("logits", f32, [1, rows, s.vocab_size])
+
+
+# Rows of the prefill graph that return logits: the pending token and up to 7 proposed ones, verified in one prefill
+# run (speculative decoding); the lm_head then reads 8 rows instead of 1 in each prompt chunk.
+VERIFY_ROWS = 8
+
+
+def logits_rows_of(tokens: int) -> int:
+    return min(tokens, VERIFY_ROWS)
 
 
 def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Path, parts: list[tuple[int, int]],
@@ -423,7 +434,7 @@ def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Pa
     """Float32 prefill and decode graphs of each part over one weights file (each weight read from the source and
     written once); returns the manifest's role entries."""
     roles = {"prefill": options.prefill_chunk, "decode": 1}
-    graphs = {role: {"tokens": tokens, "parts": []} for role, tokens in roles.items()}
+    graphs = {role: {"tokens": tokens, "logits_rows": logits_rows_of(tokens), "parts": []} for role, tokens in roles.items()}
     for k in tqdm(range(len(parts)), desc="graphs", unit="part", disable=not progress, leave=False):
         layers, first, last = parts[k], k == 0, k == len(parts) - 1
         stems = {role: f"{role}.part{k}" if len(parts) > 1 else role for role in roles}
