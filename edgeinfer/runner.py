@@ -17,6 +17,9 @@ class Runner(ABC):
     prefill_chunk: int | None = None
     # The most rows of logits one run returns (`run`'s ROWS): k+1 verifies k proposed tokens; 1: no verification.
     verify_rows: int = 1
+    # Whether a verify run picks exactly what decode steps would (False: a quantized static package with a grid per
+    # role, ExportOptions.shared_role_ranges); speculation needs it.
+    verifies_exactly: bool = True
     # Where verify runs are fastest at one width (a GPU's captured graph): proposals are padded to it; None: any.
     verify_width: int | None = None
 

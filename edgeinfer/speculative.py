@@ -249,11 +249,15 @@ def speculative_loop(generator: Generator, prompt_ids: list[int], stop: StopCrit
                      release_draft=None):
     """The loop a generation runs: SpeculativeLoop where SPECULATION and the package allow, else None (plain
     TokenLoop). RELEASE_DRAFT(generator) gives a draft model's generator back when the generation ends."""
-    mode = speculation.mode
-    if mode == "off" or generator.runner.verify_rows < 2:
-        if mode in ("lookup", "draft") and generator.runner.verify_rows < 2:
+    mode, runner = speculation.mode, generator.runner
+    if mode == "off" or runner.verify_rows < 2 or not runner.verifies_exactly:
+        if mode in ("lookup", "draft") and runner.verify_rows < 2:
             raise GenerationError("this package returns one row of logits per run and cannot check proposed tokens: "
                                   "re-export it with this edgeinfer, or pass speculate='off'")
+        if mode in ("lookup", "draft"):
+            raise GenerationError("this package's prefill and decode graphs quantize on different grids, so checking "
+                                  "proposed tokens could change its output: re-export it with shared_role_ranges=True, "
+                                  "or pass speculate='off'")
         return None
     if mode == "auto" and not (generator.sampling.greedy and generator.sampling.repetition_penalty == 1.0):
         return None  # sampled verification costs a vocabulary-wide softmax per row on the host: not measured to win

@@ -79,7 +79,9 @@ class StaticEngine(Engine):
         buffers = None
         if self.backend.reads_bound_inputs_in_place():
             buffers = CacheBuffers(sessions, m.graphs, m.spec, context, self.backend.shared_memory())
-        return StaticRunner(sessions, m.graphs, m.spec, context, self.embeddings, buffers)
+        runner = StaticRunner(sessions, m.graphs, m.spec, context, self.embeddings, buffers)
+        runner.verifies_exactly = verifies_exactly(m)
+        return runner
 
     @staticmethod
     def host_embeddings(package: Package) -> np.ndarray:
@@ -99,6 +101,13 @@ class StaticEngine(Engine):
 
 
 ROLES = ("prefill", "decode")
+
+
+def verifies_exactly(manifest) -> bool:
+    """Whether a verify run (the prefill graph) picks the tokens decode steps would: float activations, or quantized
+    ones on one grid per tensor for both roles (ExportOptions.shared_role_ranges)."""
+    quantized = manifest.target == "qnn" and manifest.precision == "w4a16"
+    return not quantized or manifest.export_options.get("shared_role_ranges") is True
 
 
 def logits_rows(graphs: dict) -> int:

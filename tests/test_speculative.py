@@ -18,7 +18,7 @@ from edgeinfer.runner import Runner
 from edgeinfer.sampler import GREEDY, SamplingParams, logits_to_probs
 from edgeinfer.speculative import DraftBudget, Speculation, SpeculativeLoop, accept_sampled, speculative_loop
 
-from .conftest import export_tiny
+from .conftest import STATIC_CHUNK, export_tiny
 
 CODE = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n"
 
@@ -242,8 +242,16 @@ QNN = get_backend("qnn").availability()
 
 @pytest.mark.qnn
 @pytest.mark.skipif(not QNN.ok, reason=f"qnn backend not available: {QNN}")
-def test_greedy_with_speculation_is_plain_greedy_on_qnn(static_packages):
-    model = edgeinfer.load(static_packages["w4a16"], device="qnn")
+def test_greedy_with_speculation_is_plain_greedy_on_qnn(static_packages, tmp_path):
+    """A package whose prefill and decode graphs share their quantization grids speculates on the HTP and gives plain
+    greedy's tokens; one with a grid per role (the default) does not speculate."""
+    default = edgeinfer.load(static_packages["w4a16"], device="qnn")
+    assert not default.generator(GREEDY).runner.verifies_exactly
+    with pytest.raises(GenerationError, match="different grids"):
+        default.generate(CODE, 4, GREEDY, raw=True, speculate="lookup")
+    package = export_tiny("preset:tiny-qwen2", tmp_path / "shared", target="qnn", prefill_chunk=STATIC_CHUNK,
+                          shared_role_ranges=True)
+    model = edgeinfer.load(package, device="qnn")
     assert model.generator(GREEDY).runner.verify_rows == 8
     rng = np.random.default_rng(0)
     accepted = 0

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..architecture import ArchSpec
 from ..errors import ExportError
-from ..graph_contract import GREEDY_OUTPUT, dynamic_io, rotary_tables
+from ..graph_contract import GREEDY_OUTPUT, LOGITS_ROWS, dynamic_io, rotary_tables
 from .grouped_attention import GroupedAttention
 from .onnx_writer import GraphWriter
 from .options import ExportOptions

@@ -33,6 +33,11 @@ class ExportOptions:
     lm_head_bits: int = 8  # w4a16 only: 8 (default: the most sensitive matmul), 4, or 0 to keep it float
     prefill_chunk: int = 128  # static graphs (qnn): tokens per prefill run
     rotate: bool = True  # qnn w4a16: rotate the residual stream (export/rotation.py); off only to measure it
+    # qnn w4a16: prefill and decode quantize each activation on one grid, so speculation's verify runs (the prefill
+    # graph) pick exactly what decode steps pick. Off by default: on real Qwen2.5 weights the first token's massive
+    # activations widen prefill's residual ranges (about +-200 against +-10 in decode), which one grid would hand to
+    # decode; not yet measured on real weights. Without it a qnn w4a16 package does not speculate.
+    shared_role_ranges: bool = False
     center_keys: bool = True  # qnn: keys minus their bias's mean (static_graph.key_center); off only to measure it
     gptq: bool = True  # qnn w4a16: round int4 weights by GPTQ on the calibration text (export/gptq.py); off to measure
     # qnn: smaller contexts with graphs of their own over the same weights, so a short chat attends over fewer
