@@ -25,7 +25,7 @@ def _export(args) -> None:
         precision=args.precision, target=args.target, context_length=args.context, block_size=args.block_size,
         symmetric=args.symmetric, mixed_bits=not args.uniform_bits, lm_head_bits=args.lm_head_bits,
         accuracy_level=args.accuracy_level, all_logits=args.all_logits,
-        quantize_embeddings=not args.float_embeddings, prefill_chunk=args.prefill_chunk,
+        quantize_embeddings=not args.float_embeddings, prefill_chunk=args.prefill_chunk, requantize=args.requantize,
     )
     export(args.source, args.output, options, force=args.force, follow_symlinks=args.follow_symlinks)
     if args.compile:
@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-head-bits", type=int, default=8, choices=[0, 4, 8], help="lm_head weights (0 = float)")
     p.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4], help="MatMulNBits compute type (4 = int8)")
     p.add_argument("--all-logits", action="store_true", help="prefill returns logits for every position")
+    p.add_argument("--requantize", action="store_true",
+                   help="quantized GGUF: dequantize and quantize again to --block-size (default: keep the file's own "
+                   "Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K blocks, lossless)")
     p.add_argument("--float-embeddings", action="store_true", help="keep the embedding table in float")
     p.add_argument("--prefill-chunk", type=int, default=128, help="qnn: tokens per static prefill run")
     p.add_argument("--compile", action="store_true", help="qnn: also compile the context binaries on this host")
