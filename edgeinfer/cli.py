@@ -52,6 +52,17 @@ def _verify(args) -> None:
         write_json(result, Path(args.json))
 
 
+def _eval(args) -> None:
+    from .eval import evaluate, read_text, write_json
+
+    name, text = read_text(args.text) if args.text else (None, None)
+    report = evaluate(args.package, text, name, args.reference, args.context, None if args.chunks == 0 else args.chunks,
+                      args.threads)
+    print(report.markdown())
+    if args.json:
+        write_json(report, args.json)
+
+
 def _sampling(args):
     from .sampler import SamplingParams
 
@@ -281,6 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the package files")
     p.set_defaults(func=_verify)
+
+    p = sub.add_parser("eval", help="perplexity over a text; top-1 agreement and KL divergence against a reference",
+                       description="Perplexity of PACKAGE over a text and, with --reference, the figures llama.cpp's "
+                       "llama-perplexity --kl-divergence prints (same top token, mean KLD, PPL ratio), with its "
+                       "chunking: chunks of --context tokens from an empty cache, the second half of each scored.")
+    p.add_argument("package")
+    p.add_argument("--text", help="a UTF-8 text file (default: the source of Python's textwrap and argparse)")
+    p.add_argument("--reference", help="a package (a --precision fp32 export of the same source), or a GGUF file or "
+                   "Hugging Face folder that transformers runs in float32")
+    p.add_argument("--context", type=int, default=512, help="tokens per chunk (llama-perplexity -c; default 512)")
+    p.add_argument("--chunks", type=int, default=5, help="chunks to score (default 5: 1,275 tokens; 0 = all)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", help="also write the figures to this file")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("devices", help="list backends and whether they can run here")
     p.set_defaults(func=_devices)
