@@ -100,3 +100,13 @@ def test_gguf_source_gives_blocks_for_quantized_tensors_only(wide_checkpoint, tm
     assert v.kind == "Q6_K" and v.shape == (source.spec.kv_size, source.spec.hidden_size)
     np.testing.assert_array_equal(v.dequantize(), source.tensor("model.layers.0.self_attn.v_proj.weight"))
     assert source.exact_blocks("model.layers.0.self_attn.q_proj.weight") is None  # F32 in this file
+
+
+def test_llama_rows_are_unpermuted_with_their_blocks(llama_dir, tmp_path):
+    """llama.cpp's converter interleaves q/k rows per head for Llama; the exact blocks must be un-permuted row-wise."""
+    types = {name: "Q8_0" for name in MIXED}  # every matrix (an F32 one would be quantized to 4 bits)
+    gguf_path = write_gguf_from_hf(llama_dir, tmp_path / "llama.gguf", types)
+    ids = list(range(3, 30))
+    reference = _logits(export_tiny(gguf_path, tmp_path / "fp32", precision="fp32", all_logits=True), ids)
+    exact = _logits(export_tiny(gguf_path, tmp_path / "exact", accuracy_level=0, all_logits=True), ids)
+    assert np.abs(exact - reference).max() < 1e-4 * np.abs(reference).max()
