@@ -79,7 +79,12 @@ def _matmul_blocks(package) -> set[int]:
     return {next(a.i for a in n.attribute if a.name == "block_size") for n in model.graph.node if n.op_type == "MatMulNBits"}
 
 
-@pytest.mark.parametrize("types", [Q4_K_M, MIXED], ids=["q4_k_m", "mixed"])
+# Q4_K_M as llama.cpp writes it for Qwen2.5 (a Q4_K embedding, Q6_K output), and every other exact type somewhere,
+# the embedding as Q6_K (8-bit blocks of 16 in GatherBlockQuantized).
+MIXED_K = {**Q4_K_M, "ffn_gate.weight": "Q5_K", "ffn_up.weight": "Q5_K", "token_embd.weight": "Q6_K", "output.weight": "Q4_K"}
+
+
+@pytest.mark.parametrize("types", [Q4_K_M, MIXED, MIXED_K], ids=["q4_k_m", "mixed", "mixed_k"])
 def test_lossless_package_computes_the_gguf_weights(types, wide_checkpoint, tmp_path):
     gguf_path = write_gguf_from_hf(wide_checkpoint, tmp_path / "m.gguf", types)
     ids = list(range(3, 40))
