@@ -53,14 +53,14 @@ def _verify(args) -> None:
 
 
 def _eval(args) -> None:
-    from .eval import evaluate, read_text, write_json
+    from .eval import compare, read_text, write_json
 
     name, text = read_text(args.text) if args.text else (None, None)
-    report = evaluate(args.package, text, name, args.reference, args.context, None if args.chunks == 0 else args.chunks,
+    reports = compare(args.packages, text, name, args.reference, args.context, None if args.chunks == 0 else args.chunks,
                       args.threads)
-    print(report.markdown())
+    print("\n\n".join(report.markdown() for report in reports))
     if args.json:
-        write_json(report, args.json)
+        write_json(reports, args.json)
 
 
 def _sampling(args):
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Perplexity of PACKAGE over a text and, with --reference, the figures llama.cpp's "
                        "llama-perplexity --kl-divergence prints (same top token, mean KLD, PPL ratio), with its "
                        "chunking: chunks of --context tokens from an empty cache, the second half of each scored.")
-    p.add_argument("package")
+    p.add_argument("packages", nargs="+", metavar="PACKAGE", help="one or more packages, scored on the same chunks")
     p.add_argument("--text", help="a UTF-8 text file (default: the source of Python's textwrap and argparse)")
     p.add_argument("--reference", help="a package (a --precision fp32 export of the same source), or a GGUF file or "
                    "Hugging Face folder that transformers runs in float32")

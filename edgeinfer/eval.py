@@ -207,33 +207,47 @@ def evaluate(package: str | Path, text: str | None = None, text_name: str | None
              threads: int | None = None, progress: bool = True) -> EvalReport:
     """PACKAGE's perplexity over TEXT (default: default_text()) in chunks of CONTEXT tokens (CHUNKS of them, None: all
     whole chunks), and its agreement with REFERENCE when given."""
+    return compare([package], text, text_name, reference, context, chunks, threads, progress)[0]
+
+
+def compare(packages: list[str | Path], text: str | None = None, text_name: str | None = None,
+            reference: str | Path | None = None, context: int = DEFAULT_CONTEXT, chunks: int | None = DEFAULT_CHUNKS,
+            threads: int | None = None, progress: bool = True) -> list[EvalReport]:
+    """evaluate() for several PACKAGES on the same chunks: the reference runs once per chunk for all of them."""
     if context < 16 or context % 2:
         raise EvalError(f"--context {context}: use an even number of at least 16 tokens")
     if text is None:
         text_name, text = default_text()
     started = time.perf_counter()
-    ours = open_logits(package, threads)
-    ids = ours.tokenize(text)
+    candidates = [open_logits(p, threads) for p in packages]
+    ids = candidates[0].tokenize(text)
     ref = open_logits(reference, threads) if reference is not None else None
-    if ref is not None and ref.tokenize(text) != ids:
-        raise EvalError(f"{ref.description} tokenizes the text differently from {ours.description}: compare models "
-                        "that share a tokenizer")
+    for other in candidates[1:] + ([ref] if ref is not None else []):
+        if other.tokenize(text) != ids:
+            raise EvalError(f"{other.description} tokenizes the text differently from {candidates[0].description}: "
+                            "compare models that share a tokenizer")
     available = len(ids) // context
     count = available if chunks is None else min(chunks, available)
     if count < 1 or (chunks is not None and available < chunks):
         raise EvalError(f"the text gives {len(ids)} tokens, {context * (chunks or 1)} are needed for {chunks or 1} chunk(s) "
                         f"of {context}: pass a longer --text, fewer --chunks or a smaller --context")
     first = context // 2
-    scores = Scores()
+    scores = [Scores() for _ in candidates]
+    seconds = [0.0] * len(candidates)
     for c in range(count):
         chunk = ids[c * context : (c + 1) * context]
         targets = np.asarray(chunk[first + 1 :])
-        logits = ours.scored_logits(chunk, first)
         ref_logits = ref.scored_logits(chunk, first) if ref is not None else None
-        score_chunk(scores, logits, targets, ref_logits)
+        for i, candidate in enumerate(candidates):
+            chunk_started = time.perf_counter()
+            score_chunk(scores[i], candidate.scored_logits(chunk, first), targets, ref_logits)
+            seconds[i] += time.perf_counter() - chunk_started
         if progress:
-            print(f"[{c + 1}/{count}] running perplexity {np.exp(np.mean(scores.nll)):.4f}", file=sys.stderr, flush=True)
-    return _report(ours, ref, text_name or "text", len(ids), context, count, scores, time.perf_counter() - started)
+            running = ", ".join(f"{np.exp(np.mean(s.nll)):.4f}" for s in scores)
+            print(f"[{c + 1}/{count}] running perplexity {running}", file=sys.stderr, flush=True)
+    total = time.perf_counter() - started
+    return [_report(candidate, ref, text_name or "text", len(ids), context, count, s, seconds[i] if len(candidates) > 1 else total)
+            for i, (candidate, s) in enumerate(zip(candidates, scores))]
 
 
 def _report(ours, ref, text_name, text_tokens, context, count, s: Scores, seconds) -> EvalReport:
@@ -242,6 +256,7 @@ def _report(ours, ref, text_name, text_tokens, context, count, s: Scores, second
     report = EvalReport(package=ours.description, reference=None if ref is None else ref.description, text=text_name,
                         text_tokens=text_tokens, context=context, chunks=count, scored_tokens=len(nll), perplexity=ppl,
                         perplexity_stderr_pct=float(100 * nll.std() / np.sqrt(len(nll))), seconds=seconds)
+    # seconds: this package's own scoring time when several are compared, else the whole evaluation
     if ref is None:
         return report
     kld = np.asarray(s.kld)
@@ -264,6 +279,8 @@ def read_text(path: str | Path) -> tuple[str, str]:
         raise EvalError(f"cannot read --text {path} ({exc}): pass a UTF-8 text file") from None
 
 
-def write_json(report: EvalReport, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def write_json(reports: list[EvalReport], path: str | Path) -> None:
+    """One object for one report, a list for several."""
+    payload = reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports]
+    Path(path).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 

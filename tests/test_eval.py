@@ -53,3 +53,12 @@ def test_cli_prints_the_table_and_writes_json(qwen2_fp32, tmp_path, capsys):
                  "--json", str(tmp_path / "r.json")]) == 0
     assert "| perplexity |" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["scored_tokens"] == 2 * 15
+
+
+def test_several_packages_score_the_same_chunks_as_one(qwen2_fp32, qwen2_w4, all_logits_fp32):
+    from edgeinfer.eval import compare
+
+    both = compare([qwen2_w4, qwen2_fp32], TEXT, "fox", reference=all_logits_fp32, context=64, chunks=2, progress=False)
+    alone = evaluate(qwen2_w4, TEXT, "fox", reference=all_logits_fp32, context=64, chunks=2, progress=False)
+    assert both[0].kld_mean == pytest.approx(alone.kld_mean) and both[0].perplexity == pytest.approx(alone.perplexity)
+    assert both[1].same_top_pct > both[0].same_top_pct - 1e-9  # the float package is the reference's twin
