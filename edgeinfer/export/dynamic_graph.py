@@ -52,8 +52,9 @@ class DynamicDecoderGraph:
 
     def _exact(self, names: list[str]) -> list[ExactBlocks] | None:
         """The weights in their checkpoint's own blocks (a GGUF's Q4_K, Q6_K...), for a w4a16 export that keeps them;
-        None when any of them has no exact form (or --requantize): then all are quantized again from floats."""
-        if self.options.precision != "w4a16" or self.options.requantize:
+        None when any of them has no exact form (or --requantize): then all are quantized again from floats.
+        CPU only for now: on CUDA the scales would round to float16 and its 8-bit MatMulNBits is unmeasured."""
+        if self.options.precision != "w4a16" or self.options.requantize or self.options.target != "cpu":
             return None
         parts = [self.source.exact_blocks(n) for n in names]
         return None if any(p is None for p in parts) else parts
