@@ -115,3 +115,15 @@ def test_llama_rows_are_unpermuted_with_their_blocks(llama_dir, tmp_path):
     reference = _logits(export_tiny(gguf_path, tmp_path / "fp32", precision="fp32", all_logits=True), ids)
     exact = _logits(export_tiny(gguf_path, tmp_path / "exact", accuracy_level=0, all_logits=True), ids)
     assert np.abs(exact - reference).max() < 1e-4 * np.abs(reference).max()
+
+
+def test_cli_requantize_flag_keeps_the_old_path(wide_checkpoint, tmp_path):
+    from edgeinfer.cli import main
+    from edgeinfer.package import load_package
+
+    gguf_path = write_gguf_from_hf(wide_checkpoint, tmp_path / "m.gguf", Q4_K_M)
+    for flags, blocks in (([], {16, 32}), (["--requantize"], {128})):
+        out = tmp_path / f"pkg{len(flags)}"
+        assert main(["export", str(gguf_path), "-o", str(out), "--context", "64", *flags]) == 0
+        assert load_package(out).manifest.export_options["requantize"] == bool(flags)
+        assert _matmul_blocks(out) == blocks
