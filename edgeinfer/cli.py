@@ -26,6 +26,7 @@ def _export(args) -> None:
         symmetric=args.symmetric, mixed_bits=not args.uniform_bits, lm_head_bits=args.lm_head_bits,
         accuracy_level=args.accuracy_level, all_logits=args.all_logits,
         quantize_embeddings=not args.float_embeddings, prefill_chunk=args.prefill_chunk, attention=args.attention,
+        requantize=args.requantize,
     )
     export(args.source, args.output, options, force=args.force, follow_symlinks=args.follow_symlinks)
     if args.compile:
@@ -50,6 +51,17 @@ def _verify(args) -> None:
     print(format_report(result))
     if args.json:
         write_json(result, Path(args.json))
+
+
+def _eval(args) -> None:
+    from .eval import compare, read_text, write_json
+
+    name, text = read_text(args.text) if args.text else (None, None)
+    reports = compare(args.packages, text, name, args.reference, args.context, None if args.chunks == 0 else args.chunks,
+                      args.threads)
+    print("\n\n".join(report.markdown() for report in reports))
+    if args.json:
+        write_json(reports, args.json)
 
 
 def _sampling(args):
@@ -215,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-head-bits", type=int, default=8, choices=[0, 4, 8], help="lm_head weights (0 = float)")
     p.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4], help="MatMulNBits compute type (4 = int8)")
     p.add_argument("--all-logits", action="store_true", help="prefill returns logits for every position")
+    p.add_argument("--requantize", action="store_true",
+                   help="quantized GGUF: dequantize and quantize again to --block-size (default: keep the file's own "
+                   "Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K blocks, lossless)")
     p.add_argument("--float-embeddings", action="store_true", help="keep the embedding table in float")
     p.add_argument("--prefill-chunk", type=int, default=128, help="qnn, openvino: tokens per static prefill run")
     p.add_argument("--attention", choices=ATTENTIONS, default=None,
@@ -292,6 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the package files")
     p.set_defaults(func=_verify)
+
+    p = sub.add_parser("eval", help="perplexity over a text; top-1 agreement and KL divergence against a reference",
+                       description="Perplexity of PACKAGE over a text and, with --reference, the figures llama.cpp's "
+                       "llama-perplexity --kl-divergence prints (same top token, mean KLD, PPL ratio), with its "
+                       "chunking: chunks of --context tokens from an empty cache, the second half of each scored.")
+    p.add_argument("packages", nargs="+", metavar="PACKAGE", help="one or more packages, scored on the same chunks")
+    p.add_argument("--text", help="a UTF-8 text file (default: the source of Python's textwrap and argparse)")
+    p.add_argument("--reference", help="a package (a --precision fp32 export of the same source), or a GGUF file or "
+                   "Hugging Face folder that transformers runs in float32")
+    p.add_argument("--context", type=int, default=512, help="tokens per chunk (llama-perplexity -c; default 512)")
+    p.add_argument("--chunks", type=int, default=5, help="chunks to score (default 5: 1,275 tokens; 0 = all)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", help="also write the figures to this file")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("devices", help="list backends and whether they can run here")
     p.set_defaults(func=_devices)

@@ -21,6 +21,8 @@ from ..architecture import ArchSpec
 from ..errors import ExportError
 from ..graph_contract import GREEDY_OUTPUT, LOGITS_ROWS, dynamic_io, rotary_tables
 from .grouped_attention import GroupedAttention
+from .exact_graph import ExactBlockGraph
+from .gguf_blocks import ExactBlocks
 from .onnx_writer import GraphWriter
 from .options import ExportOptions
 from .quantize import quantize_blocks
@@ -50,13 +52,28 @@ class DynamicDecoderGraph:
         self.options = options
         self.dtype = np.dtype(options.activation_dtype)
         self.onnx_type = _ONNX_TYPES[options.activation_dtype]
+        self.exact = ExactBlockGraph(writer, self.onnx_type, self.dtype, options.accuracy_level)
 
     # -- weights --------------------------------------------------------------------------------------------
     def _weights(self, names: list[str]) -> np.ndarray:
         return np.concatenate([self.source.tensor(n) for n in names], axis=0)
 
+    def _exact(self, names: list[str]) -> list[ExactBlocks] | None:
+        """The weights in their checkpoint's own blocks (a GGUF's Q4_K, Q6_K...), for a w4a16 export that keeps them;
+        None when any of them has no exact form (or --requantize): then all are quantized again from floats.
+        CPU only for now: on CUDA the scales would round to float16 and its 8-bit MatMulNBits is unmeasured."""
+        if self.options.precision != "w4a16" or self.options.requantize or self.options.target != "cpu":
+            return None
+        parts = [self.source.exact_blocks(n) for n in names]
+        return None if any(p is None for p in parts) else parts
+
     def linear(self, x: str, name: str, weight_names: list[str], bias_names: list[str] = (), bits: int | None = None) -> str:
-        """y = x W^T (+ b): MatMulNBits with BITS-bit weights for w4a16 (None keeps this one in float)."""
+        """y = x W^T (+ b): MatMulNBits with BITS-bit weights for w4a16 (None keeps this one in float); the source's
+        own blocks where it has exact ones (exact_graph.py)."""
+        exact = self._exact(weight_names)
+        if exact is not None:
+            bias = self._weights(bias_names) if bias_names else None
+            return self.exact.linear(x, name, exact, bias)
         bits = weight_bits(self.source, weight_names, self.options) if bits is None else bits
         weight = self._weights(weight_names)  # [N, K]
         bias = self._weights(bias_names).astype(self.dtype) if bias_names else None
@@ -90,6 +107,13 @@ class DynamicDecoderGraph:
         return self.w.initializer(hf_name, self.source.tensor(hf_name).astype(self.dtype))
 
     def embedding(self, input_ids: str) -> str:
+        exact = self._exact(["model.embed_tokens.weight"]) if self.options.quantize_embeddings else None
+        if exact is not None:
+            out = self.exact.embedding(input_ids, exact[0])
+            if self.spec.embedding_scale != 1:
+                scale = self.w.constant("embed.scale_factor", np.float32(self.spec.embedding_scale), dtype=self.dtype)
+                out = self.w.node("Mul", [out, scale], name="embed/scale")[0]
+            return out
         # Gemma's sqrt(hidden) scale folded into the table (a tied lm_head reads the table unscaled).
         table = self.source.tensor("model.embed_tokens.weight") * np.float32(self.spec.embedding_scale)  # [V, H]
         # GatherBlockQuantized needs whole blocks along the hidden size; otherwise the table stays float.

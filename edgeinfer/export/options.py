@@ -30,6 +30,10 @@ class ExportOptions:
     accuracy_level: int = 4  # MatMulNBits compute type on CPU: 4 = int8 dot products (fastest on AVX2)
     all_logits: bool = False  # prefill returns logits for every position, not just the last
     quantize_embeddings: bool = True  # w4a16 only: 4-bit embedding table (GatherBlockQuantized)
+    # w4a16 cpu from a quantized GGUF: False keeps the file's own blocks where they map exactly onto MatMulNBits
+    # (Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K, export/gguf_blocks.py; the rest is requantized); True dequantizes everything
+    # and quantizes it again to block_size (the path before lossless import)
+    requantize: bool = False
     lm_head_bits: int = 8  # w4a16 only: 8 (default: the most sensitive matmul), 4, or 0 to keep it float
     prefill_chunk: int = 128  # static graphs (qnn): tokens per prefill run
     rotate: bool = True  # qnn w4a16: rotate the residual stream (export/rotation.py); off only to measure it
