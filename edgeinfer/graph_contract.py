@@ -38,11 +38,12 @@ def present_name(layer: int, kind: str) -> str:
     return f"present.{layer}.{kind}"
 
 
-def dynamic_io(num_layers: int, greedy_output: bool = False) -> dict[str, list[str]]:
+def dynamic_io(num_layers: int, greedy_output: bool = False, logits_rows: bool = True) -> dict[str, list[str]]:
     """The dynamic graph's input and output names, in the order the exporter declares them."""
     cache = [(i, kind) for i in range(num_layers) for kind in CACHE_KINDS]
     return {
-        "inputs": [INPUT_IDS, SEQLENS, TOTAL_LENGTH, LOGITS_ROWS, *(past_name(i, k) for i, k in cache)],
+        "inputs": [INPUT_IDS, SEQLENS, TOTAL_LENGTH, *([LOGITS_ROWS] if logits_rows else []),
+                   *(past_name(i, k) for i, k in cache)],
         "outputs": [LOGITS, *(present_name(i, k) for i, k in cache), *([GREEDY_OUTPUT] if greedy_output else [])],
     }
 

@@ -44,6 +44,13 @@ def cache_layout(options: ExportOptions) -> str:
     return "SH" if options.attention == "grouped" else "BNSH"
 
 
+def has_logits_rows(options: ExportOptions) -> bool:
+    """Whether the graph takes logits_rows (speculation's verify runs). Not on cuda yet: the Slice start it sets is
+    computed on the host, and a node off the GPU keeps the decode step from being one CUDA graph (the H200 refused
+    capture, 2026-12-01)."""
+    return options.target != "cuda"
+
+
 class DynamicDecoderGraph:
     def __init__(self, writer: GraphWriter, source: WeightSource, options: ExportOptions):
         self.w = writer
@@ -140,7 +147,8 @@ class DynamicDecoderGraph:
     # -- graph ----------------------------------------------------------------------------------------------
     def build(self, progress: bool = True) -> None:
         spec, w, t = self.spec, self.w, self.onnx_type
-        names = dynamic_io(spec.num_layers)
+        names = dynamic_io(spec.num_layers, logits_rows=has_logits_rows(self.options))
+        first_past = len(names["inputs"]) - 2 * spec.num_layers
         self.grouped = GroupedAttention(w, spec, t, self.dtype) if self.options.attention == "grouped" else None
         if self.grouped:
             past_shape, self.present_shape = self.grouped.cache_shapes()
@@ -149,7 +157,7 @@ class DynamicDecoderGraph:
         input_ids = w.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
         self.seqlens_k = w.input("seqlens_k", TensorProto.INT32, ["batch_size"])
         self.total_len = w.input("total_sequence_length", TensorProto.INT32, [])
-        logits_rows = w.input(LOGITS_ROWS, TensorProto.INT64, [1])
+        logits_rows = w.input(LOGITS_ROWS, TensorProto.INT64, [1]) if has_logits_rows(self.options) else None
         w.output("logits", t, ["batch_size", "logits_length", spec.vocab_size])
         check_rotary_fits(spec)
         cos, sin = rotary_tables(spec, self.options.context_length)
@@ -160,7 +168,7 @@ class DynamicDecoderGraph:
         residual, layer_out = self.embedding(input_ids), None
         for i in tqdm(range(spec.num_layers), desc="layers", unit="layer", disable=not progress, leave=False):
             p = f"model.layers.{i}."
-            past = [w.input(names["inputs"][4 + 2 * i + j], t, past_shape) for j in (0, 1)]
+            past = [w.input(names["inputs"][first_past + 2 * i + j], t, past_shape) for j in (0, 1)]
             ln = self.norm_weight(p + f"{norms.attention_in}.weight")
             if layer_out is None:
                 normed = self._norm(residual, ln, f"{p}input_norm")
@@ -179,7 +187,8 @@ class DynamicDecoderGraph:
         if not self.options.all_logits:
             # Logits for the last LOGITS_ROWS positions only: 1 to sample (skips a [S, vocab] matmul in prefill), k+1 to
             # verify k proposed tokens in one run (speculative decoding).
-            start = w.node("Neg", [logits_rows], name="last_rows/start")[0]
+            start = (w.node("Neg", [logits_rows], name="last_rows/start")[0] if logits_rows
+                     else w.constant("last.start", [-1]))
             normed = w.node(
                 "Slice", [normed, start, w.constant("last.end", [np.iinfo(np.int64).max]), w.constant("last.axis", [1])],
                 name="last_rows",

@@ -82,7 +82,7 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
 
         return build_static_graphs(weights, options, folder, progress)
     from ..graph_contract import dynamic_io
-    from .dynamic_graph import DynamicDecoderGraph, cache_layout, has_greedy_output
+    from .dynamic_graph import DynamicDecoderGraph, cache_layout, has_greedy_output, has_logits_rows
 
     writer = GraphWriter(folder / "model.onnx.data")
     try:
@@ -90,7 +90,8 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
         writer.save(folder / "model.onnx", producer=f"edgeinfer {__version__}")
     finally:
         writer.close()
-    return {"decoder": {"file": "model.onnx", **dynamic_io(weights.spec.num_layers, has_greedy_output(options))},
+    io = dynamic_io(weights.spec.num_layers, has_greedy_output(options), has_logits_rows(options))
+    return {"decoder": {"file": "model.onnx", **io},
             "kv_dtype": options.activation_dtype, "kv_layout": cache_layout(options)}
 
 
