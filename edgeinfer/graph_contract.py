@@ -3,8 +3,9 @@
 Both sides import this module and neither imports the other, so loading a package never pulls in onnx,
 the quantizer or the graph builders. Runners find inputs and outputs by these names, never by position.
 
-Dynamic graphs (cpu, cuda): input_ids, seqlens_k, total_sequence_length, logits_rows (how many of the last rows get
-logits: 1 to sample, k+1 to verify k proposed tokens) and one past input per layer and kind; logits, one present output
+Dynamic graphs (cpu, cuda): input_ids, seqlens_k, total_sequence_length, on cpu logits_rows (how many of the last rows
+get logits: 1 to sample, k+1 to verify k proposed tokens; cuda graphs return the last row) and one past input per
+layer and kind; logits, one present output
 per layer and kind, and on cuda the greedy token of each logits row.
 Static graphs (qnn), one or more parts per role: the hidden state in (inputs_embeds for the first part), rotary
 rows (one table per RoPE the layers use), the additive masks (one per attention window) and each layer's past;

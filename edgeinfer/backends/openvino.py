@@ -25,12 +25,11 @@ from collections import Counter
 from pathlib import Path
 
 import onnxruntime as ort
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf, NoSuchFile
 
 from ..cache_dir import cache_root, private_folder
-from ..errors import BackendError, PackageError, last_line
+from ..errors import BackendError
 from ..package import sha256_of
-from .base import Availability, Backend, BackendOptions
+from .base import Availability, Backend, BackendOptions, open_whole
 
 EP_NAME = "OpenVINOExecutionProvider"
 DEVICES = ("npu", "gpu", "cpu", "auto")  # `openvino:<device>`; plain `openvino` takes the first offered of the three
@@ -197,20 +196,12 @@ class OpenVINOBackend(Backend):
                 "allow_fallback": options.allow_fallback}
 
     def _open(self, model_path: str, options: BackendOptions, cache_dir: Path | None) -> ort.InferenceSession:
-        try:
-            session = ort.InferenceSession(model_path, sess_options=self.session_options(options, cache_dir))
-        except (InvalidProtobuf, InvalidGraph, NoSuchFile) as exc:  # the file, not the device
-            raise PackageError(f"{model_path} is not a valid model ({last_line(exc)}): the package is damaged, re-export it") from None
-        except Exception as exc:
-            message = last_line(exc)
-            if "fallback" in message.lower() or "CPU EP" in message:
-                rejected = self.rejected_ops(model_path, options)
-                raise BackendError(
-                    f"openvino: {Path(model_path).name} has nodes OpenVINO {self.device().upper()} does not take "
-                    f"({rejected or 'see the onnxruntime log'}): export with --target openvino, or pass allow_fallback / "
-                    "--allow-fallback to run them on the CPU EP"
-                ) from None
-            raise BackendError(f"openvino: cannot create a session for {model_path}: {message}") from None
+        session = open_whole(
+            "openvino", model_path,
+            lambda: ort.InferenceSession(model_path, sess_options=self.session_options(options, cache_dir)),
+            lambda: self.rejected_ops(model_path, options), f"OpenVINO {self.device().upper()}",
+            "export with --target openvino, or pass allow_fallback / --allow-fallback to run them on the CPU EP",
+        )
         self.last_assignment = node_assignment(session)
         return session
 
