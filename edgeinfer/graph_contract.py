@@ -49,6 +49,12 @@ def dynamic_io(num_layers: int, greedy_output: bool = False, logits_rows: bool =
     }
 
 
+# onnxruntime-genai's view of a dynamic package (export/genai_graph.py, export/genai_config.py): its config and a
+# decoder graph that takes genai's int64 attention_mask instead of seqlens_k/total_sequence_length/logits_rows and
+# reads the same weights file.
+GENAI_CONFIG, GENAI_DECODER = "genai_config.json", "genai_model.onnx"
+
+
 def cache_pairs(num_layers: int) -> list[tuple[str, str]]:
     """(past input, present output) of every layer and kind: the pairs a runner binds to one buffer each."""
     return [(past_name(i, k), present_name(i, k)) for i in range(num_layers) for k in CACHE_KINDS]
