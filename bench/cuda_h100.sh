@@ -11,6 +11,8 @@
 #   or, after SWEEP=1 ... start:  run(carry=[".carry"], "bash bench/cuda_h100.sh sweep")   block sizes x kernel switches
 #   or, after start (part03 carried):  run(carry=[".carry"], "bash bench/cuda_h100.sh speculate")   issue 16: verify-run
 #   cost by width, greedy check, effective decode per kind estimated from bench/results/speculative-cpu-*.json
+#   or, after start and the parts:  run(carry=[".carry"], "bash bench/cuda_h100.sh genai 2>&1 | tee $OUT/genai_log.txt")
+#     (.carry = part03 if `run` has not unpacked it yet): edgeinfer's own 1.5B cuda package under onnxruntime-genai-cuda
 # Results land in $OUT (edgeinfer bench JSON with and without CUDA graphs, onnxruntime-genai JSON, the
 # comparison table, GPU/CPU parity) and are copied into bench/results/ by hand.
 set -uo pipefail
@@ -170,6 +172,25 @@ sweep() {  # decode/TTFT of each layout under each MatMulNBits kernel choice, th
                 --repeat 5 --no-sweep --json $OUT/sweep-$name${env:+-${env%%=*}}.json 2>&1 | grep "^| " | tail -2
         done
     done
+}
+
+genai() {  # issue 18: the edgeinfer cuda package as an onnxruntime-genai model folder, against edgeinfer's own runtime
+    setup || exit 1
+    export PYTHONPATH=$SITE:$PWD
+    python3 -c "import onnxruntime as o; o.preload_dlls(); import onnxruntime_genai as g; print('onnxruntime', o.__version__, 'genai', g.__version__)"
+    wait_for export_cuda 300 || exit 1
+    local pkg
+    pkg=$(tail -1 $LOG/export_cuda.log)
+    echo "== greedy ids: edgeinfer vs onnxruntime-genai-cuda (genai_config.json as exported: CUDA graphs on)"
+    timeout 300 python3 bench/genai_greedy.py "$pkg" --device cuda --tokens 64 | tee $OUT/genai_greedy_h100.jsonl | tail -1
+    echo "== decode and prefill, the same package, edgeinfer then genai then edgeinfer again (drift check)"
+    local bench=(--prompt-len 128,1024 --gen-len 256 --repeat 5 --no-sweep)
+    python3 -m edgeinfer.cli bench --device cuda --model "$pkg" "${bench[@]}" --json $OUT/genai_edge_a.json 2>&1 | grep "^| " | tail -2
+    timeout 300 python3 bench/peers/ort_genai_driver.py "$pkg" --device cuda --prompt-lens 128 1024 --gen-len 256 --repeat 5 \
+        > $OUT/genai_on_pkg.json || echo "onnxruntime-genai-cuda failed on the package"
+    python3 -m edgeinfer.cli bench --device cuda --model "$pkg" "${bench[@]}" --json $OUT/genai_edge_b.json 2>&1 | grep "^| " | tail -2
+    python3 bench/genai_speed.py --edgeinfer edgeinfer=$OUT/genai_edge_a.json edgeinfer-again=$OUT/genai_edge_b.json \
+        --genai genai-on-edgeinfer-pkg=$OUT/genai_on_pkg.json --within 0.05 | tee $OUT/genai_speed_h100.md
 }
 
 "$@"
