@@ -384,3 +384,27 @@ def test_a_manifest_with_a_damaged_family_fact_is_refused_in_one_line(families, 
     with pytest.raises(PackageError) as caught:
         edgeinfer.load(package).generate("Hi", max_new_tokens=2)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_onnxruntime_genai_runs_each_family_as_exported(families, family):
+    """Each family's package folder is an onnxruntime-genai model folder: genai's Generator, on its own view of the
+    decoder (genai_model.onnx), picks transformers' greedy tokens, as edgeinfer does."""
+    import onnxruntime_genai as og
+
+    from edgeinfer.graph_contract import GENAI_CONFIG
+
+    package = families.package(family, "cpu")
+    config = json.loads((package / GENAI_CONFIG).read_text())
+    tokens, _ = families.reference(family).greedy(PROMPT, GREEDY_TOKENS)
+    model = og.Model(str(package))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=config["search"]["max_length"])
+    generator = og.Generator(model, params)
+    generator.append_tokens(PROMPT)
+    picked = []
+    while not generator.is_done() and len(picked) < GREEDY_TOKENS:  # genai stops at an eos, transformers' greedy not
+        generator.generate_next_token()
+        picked.append(int(generator.get_next_tokens()[0]))
+    assert len(picked) > 4 and picked == tokens[: len(picked)]
+    assert len(picked) == GREEDY_TOKENS or picked[-1] in config["model"]["eos_token_id"]
