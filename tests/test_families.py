@@ -344,7 +344,7 @@ def test_the_cuda_graph_in_fp16_agrees_with_fp32_on_the_cpu_ep(name, tmp_path):
         kv = manifest.kv_cache
         past = {n: np.zeros((1, kv["num_kv_heads"], kv["length"], kv["head_dim"]), dtype)
                 for n in manifest.graphs["decoder"]["inputs"] if n.startswith("past_key_values.")}
-        rows_input = {"logits_rows": np.array([1], np.int64)} if "logits_rows" in manifest.graphs["decoder"]["inputs"] else {}
+        rows_input = {"logits_start": np.array([-1], np.int64)} if "logits_start" in manifest.graphs["decoder"]["inputs"] else {}
         sequence, fed, picked = list(PROMPT), 0, []
         for step in range(9):
             feeds = {"input_ids": np.array([sequence[fed:]], np.int64), "seqlens_k": np.array([len(sequence) - 1], np.int32),

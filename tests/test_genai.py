@@ -15,7 +15,7 @@ import pytest
 import edgeinfer
 from edgeinfer.errors import PackageError
 from edgeinfer.export.genai_config import genai_config
-from edgeinfer.graph_contract import GENAI_CONFIG, GENAI_DECODER, LOGITS_ROWS
+from edgeinfer.graph_contract import GENAI_CONFIG, GENAI_DECODER, LOGITS_START
 from edgeinfer.package import load_manifest, sha256_of
 from edgeinfer.sampler import GREEDY
 
@@ -103,12 +103,12 @@ def test_genai_config_is_written_from_the_manifest_and_hashed(chatml_pkg):
 
 def test_genai_graph_shares_the_weights_and_keeps_edgeinfer_graph_as_it_was(chatml_pkg):
     """genai's view adds only the mask nodes: the same weights file, no tensor stored twice, and edgeinfer's own graph
-    still takes seqlens_k, total_sequence_length and logits_rows (speculation's verify runs)."""
+    still takes seqlens_k, total_sequence_length and logits_start (speculation's verify runs)."""
     ours = onnx.load(str(chatml_pkg / "model.onnx"), load_external_data=False).graph
     theirs = onnx.load(str(chatml_pkg / GENAI_DECODER), load_external_data=False).graph
     assert [i.name for i in theirs.input][:2] == ["input_ids", "attention_mask"]
-    assert {"seqlens_k", "total_sequence_length", LOGITS_ROWS} <= {i.name for i in ours.input}
-    assert not {"seqlens_k", "total_sequence_length", LOGITS_ROWS} & {i.name for i in theirs.input}
+    assert {"seqlens_k", "total_sequence_length", LOGITS_START} <= {i.name for i in ours.input}
+    assert not {"seqlens_k", "total_sequence_length", LOGITS_START} & {i.name for i in theirs.input}
     # genai treats logits as last-position-only when their sequence dim is the literal 1 (Model::IsPruned)
     logits = next(o for o in theirs.output if o.name == "logits")
     assert logits.type.tensor_type.shape.dim[1].dim_value == 1

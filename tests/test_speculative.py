@@ -103,14 +103,45 @@ def test_verify_returns_the_rows_asked_for(tiny_cpu):
         rows.runner.run(np.array(prompt[:2]), 0, rows=3)
 
 
-def test_old_packages_without_logits_rows_decode_plainly(tiny_cpu, tmp_path):
-    """A package whose graph lacks logits_rows (exported before it) runs auto as plain decoding; lookup says why not."""
+def test_old_packages_without_logits_start_decode_plainly(tiny_cpu, tmp_path):
+    """A package whose graph picks no rows (exported before speculation) runs auto as plain decoding; lookup says why
+    not."""
     model = edgeinfer.load(tiny_cpu)
     generator = model.generator(GREEDY)
     generator.runner.verify_rows = 1  # what such a package's runner reports
     assert speculative_loop(generator, [1, 2], StopCriteria(4), Speculation("auto")) is None
     with pytest.raises(GenerationError, match="re-export"):
         speculative_loop(generator, [1, 2], StopCriteria(4), Speculation("lookup"))
+
+
+def test_packages_that_take_the_row_count_still_speculate(tiny_fp32, tmp_path):
+    """cpu packages of 2026-12-01 took logits_rows (the row count, negated in the graph) where packages now take
+    logits_start: the runner feeds each its own, and speculation gives the plain tokens on both."""
+    import json
+    import shutil
+
+    import onnx
+    from onnx import helper
+
+    from edgeinfer.package import MANIFEST, describe_files
+
+    old = Path(shutil.copytree(tiny_fp32, tmp_path / "old"))
+    model = onnx.load(str(old / "model.onnx"))
+    graph = model.graph
+    start = next(i for i in graph.input if i.name == "logits_start")
+    start.name = "logits_rows"
+    graph.node.insert(0, helper.make_node("Neg", ["logits_rows"], ["logits_start"], name="last_rows/start"))
+    onnx.save(model, str(old / "model.onnx"))
+    manifest = json.loads((old / MANIFEST).read_text())
+    inputs = manifest["graphs"]["decoder"]["inputs"]
+    inputs[inputs.index("logits_start")] = "logits_rows"
+    manifest["files"] = describe_files(old, sorted(manifest["files"]))
+    (old / MANIFEST).write_text(json.dumps(manifest))
+
+    plain = edgeinfer.load(tiny_fp32).generate(CODE * 2, 40, GREEDY, raw=True, ignore_eos=True, speculate="off")
+    for folder in (tiny_fp32, old):
+        result = edgeinfer.load(folder).generate(CODE * 2, 40, GREEDY, raw=True, ignore_eos=True, speculate="lookup")
+        assert result.token_ids == plain.token_ids and result.timings.accepted_tokens > 0
 
 
 def test_speculation_settings_are_checked():
@@ -270,7 +301,7 @@ def test_fixed_width_verify_runs_give_the_plain_tokens(tiny_cpu):
 
     model = edgeinfer.load(tiny_cpu)
     plan = binding_plan(model.manifest, "cpu", fixed_decode_inputs=True)
-    assert plan.verify_width == VERIFY_WIDTH and plan.logits_rows
+    assert plan.verify_width == VERIFY_WIDTH and plan.rows_input == "logits_start"
     prompt = model.tokenizer.encode(CODE * 2)
     plain = model.generate(CODE * 2, 40, GREEDY, raw=True, ignore_eos=True, speculate="off").token_ids
     runner = DynamicRunner(model.engine.session, model.manifest, plan=plan)

@@ -86,7 +86,7 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
 
         return build_static_graphs(weights, options, folder, progress)
     from ..graph_contract import dynamic_io
-    from .dynamic_graph import DynamicDecoderGraph, cache_layout, has_greedy_output, has_logits_rows
+    from .dynamic_graph import DynamicDecoderGraph, cache_layout, has_greedy_output, has_logits_start
 
     writer = GraphWriter(folder / "model.onnx.data")
     try:
@@ -94,7 +94,7 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
         writer.save(folder / "model.onnx", producer=f"edgeinfer {__version__}")
     finally:
         writer.close()
-    io = dynamic_io(weights.spec.num_layers, has_greedy_output(options), has_logits_rows(options))
+    io = dynamic_io(weights.spec.num_layers, has_greedy_output(options), has_logits_start(options))
     return {"decoder": {"file": "model.onnx", **io},
             "kv_dtype": options.activation_dtype, "kv_layout": cache_layout(options)}
 
