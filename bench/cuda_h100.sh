@@ -13,6 +13,9 @@
 #   cost by width, greedy check, effective decode per kind estimated from bench/results/speculative-cpu-*.json
 #   or, after start and the parts:  run(carry=[".carry"], "bash bench/cuda_h100.sh genai 2>&1 | tee $OUT/genai_log.txt")
 #     (.carry = part03 if `run` has not unpacked it yet): edgeinfer's own 1.5B cuda package under onnxruntime-genai-cuda
+#   or, issue 16 on real weights: the GGUF split into .gpuwhl/gguf/g.00..17 (`split -b 62100000 -d -a 2 GGUF g.`),
+#     carried one piece a call after the four parts (`mkdir -p /root/g && cp .carry/g.* /root/g/`), then
+#     run(carry=[".carry"], "bash bench/cuda_h100.sh speculate_real")   GPU tests, the real cuda package, 12 prompts
 # Results land in $OUT (edgeinfer bench JSON with and without CUDA graphs, onnxruntime-genai JSON, the
 # comparison table, GPU/CPU parity) and are copied into bench/results/ by hand.
 set -uo pipefail
@@ -122,6 +125,22 @@ speculate() {  # issue 16 on the GPU: verify-run cost by width (captured graphs)
         python3 -m edgeinfer.cli bench --device cuda --prompt-len 128 --gen-len 256 --repeat 3 --no-sweep \
             --speculate $mode --json $OUT/edgeinfer_cuda_h100_spec_$mode.json 2>&1 | grep "^| " | tail -2
     done
+}
+
+GGUF_SHA256=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046  # qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+
+speculate_real() {  # issue 16 on the GPU: speculation on the real Qwen2.5-Coder GGUF (carried in pieces), 12 prompts
+    setup || exit 1
+    export PYTHONPATH=$SITE:$PWD
+    local gguf=/root/g/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf pkg=/root/pkg-real-cuda
+    [[ -f $gguf ]] || cat /root/g/g.* > $gguf
+    echo "$GGUF_SHA256  $gguf" | sha256sum -c --quiet || { echo "the GGUF pieces do not add up"; exit 1; }
+    echo "== GPU tests: the CUDA backend (speculation's verify graph included)"
+    timeout 200 python3 -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider 2>&1 | tail -6
+    [[ -f $pkg/manifest.json ]] || python3 -m edgeinfer.cli export $gguf -o $pkg --target cuda --force 2>&1 | tail -1
+    echo "== 12 real prompts, plain against lookup speculation (llama.cpp CUDA: 673 tok/s plain, ../shared/BASELINES.md)"
+    timeout 400 python3 bench/speculative.py $pkg $gguf --device cuda --llama-bin /nonexistent \
+        --out $OUT/speculative-cuda-h200 2>&1 | tail -30
 }
 
 setup() {  # the last carried piece: unpack onnxruntime-gpu and onnxruntime-genai into $SITE

@@ -333,3 +333,19 @@ def test_gpu_logits_match_cpu_logits(cuda_pkg):
     np.testing.assert_allclose(gen.logits, reference.forward(np.array([1, 2, 3, 4]), 0), atol=2e-2)
     gen.append([9])  # a graph replay
     np.testing.assert_allclose(gen.logits, reference.forward(np.array([9]), 4), atol=2e-2)
+
+
+@needs_gpu
+def test_gpu_speculation_replays_its_verify_graph_and_keeps_the_plain_tokens(cuda_pkg):
+    """Lookup speculation on the GPU: verify runs of the fixed width replay their own CUDA graph beside the decode
+    step's, and greedy output is the plain one."""
+    model = edgeinfer.load(cuda_pkg, device="cuda")
+    text = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n" * 2
+
+    def generate(speculate):
+        return model.generate(text, 48, GREEDY, raw=True, ignore_eos=True, speculate=speculate)
+
+    plain, spec = generate("off"), generate("lookup")
+    assert spec.timings.accepted_tokens > 0 and spec.timings.forward_passes < 48
+    assert spec.token_ids == plain.token_ids
+    assert model.engine.graph_capture
