@@ -141,6 +141,12 @@ speculate_real() {  # issue 16 on the GPU: speculation on the real Qwen2.5-Coder
     echo "== 12 real prompts, plain against lookup speculation (llama.cpp CUDA: 673 tok/s plain, ../shared/BASELINES.md)"
     timeout 400 python3 bench/speculative.py $pkg $gguf --device cuda --llama-bin /nonexistent \
         --out $OUT/speculative-cuda-h200 2>&1 | tail -30
+    echo "== issue 18 on real weights: the same package under onnxruntime-genai-cuda (greedy ids, then decode)"
+    timeout 200 python3 bench/genai_greedy.py $pkg --device cuda --tokens 128 2>/dev/null > $OUT/genai_greedy_real.jsonl; tail -1 $OUT/genai_greedy_real.jsonl
+    local bench=(--prompt-len 128,1024 --gen-len 256 --repeat 5 --no-sweep)
+    python3 -m edgeinfer.cli bench --device cuda --model $pkg "${bench[@]}" --json $OUT/genai_real_edge.json 2>&1 | grep "^| " | tail -2
+    timeout 200 python3 bench/peers/ort_genai_driver.py $pkg --device cuda --prompt-lens 128 1024 --gen-len 256 --repeat 5 > $OUT/genai_real_genai.json
+    python3 bench/genai_speed.py --edgeinfer edgeinfer=$OUT/genai_real_edge.json --genai genai-on-edgeinfer-pkg=$OUT/genai_real_genai.json --within 0.05
 }
 
 setup() {  # the last carried piece: unpack onnxruntime-gpu and onnxruntime-genai into $SITE

@@ -118,16 +118,21 @@ class DraftBudget:
 
     A step with k proposals yields E(k) = (1 - a^(k+1)) / (1 - a) tokens on average, where a is the chance that the
     next proposal is kept given the ones before it were (estimated from recent steps), and costs t(k), the measured
-    time of such a step (moving averages per k; a straight line through the measured ones for the others). The
-    budget is the k <= ROOM with the most tokens per second (the proposer may offer fewer); 0 is plain decoding. Where no k > 0
-    pays, a short proposal is still tried every PROBE_EVERY steps so that a reply that starts quoting is noticed.
+    time of such a step (moving averages per k; a straight line through the measured ones for the others). A runner
+    that pads every verify run to one width (FIXED_WIDTH: a GPU replaying one captured graph) pays one t for every
+    k > 0, so it proposes all it can or nothing. The budget is the k <= ROOM with the most tokens per second (the
+    proposer may offer fewer); 0 is plain decoding. Where no k > 0 pays, a proposal is still tried now and then so that
+    a reply that starts quoting is noticed: every PROBE_EVERY steps, or as many more as keep a failed probe's extra
+    time under PROBE_SHARE of the plain steps' (a verify run costs 1.1x a decode step on the CPU, 1.8x on the H200).
     """
 
     DECAY = 0.9  # moving averages over roughly the last 10 steps
     PROBE_EVERY = 16
+    PROBE_SHARE = 0.02
+    SHORT_PROBE = 2
 
-    def __init__(self, max_proposed: int, adaptive: bool = True):
-        self.max_proposed, self.adaptive = max_proposed, adaptive
+    def __init__(self, max_proposed: int, adaptive: bool = True, fixed_width: bool = False):
+        self.max_proposed, self.adaptive, self.fixed_width = max_proposed, adaptive, fixed_width
         self.kept, self.missed = 1.0, 0.5  # prior: a = 2/3, optimistic enough to try proposals at the start
         self.times: dict[int, float] = {}
         self.since_proposed = 0
@@ -137,14 +142,22 @@ class DraftBudget:
         return self.kept / (self.kept + self.missed)
 
     def cost(self, k: int) -> float:
-        if k in self.times:
-            return self.times[k]
+        key = min(k, 1) if self.fixed_width else k
+        if key in self.times:
+            return self.times[key]
         base = self.times.get(0)
         wider = {n: t for n, t in self.times.items() if n > 0}
         if base is None or not wider:  # unmeasured: a run of k+1 rows costs a little more than one row
             return (base or 1.0) * (1.0 + 0.1 * k)
         slope = max(sum((t - base) * n for n, t in wider.items()) / sum(n * n for n in wider), 0.0)
         return base + slope * k
+
+    def probe_every(self, k: int) -> int:
+        """Plain steps between probes of K proposals: PROBE_EVERY, or more where a probe costs more."""
+        base = self.times.get(0)
+        if base is None or base <= 0:
+            return self.PROBE_EVERY
+        return max(self.PROBE_EVERY, int(np.ceil((self.cost(k) - base) / (self.PROBE_SHARE * base))))
 
     def choose(self, available: int) -> int:
         """Proposals to ask for this step, at most AVAILABLE."""
@@ -154,13 +167,15 @@ class DraftBudget:
         a = min(self.acceptance, 0.999)
         rate = [(1 - a ** (k + 1)) / (1 - a) / self.cost(k) for k in range(available + 1)]
         best = int(np.argmax(rate))
-        if best == 0 and self.since_proposed >= self.PROBE_EVERY:
-            best = min(available, 2)
+        if best == 0:
+            probe = available if self.fixed_width else min(available, self.SHORT_PROBE)
+            if self.since_proposed >= self.probe_every(probe):
+                best = probe
         return best
 
     def record(self, proposed: int, kept: int, seconds: float) -> None:
-        d = self.DECAY
-        self.times[proposed] = seconds if proposed not in self.times else d * self.times[proposed] + (1 - d) * seconds
+        d, key = self.DECAY, min(proposed, 1) if self.fixed_width else proposed
+        self.times[key] = seconds if key not in self.times else d * self.times[key] + (1 - d) * seconds
         if proposed:
             self.kept = d * self.kept + kept
             self.missed = d * self.missed + (1.0 if kept < proposed else 0.0)
@@ -267,6 +282,7 @@ def speculative_loop(generator: Generator, prompt_ids: list[int], stop: StopCrit
             raise GenerationError(f"the draft model's vocabulary ({draft.spec.vocab_size}) is not the target's "
                                   f"({generator.vocab_size}): pick a draft with the same tokenizer")
         proposer: Proposer = DraftModel(draft.generator(generator.sampling), generator.sampling, release_draft or draft.recycle)
-        return SpeculativeLoop(generator, prompt_ids, stop, proposer, DraftBudget(speculation.max_proposed), "draft")
-    budget = DraftBudget(speculation.max_proposed, adaptive=mode == "auto")
+        budget = DraftBudget(speculation.max_proposed, fixed_width=runner.verify_width is not None)
+        return SpeculativeLoop(generator, prompt_ids, stop, proposer, budget, "draft")
+    budget = DraftBudget(speculation.max_proposed, adaptive=mode == "auto", fixed_width=runner.verify_width is not None)
     return SpeculativeLoop(generator, prompt_ids, stop, PromptLookup(), budget, "lookup")

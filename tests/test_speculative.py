@@ -159,9 +159,31 @@ def test_budget_stops_proposing_where_proposals_fail_and_probes_now_and_then():
         budget.record(3, 0, 0.045)  # every proposal rejected at its first token, a wider run costing more
     picks = [budget.choose(7) for _ in range(3)]
     assert picks == [0, 0, 0]
-    for _ in range(DraftBudget.PROBE_EVERY):
+    assert budget.probe_every(2) == 17  # a probe of 2 costs a third of a step more: 2% of 17 steps
+    for _ in range(budget.probe_every(2)):
         budget.record(0, 0, 0.030)
     assert budget.choose(7) == 2  # a short probe
+
+
+def test_budget_of_a_fixed_width_runner_proposes_all_or_nothing_and_probes_less_often():
+    """A GPU pads every verify run to one captured width: any k > 0 costs the same (the H200's figures: 1.83 ms a
+    decode step, 3.28 ms a verify run), so a probe proposes all it can, and as rarely as keeps its cost at ~2%."""
+    budget = DraftBudget(7, fixed_width=True)
+    for _ in range(20):
+        budget.record(0, 0, 0.00183)
+        budget.record(2, 0, 0.00328)  # rejected at once
+    assert budget.cost(7) == budget.cost(1) == pytest.approx(0.00328, rel=1e-6)
+    assert budget.choose(7) == 0
+    every = budget.probe_every(7)
+    assert every == 40  # ceil((3.28 - 1.83) / (0.02 * 1.83))
+    for _ in range(every - 1):
+        budget.record(0, 0, 0.00183)
+    assert budget.choose(7) == 0
+    budget.record(0, 0, 0.00183)
+    assert budget.choose(7) == 7 and budget.choose(3) == 3
+    for _ in range(10):
+        budget.record(7, 7, 0.00328)  # now every proposal is kept
+    assert budget.choose(7) == 7 and budget.choose(5) == 5
 
 
 def test_budget_proposes_long_where_proposals_are_kept():
