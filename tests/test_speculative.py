@@ -186,6 +186,20 @@ def test_budget_of_a_fixed_width_runner_proposes_all_or_nothing_and_probes_less_
     assert budget.choose(7) == 7 and budget.choose(5) == 5
 
 
+def test_budget_keeps_acceptance_per_evidence_and_lookup_says_its_match_length():
+    """Lookup's long matches are kept where its one-token matches fail: the budget proposes on the first, not the second."""
+    budget = DraftBudget(7)
+    for _ in range(20):
+        budget.record(0, 0, 0.030)
+        budget.record(7, 7, 0.040, evidence=4)
+        budget.record(7, 0, 0.040, evidence=1)
+    assert budget.acceptance(4) > 0.9 > 0.1 > budget.acceptance(1)
+    assert budget.choose(7, evidence=4) == 7 and budget.choose(7, evidence=1) == 0
+    lookup = PromptLookup()
+    assert lookup.propose([5, 6, 7, 8, 9, 1, 6, 7, 8], 3) == Proposal([9, 1, 6], evidence=3)
+    assert lookup.propose([5, 6, 7, 1, 7], 2).evidence == 1 and lookup.propose([1, 2, 3], 2) == Proposal([])
+
+
 def test_budget_proposes_long_where_proposals_are_kept():
     budget = DraftBudget(7)
     for _ in range(20):
@@ -217,6 +231,8 @@ class MarkovRunner(Runner):
 
 class FixedProposer:
     """Proposes draws from a fixed distribution Q of its own (q != p), returning Q with them."""
+
+    free = False
 
     def __init__(self, q: np.ndarray, rng):
         self.q, self.rng = q, rng
