@@ -25,7 +25,6 @@ CACHE_KINDS = ("key", "value")
 # Dynamic graphs.
 INPUT_IDS, SEQLENS, TOTAL_LENGTH = "input_ids", "seqlens_k", "total_sequence_length"
 LOGITS = "logits"
-# int64 [1]: logits for the last this-many rows of the run (packages exported before it had it return the last row only).
 # Where the logits rows start, counted from the end (host memory, int64 [1]): the Slice reads it as it is, so no node
 # sits between a host input and the GPU (a node off the GPU would keep the decode step from being one CUDA graph).
 LOGITS_START = "logits_start"
