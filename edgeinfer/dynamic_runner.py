@@ -249,6 +249,10 @@ class DynamicRunner(Runner):
         """The cache buffers as numpy views (host caches only): for tests and inspection."""
         return [v.numpy() for v in self._cache]
 
+    def touch_cache(self) -> None:
+        if self.device == "cpu":  # device buffers are written when they are made
+            super().touch_cache()
+
     # -- buffers --------------------------------------------------------------------------------------------
     def _bind_outputs(self, rows: int) -> None:
         """Bind the logits (and greedy) buffers of ROWS rows to the prefill binding (and, for one row, the decode one).
