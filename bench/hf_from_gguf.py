@@ -5,6 +5,7 @@ what onnxruntime-genai's own builder reads, so its package and edgeinfer's start
     python -m onnxruntime_genai.models.builder -i OUT_DIR -o GENAI_DIR -p int4 -e cpu -c CACHE
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +20,9 @@ def main(gguf: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.config.quantization_config = None
     model.config.save_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    config.pop("quantization_config", None)  # written as null, which genai's builder reads as a dict
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     model.generation_config.save_pretrained(out)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors", metadata={"format": "pt"})
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
