@@ -1,8 +1,8 @@
 """One table from an `edgeinfer bench --device cpu` JSON, an `edgeinfer bench --device openvino` JSON and the
 openvino-genai peer's JSON (bench/run_peers.py --peers ov_genai) of the same run, with the ratios, and the fidelity
-of `edgeinfer verify PKG --reference FP32 --device openvino --json` when given.
+of `edgeinfer eval PKG... --device ... --reference FP32 --json` (or `edgeinfer verify ... --json`) when given.
 
-    python bench/openvino_summary.py CPU.json OPENVINO.json PEER.json [--verify VERIFY.json]
+    python bench/openvino_summary.py CPU.json OPENVINO.json PEER.json [--eval EVAL.json] [--verify VERIFY.json]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("cpu", type=Path)
     ap.add_argument("openvino", type=Path)
     ap.add_argument("peer", type=Path)
+    ap.add_argument("--eval", type=Path)
     ap.add_argument("--verify", type=Path)
     args = ap.parse_args()
     cpu, ov, peer = edgeinfer_rows(args.cpu), edgeinfer_rows(args.openvino), peer_rows(args.peer)
@@ -53,6 +54,12 @@ def main() -> None:
     for name, other in (("edgeinfer --device cpu", cpu), ("openvino-genai", peer)):
         print(f"- edgeinfer openvino / {name}: prefill x{ov['prefill'] / other['prefill']:.2f}, decode x{ov['decode'] / other['decode']:.2f}")
     print(f"- openvino-genai: {peer['notes']}")
+    if args.eval:
+        reports = json.loads(args.eval.read_text())
+        print("\n| package (eval) | reference | scored tokens | same top token | mean KLD | PPL ratio |\n|---|---|---|---|---|---|")
+        for r in reports if isinstance(reports, list) else [reports]:
+            print(f"| {r['package']} | {r['reference']} | {r['scored_tokens']} | {r['same_top_pct']:.2f}% | {r['kld_mean']:.5f} | "
+                  f"{r['perplexity_ratio']:.4f} |")
     if args.verify:
         v = json.loads(args.verify.read_text())
         for key in ("vs_reference", "device_vs_reference", "device_vs_cpu_ep"):
