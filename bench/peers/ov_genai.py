@@ -4,7 +4,9 @@ asymmetric groups of 128, int8 backup where its rules keep 8 bits), and LLMPipel
 by a driver in the peer's venv (bench/.peers/venv-openvino; it pins transformers to what optimum-intel supports).
 
 OPENVINO_GENAI_MODEL runs real weights instead: a Hugging Face folder (converted the same way) or an OpenVINO IR folder
-that optimum-intel made (used as it is); e.g. a GGUF dequantized by transformers and saved with save_pretrained."""
+that optimum-intel made (used as it is); e.g. a GGUF dequantized by transformers and saved with save_pretrained.
+OPENVINO_GENAI_PRECISION=f32 runs it at the precision edgeinfer asks of OpenVINO's CPU device (its default here is
+bf16 where the CPU has it)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from .ort_genai import hf_checkpoint
 
 PYTHON = Path(os.environ.get("OPENVINO_GENAI_PYTHON", PEERS / "venv-openvino" / "bin" / "python"))
 MODEL = os.environ.get("OPENVINO_GENAI_MODEL")  # None: random weights of the target shape
+PRECISION = os.environ.get("OPENVINO_GENAI_PRECISION")  # e.g. f32 as edgeinfer's openvino:cpu; None: OpenVINO's default
 IR_FILE = "openvino_model.xml"
 FIX = "bash bench/setup_peers.sh ov_genai"
 
@@ -63,7 +66,8 @@ def run(prompt_lens: list[int], gen_len: int, repeat: int, threads: int, workdir
         raise PeerNotInstalled(why)
     model, weights = model_folder(workdir.resolve())
     cmd = [PYTHON, Path(__file__).with_name("ov_genai_driver.py"), model, "--prompt-lens", *map(str, prompt_lens),
-           "--gen-len", str(gen_len), "--repeat", str(repeat), "--threads", str(threads)]
+           "--gen-len", str(gen_len), "--repeat", str(repeat), "--threads", str(threads),
+           *(["--precision", PRECISION] if PRECISION else [])]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     notes = (f"openvino {out['openvino']}, openvino-genai {out['openvino_genai']}, optimum-intel int4 IR, CPU device "
              f"(inference precision {out['inference_precision']}, KV cache {out['kv_cache_precision']}), {weights}")
