@@ -256,9 +256,10 @@ def compare(packages: list[str | Path], text: str | None = None, text_name: str 
             chunk_started = time.perf_counter()
             score_chunk(scores[i], candidate.scored_logits(chunk, first), targets, ref_logits)
             seconds[i] += time.perf_counter() - chunk_started
-        if progress:
+        if progress:  # the running figures: a long evaluation stopped early still says how it stood
             running = ", ".join(f"{np.exp(np.mean(s.nll)):.4f}" for s in scores)
-            print(f"[{c + 1}/{count}] running perplexity {running}", file=sys.stderr, flush=True)
+            agreeing = "" if ref is None else ", same top token " + ", ".join(f"{100 * np.mean(s.same_top):.2f}%" for s in scores)
+            print(f"[{c + 1}/{count}] running perplexity {running}{agreeing}", file=sys.stderr, flush=True)
     total = time.perf_counter() - started
     return [_report(candidate, ref, text_name or "text", len(ids), context, count, s, seconds[i] if len(candidates) > 1 else total)
             for i, (candidate, s) in enumerate(zip(candidates, scores))]
