@@ -58,7 +58,7 @@ def _eval(args) -> None:
 
     name, text = read_text(args.text) if args.text else (None, None)
     reports = compare(args.packages, text, name, args.reference, args.context, None if args.chunks == 0 else args.chunks,
-                      args.threads)
+                      args.threads, devices=args.device)
     print("\n\n".join(report.markdown() for report in reports))
     if args.json:
         write_json(reports, args.json)
@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "Hugging Face folder that transformers runs in float32")
     p.add_argument("--context", type=int, default=512, help="tokens per chunk (llama-perplexity -c; default 512)")
     p.add_argument("--chunks", type=int, default=5, help="chunks to score (default 5: 1,275 tokens; 0 = all)")
+    p.add_argument("--device", action="append", help="where the packages run (default cpu): once for all, or once per "
+                   "package in order (the reference runs on the CPU EP)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="also write the figures to this file")
     p.set_defaults(func=_eval)

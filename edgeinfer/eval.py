@@ -11,6 +11,7 @@ the two tools can be read side by side on one file:
 The reference is another package (a `--precision fp32` export of the same source, say) or a source that transformers
 reads (a GGUF file, which it dequantizes to float32, or a Hugging Face folder). A package exported without
 `--all-logits` gives one row per run: its scored half then runs one token at a time (the decode path generation uses).
+Packages run on the device asked for (`--device openvino` for an openvino package, say); the reference on the CPU EP.
 """
 
 from __future__ import annotations
@@ -52,19 +53,23 @@ class LogitsSource(Protocol):
 
 
 class PackageLogits:
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, device: str = "cpu"):
         from .backends import BackendOptions
         from .model import load
 
         self.path = Path(path)
-        self.model = load(self.path, verify=False, options=BackendOptions(threads=threads))
+        self.model = load(self.path, device=device, verify=False, options=BackendOptions(threads=threads))
         options = self.model.manifest.export_options
         self.all_logits = bool(options.get("all_logits"))
-        self.description = f"{self.path.name} ({self.model.manifest.precision}, {self._weights(options)})"
+        on = "" if device == "cpu" else f", on {device}"
+        self.description = f"{self.path.name} ({self.model.manifest.precision}, {self._weights(options)}{on})"
 
     def _weights(self, options: dict) -> str:
         if self.model.manifest.precision != "w4a16":
             return "float"
+        blocks = (self.model.manifest.graphs or {}).get("quantization") or {}
+        if blocks.get("weights") == "MatMulNBits, float zero points":  # openvino: every linear requantized
+            return f"requantized, block {blocks['block_size']}, float zero points"
         if not options.get("requantize", True) and self.model.manifest.source.get("description", "").startswith("gguf:"):
             return "the GGUF's own blocks"
         return f"requantized, block {options.get('block_size')}"
@@ -121,15 +126,17 @@ class TransformersLogits:
         return logits[first : len(ids) - 1].float().numpy()
 
 
-def open_logits(path: str | Path, threads: int | None = None) -> LogitsSource:
-    """A package folder (it holds manifest.json) or a source transformers reads."""
+def open_logits(path: str | Path, threads: int | None = None, device: str = "cpu") -> LogitsSource:
+    """A package folder (it holds manifest.json) run on DEVICE, or a source transformers reads."""
     from .package import MANIFEST
 
     path = Path(path)
     if not path.exists():
         raise EvalError(f"{path} does not exist: pass a package folder, a GGUF file or a Hugging Face folder")
     if (path / MANIFEST).is_file():
-        return PackageLogits(path, threads)
+        return PackageLogits(path, threads, device)
+    if device != "cpu":
+        raise EvalError(f"{path} is not a package: --device {device} runs packages only, export it first")
     return TransformersLogits(path, threads)
 
 
@@ -204,22 +211,29 @@ class EvalReport:
 
 def evaluate(package: str | Path, text: str | None = None, text_name: str | None = None,
              reference: str | Path | None = None, context: int = DEFAULT_CONTEXT, chunks: int | None = DEFAULT_CHUNKS,
-             threads: int | None = None, progress: bool = True) -> EvalReport:
-    """PACKAGE's perplexity over TEXT (default: default_text()) in chunks of CONTEXT tokens (CHUNKS of them, None: all
-    whole chunks), and its agreement with REFERENCE when given."""
-    return compare([package], text, text_name, reference, context, chunks, threads, progress)[0]
+             threads: int | None = None, progress: bool = True, device: str = "cpu") -> EvalReport:
+    """PACKAGE's perplexity on DEVICE over TEXT (default: default_text()) in chunks of CONTEXT tokens (CHUNKS of them,
+    None: all whole chunks), and its agreement with REFERENCE (on the CPU EP) when given."""
+    return compare([package], text, text_name, reference, context, chunks, threads, progress, [device])[0]
 
 
 def compare(packages: list[str | Path], text: str | None = None, text_name: str | None = None,
             reference: str | Path | None = None, context: int = DEFAULT_CONTEXT, chunks: int | None = DEFAULT_CHUNKS,
-            threads: int | None = None, progress: bool = True) -> list[EvalReport]:
-    """evaluate() for several PACKAGES on the same chunks: the reference runs once per chunk for all of them."""
+            threads: int | None = None, progress: bool = True, devices: list[str] | None = None) -> list[EvalReport]:
+    """evaluate() for several PACKAGES on the same chunks: the reference runs once per chunk for all of them.
+    DEVICES: one for all packages or one per package (default cpu); a package may be listed twice to compare two
+    devices on the same weights."""
     if context < 16 or context % 2:
         raise EvalError(f"--context {context}: use an even number of at least 16 tokens")
+    devices = devices or ["cpu"]
+    if len(devices) == 1:
+        devices = devices * len(packages)
+    if len(devices) != len(packages):
+        raise EvalError(f"{len(devices)} devices for {len(packages)} packages: pass one --device for all, or one per package")
     if text is None:
         text_name, text = default_text()
     started = time.perf_counter()
-    candidates = [open_logits(p, threads) for p in packages]
+    candidates = [open_logits(p, threads, d) for p, d in zip(packages, devices)]
     ids = candidates[0].tokenize(text)
     ref = open_logits(reference, threads) if reference is not None else None
     for other in candidates[1:] + ([ref] if ref is not None else []):
@@ -242,9 +256,10 @@ def compare(packages: list[str | Path], text: str | None = None, text_name: str 
             chunk_started = time.perf_counter()
             score_chunk(scores[i], candidate.scored_logits(chunk, first), targets, ref_logits)
             seconds[i] += time.perf_counter() - chunk_started
-        if progress:
+        if progress:  # the running figures: a long evaluation stopped early still says how it stood
             running = ", ".join(f"{np.exp(np.mean(s.nll)):.4f}" for s in scores)
-            print(f"[{c + 1}/{count}] running perplexity {running}", file=sys.stderr, flush=True)
+            agreeing = "" if ref is None else ", same top token " + ", ".join(f"{100 * np.mean(s.same_top):.2f}%" for s in scores)
+            print(f"[{c + 1}/{count}] running perplexity {running}{agreeing}", file=sys.stderr, flush=True)
     total = time.perf_counter() - started
     return [_report(candidate, ref, text_name or "text", len(ids), context, count, s, seconds[i] if len(candidates) > 1 else total)
             for i, (candidate, s) in enumerate(zip(candidates, scores))]

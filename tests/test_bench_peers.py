@@ -36,6 +36,17 @@ def test_missing_peer_says_how_to_install(peer, attr, tmp_path, monkeypatch):
     assert not ok and "bench/setup_peers.sh" in reason
 
 
+def test_openvino_genai_takes_real_weights_as_an_ir_or_says_what_it_needs(tmp_path, monkeypatch):
+    ir, other = tmp_path / "ir", tmp_path / "other"
+    ir.mkdir(), other.mkdir()
+    (ir / ov_genai.IR_FILE).write_text("<net/>")
+    monkeypatch.setattr(ov_genai, "MODEL", str(ir))
+    assert ov_genai.model_folder(tmp_path) == (ir.resolve(), "weights of ir")  # an IR is timed as it is
+    monkeypatch.setattr(ov_genai, "MODEL", str(other))
+    with pytest.raises(ov_genai.PeerNotInstalled, match="neither an OpenVINO IR nor a Hugging Face folder"):
+        ov_genai.model_folder(tmp_path)
+
+
 def fake_peer(name: str, *, available=(True, "here"), fails: Exception | None = None):
     def run(prompt_lens, gen_len, repeat, threads, workdir):
         if fails:

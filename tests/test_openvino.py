@@ -88,6 +88,21 @@ def test_greedy_tokens_equal_cpu_ep_on_the_same_package(ov_pkg, private_cache):
 
 
 @needs_openvino
+def test_eval_scores_the_package_on_openvino_beside_the_cpu_ep(ov_pkg, private_cache, tmp_path, capsys):
+    """`edgeinfer eval --device` runs each listed package where asked: the same package on OpenVINO and on the CPU EP,
+    scored against the CPU EP, agrees on every top token (the decode path, one token at a time)."""
+    (tmp_path / "t.txt").write_text("The quick brown fox jumps over the lazy dog. " * 20, encoding="utf-8")
+    assert main(["eval", str(ov_pkg), str(ov_pkg), "--device", "openvino:cpu", "--device", "cpu", "--reference", str(ov_pkg),
+                 "--text", str(tmp_path / "t.txt"), "--context", "40", "--chunks", "2", "--json", str(tmp_path / "r.json")]) == 0
+    on_openvino, on_cpu = json.loads((tmp_path / "r.json").read_text())
+    assert "on openvino:cpu" in on_openvino["package"] and "float zero points" in on_openvino["package"]
+    assert on_openvino["scored_tokens"] == 2 * 19 and on_openvino["same_top_pct"] == 100.0 and on_openvino["kld_max"] < 1e-6
+    assert on_cpu["kld_max"] < 1e-9
+    assert main(["eval", str(ov_pkg), "--device", "cpu", "--device", "cpu", "--text", str(tmp_path / "t.txt")]) == 2
+    assert "2 devices for 1 packages" in capsys.readouterr().err
+
+
+@needs_openvino
 def test_compiled_blobs_are_reused_and_a_changed_blob_is_compiled_again(ov_pkg, private_cache):
     edgeinfer.load(ov_pkg, device="openvino").engine.sessions_for(256)
     folders = sorted(p for p in private_cache.iterdir() if p.is_dir())

@@ -1,7 +1,12 @@
 """openvino-genai peer: OpenVINO's own LLM path. optimum-intel exports the random checkpoint of the target shape to a
 stateful OpenVINO IR with int4 weights (`optimum-cli export openvino --weight-format int4`, NNCF's data-free default:
 asymmetric groups of 128, int8 backup where its rules keep 8 bits), and LLMPipeline runs it on the CPU device, timed
-by a driver in the peer's venv (bench/.peers/venv-openvino; it pins transformers to what optimum-intel supports)."""
+by a driver in the peer's venv (bench/.peers/venv-openvino; it pins transformers to what optimum-intel supports).
+
+OPENVINO_GENAI_MODEL runs real weights instead: a Hugging Face folder (converted the same way) or an OpenVINO IR folder
+that optimum-intel made (used as it is); e.g. a GGUF dequantized by transformers and saved with save_pretrained.
+OPENVINO_GENAI_PRECISION=f32 runs it at the precision edgeinfer asks of OpenVINO's CPU device (its default here is
+bf16 where the CPU has it)."""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from . import PEERS, PeerNotInstalled, PeerResult, dir_bytes, from_driver_runs, 
 from .ort_genai import hf_checkpoint
 
 PYTHON = Path(os.environ.get("OPENVINO_GENAI_PYTHON", PEERS / "venv-openvino" / "bin" / "python"))
+MODEL = os.environ.get("OPENVINO_GENAI_MODEL")  # None: random weights of the target shape
+PRECISION = os.environ.get("OPENVINO_GENAI_PRECISION")  # e.g. f32 as edgeinfer's openvino:cpu; None: OpenVINO's default
+IR_FILE = "openvino_model.xml"
 FIX = "bash bench/setup_peers.sh ov_genai"
 
 
@@ -28,25 +36,40 @@ def available() -> tuple[bool, str]:
     return True, f"openvino {ov}, openvino-genai {genai} (transformers {transformers} in its venv)"
 
 
-def export(workdir: Path) -> Path:
-    out = workdir / "openvino-int4"
-    if not (out / "openvino_model.xml").exists():
+def export(workdir: Path, source: Path | None = None) -> Path:
+    """The int4 IR of SOURCE (a Hugging Face folder; None: the random checkpoint of the target shape), made once."""
+    out = workdir / (f"openvino-int4-{source.name}" if source else "openvino-int4")
+    if not (out / IR_FILE).exists():
         cli = PYTHON.parent / "optimum-cli"
-        cmd = [cli, "export", "openvino", "--model", hf_checkpoint(workdir, PYTHON), "--task", "text-generation-with-past",
+        cmd = [cli, "export", "openvino", "--model", source or hf_checkpoint(workdir, PYTHON), "--task", "text-generation-with-past",
                "--weight-format", "int4", out]
         subprocess.run(cmd, check=True, capture_output=True)
     return out
+
+
+def model_folder(workdir: Path) -> tuple[Path, str]:
+    """The IR to time and what its weights are."""
+    if not MODEL:
+        return export(workdir), "random weights"
+    source = Path(MODEL).resolve()
+    if (source / IR_FILE).exists():
+        return source, f"weights of {source.name}"
+    if not (source / "config.json").exists():
+        raise PeerNotInstalled(f"OPENVINO_GENAI_MODEL={MODEL} is neither an OpenVINO IR nor a Hugging Face folder; fix: "
+                               "point it at a folder holding openvino_model.xml or config.json")
+    return export(workdir, source), f"weights of {source.name}"
 
 
 def run(prompt_lens: list[int], gen_len: int, repeat: int, threads: int, workdir: Path) -> list[PeerResult]:
     ok, why = available()
     if not ok:
         raise PeerNotInstalled(why)
-    model = export(workdir.resolve())
+    model, weights = model_folder(workdir.resolve())
     cmd = [PYTHON, Path(__file__).with_name("ov_genai_driver.py"), model, "--prompt-lens", *map(str, prompt_lens),
-           "--gen-len", str(gen_len), "--repeat", str(repeat), "--threads", str(threads)]
+           "--gen-len", str(gen_len), "--repeat", str(repeat), "--threads", str(threads),
+           *(["--precision", PRECISION] if PRECISION else [])]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     notes = (f"openvino {out['openvino']}, openvino-genai {out['openvino_genai']}, optimum-intel int4 IR, CPU device "
-             f"(inference precision {out['inference_precision']}, KV cache {out['kv_cache_precision']}), random weights")
+             f"(inference precision {out['inference_precision']}, KV cache {out['kv_cache_precision']}), {weights}")
     size = sum(p.stat().st_size for p in model.glob("openvino_model.*")) or dir_bytes(model)
     return from_driver_runs("openvino-genai", "int4", size, prompt_lens, gen_len, out["runs"], notes)

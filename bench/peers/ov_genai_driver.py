@@ -3,7 +3,8 @@
     python bench/peers/ov_genai_driver.py MODEL_DIR --prompt-lens 128 --gen-len 64 --repeat 3 --threads 2
 Each run: random prompt ids, batch 1, greedy, exactly GEN_LEN new tokens; TTFT and the time per output token from
 the pipeline's own perf_metrics (decode rate = 1000 / TPOT ms). One warm-up run per prompt length. OpenVINO's CPU
-defaults are kept (what its users get): the inference and KV cache precisions it chose are reported.
+defaults are kept (what its users get) unless --precision names one (f32: edgeinfer's openvino backend's on CPU); the
+inference and KV cache precisions it ran with are reported.
 """
 
 import argparse
@@ -22,8 +23,10 @@ def main() -> None:
     ap.add_argument("--gen-len", type=int, required=True)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", help="INFERENCE_PRECISION_HINT, e.g. f32 (default: OpenVINO's choice)")
     args = ap.parse_args()
-    pipe = genai.LLMPipeline(args.model_dir, "CPU", INFERENCE_NUM_THREADS=args.threads)
+    hint = {"INFERENCE_PRECISION_HINT": args.precision} if args.precision else {}
+    pipe = genai.LLMPipeline(args.model_dir, "CPU", INFERENCE_NUM_THREADS=args.threads, **hint)
     config = genai.GenerationConfig(max_new_tokens=args.gen_len, min_new_tokens=args.gen_len, do_sample=False)
     rng = random.Random(0)
     runs = []
@@ -40,7 +43,7 @@ def main() -> None:
     core = ov.Core()
     precision = lambda name: core.get_property("CPU", name).to_string()  # noqa: E731  e.g. bf16, u8
     print(json.dumps({"openvino": ov.__version__.split("-")[0], "openvino_genai": genai.__version__.split("-")[0],
-                      "inference_precision": precision("INFERENCE_PRECISION_HINT"),
+                      "inference_precision": args.precision or precision("INFERENCE_PRECISION_HINT"),
                       "kv_cache_precision": precision("KV_CACHE_PRECISION"), "runs": runs}))
 
 
