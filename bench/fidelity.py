@@ -52,12 +52,16 @@ def report(ours: np.ndarray, ref: np.ndarray, ids: list[int]) -> dict:
     targets = np.array(ids[1:])
     nll = lambda logits: -log_softmax(logits[:-1])[np.arange(len(targets)), targets]  # noqa: E731
     ppl_ours, ppl_ref = float(np.exp(nll(ours).mean())), float(np.exp(nll(ref).mean()))
+    ref_log, ours_log = log_softmax(ref), log_softmax(ours)
+    kl = (np.exp(ref_log) * (ref_log - ours_log)).sum(-1)  # KL(reference || ours) per position, as llama-perplexity
     return {
         "positions": len(ids),
         "top1_agreement": float(np.mean(ours.argmax(-1) == ref.argmax(-1))),
         "perplexity_w4a16": ppl_ours,
         "perplexity_fp32_reference": ppl_ref,
         "perplexity_delta_pct": 100 * (ppl_ours / ppl_ref - 1),
+        "kl_divergence_mean": float(kl.mean()),
+        "kl_divergence_p99": float(np.percentile(kl, 99)),
     }
 
 
@@ -72,6 +76,8 @@ def main() -> None:
     parser.add_argument("--uniform-bits", action="store_true", help="4 bits everywhere (no 8-bit v/down)")
     parser.add_argument("--float-embeddings", action="store_true")
     parser.add_argument("--lm-head-bits", type=int, default=8)
+    parser.add_argument("--no-activation-aware", action="store_true", help="round to nearest (the export before issue 19)")
+    parser.add_argument("--no-gptq", action="store_true", help="activation-aware scales, rounded to nearest")
     parser.add_argument("--reference-cache", type=Path, help="reuse transformers' logits saved here (.npy)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -83,7 +89,8 @@ def main() -> None:
     options = ExportOptions(precision="w4a16", context_length=max(2048, args.positions), all_logits=True,
                             block_size=args.block_size, accuracy_level=args.accuracy_level,
                             symmetric=args.symmetric, mixed_bits=not args.uniform_bits, quantize_embeddings=not args.float_embeddings,
-                            lm_head_bits=args.lm_head_bits)
+                            lm_head_bits=args.lm_head_bits, activation_aware=not args.no_activation_aware,
+                            gptq=not args.no_gptq)
     started = time.perf_counter()
     export(str(args.gguf), args.package, options, force=True)
     export_s = time.perf_counter() - started
@@ -96,7 +103,9 @@ def main() -> None:
         ref = reference_logits(args.gguf, ids)
         if args.reference_cache:
             np.save(args.reference_cache, ref)
-    result = {"gguf": str(args.gguf), "export_s": export_s, "options": options.to_dict(), **report(ours, ref, ids)}
+    size = sum(f.stat().st_size for f in args.package.iterdir() if f.is_file())
+    result = {"gguf": str(args.gguf), "export_s": export_s, "package_bytes": size, "options": options.to_dict(),
+              **report(ours, ref, ids)}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -23,6 +23,7 @@ from .onnx_writer import GraphWriter
 from .options import ExportOptions
 from .quantize import quantize_blocks
 from .sources import WeightSource
+from .weighted_blocks import LinearStatistics, activation_aware_blocks
 from .weight_bits import weight_bits
 
 MS = "com.microsoft"
@@ -35,13 +36,17 @@ def has_greedy_output(options: ExportOptions) -> bool:
 
 
 class DynamicDecoderGraph:
-    def __init__(self, writer: GraphWriter, source: WeightSource, options: ExportOptions):
+    def __init__(self, writer: GraphWriter, source: WeightSource, options: ExportOptions,
+                 statistics: LinearStatistics | None = None):
         self.w = writer
+        self.statistics = statistics  # calibration inputs of the 4-bit matmuls: activation-aware 4-bit when given
         self.source = source
         self.spec = source.spec
         self.options = options
         self.dtype = np.dtype(options.activation_dtype)
         self.onnx_type = _ONNX_TYPES[options.activation_dtype]
+        # 4-bit matmul node name -> the tensor it reads (what linear_calibration.py taps)
+        self.linear_inputs: dict[str, str] = {}
 
     # -- weights --------------------------------------------------------------------------------------------
     def _weights(self, names: list[str]) -> np.ndarray:
@@ -50,11 +55,17 @@ class DynamicDecoderGraph:
     def linear(self, x: str, name: str, weight_names: list[str], bias_names: list[str] = (), bits: int | None = None) -> str:
         """y = x W^T (+ b): MatMulNBits with BITS-bit weights for w4a16 (None keeps this one in float)."""
         bits = weight_bits(self.source, weight_names, self.options) if bits is None else bits
+        if bits == 4 and name != "lm_head":  # lm_head reads one row per run in calibration: too few to weigh by
+            self.linear_inputs[name] = x
         weight = self._weights(weight_names)  # [N, K]
         bias = self._weights(bias_names).astype(self.dtype) if bias_names else None
         n, k = weight.shape
         if self.options.precision == "w4a16" and bits:
-            q = quantize_blocks(weight, self.options.block_size, self.options.symmetric, bits)
+            hessian = self.statistics.hessian(name) if self.statistics is not None and name in self.linear_inputs else None
+            if hessian is not None and k % self.options.block_size == 0 and not self.options.symmetric:
+                q = activation_aware_blocks(weight, hessian, self.options.block_size, self.options.gptq)
+            else:
+                q = quantize_blocks(weight, self.options.block_size, self.options.symmetric, bits)
             inputs = [
                 x,
                 self.w.initializer(f"{name}.qweight", q.packed),

@@ -84,9 +84,14 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
     from ..graph_contract import dynamic_io
     from .dynamic_graph import DynamicDecoderGraph, has_greedy_output
 
+    statistics = None
+    if options.precision == "w4a16" and options.activation_aware and not weights.random_weights:
+        from .linear_calibration import CalibratedInputs, collect_linear_inputs
+
+        statistics = CalibratedInputs(*collect_linear_inputs(weights, options, folder, progress=progress))
     writer = GraphWriter(folder / "model.onnx.data")
     try:
-        DynamicDecoderGraph(writer, weights, options).build(progress)
+        DynamicDecoderGraph(writer, weights, options, statistics).build(progress)
         writer.save(folder / "model.onnx", producer=f"edgeinfer {__version__}")
     finally:
         writer.close()

@@ -28,7 +28,10 @@ class ExportOptions:
     prefill_chunk: int = 128  # static graphs (qnn): tokens per prefill run
     rotate: bool = True  # qnn w4a16: rotate the residual stream (export/rotation.py); off only to measure it
     center_keys: bool = True  # qnn: keys minus their bias's mean (static_graph.key_center); off only to measure it
-    gptq: bool = True  # qnn w4a16: round int4 weights by GPTQ on the calibration text (export/gptq.py); off to measure
+    gptq: bool = True  # w4a16: round int4 weights by GPTQ on the calibration text (gptq.py, weighted_blocks.py)
+    # cpu/cuda w4a16: 4-bit scales and zero points searched for the inputs each matmul sees on real text, rounded by
+    # GPTQ when `gptq` (weighted_blocks.py); off: onnxruntime's round-to-nearest. Sources of random weights skip it.
+    activation_aware: bool = True
     # qnn: smaller contexts with graphs of their own over the same weights, so a short chat attends over fewer
     # slots; None: every power of two from 512 below the context (see for_model)
     context_buckets: tuple[int, ...] | None = None
