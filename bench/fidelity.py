@@ -78,23 +78,25 @@ def main() -> None:
     parser.add_argument("--lm-head-bits", type=int, default=8)
     parser.add_argument("--no-activation-aware", action="store_true", help="round to nearest (the export before issue 19)")
     parser.add_argument("--no-gptq", action="store_true", help="activation-aware scales, rounded to nearest")
+    parser.add_argument("--embedding-block-size", type=int, default=32, help="128: the table as before issue 19")
     parser.add_argument("--reference-cache", type=Path, help="reuse transformers' logits saved here (.npy)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     from edgeinfer.export.exporter import export
     from edgeinfer.export.options import ExportOptions
+    from edgeinfer.package import load_package
     from edgeinfer.tokenizer import TextTokenizer
 
     options = ExportOptions(precision="w4a16", context_length=max(2048, args.positions), all_logits=True,
                             block_size=args.block_size, accuracy_level=args.accuracy_level,
                             symmetric=args.symmetric, mixed_bits=not args.uniform_bits, quantize_embeddings=not args.float_embeddings,
                             lm_head_bits=args.lm_head_bits, activation_aware=not args.no_activation_aware,
-                            gptq=not args.no_gptq)
+                            gptq=not args.no_gptq, embedding_block_size=args.embedding_block_size)
     started = time.perf_counter()
     export(str(args.gguf), args.package, options, force=True)
     export_s = time.perf_counter() - started
-    tokenizer = TextTokenizer.from_package(args.package, None, False)
+    tokenizer = TextTokenizer.from_package(load_package(args.package, verify=False), None, False)
     ids = tokenizer.encode(real_text())[: args.positions]
     ours = ours_logits(args.package, ids)
     if args.reference_cache and args.reference_cache.exists():

@@ -27,6 +27,7 @@ def _export(args) -> None:
         accuracy_level=args.accuracy_level, all_logits=args.all_logits,
         quantize_embeddings=not args.float_embeddings, prefill_chunk=args.prefill_chunk,
         activation_aware=args.rounding != "nearest", gptq=args.rounding == "gptq",
+        embedding_block_size=args.embedding_block_size,
     )
     export(args.source, args.output, options, force=args.force, follow_symlinks=args.follow_symlinks)
     if args.compile:
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="w4a16: gptq (default) = scales searched for the inputs seen on real text and GPTQ's error "
                         "compensation; search = the searched scales, rounded to nearest; nearest = round to nearest "
                         "(no calibration: fastest export, least faithful)")
+    p.add_argument("--embedding-block-size", type=int, default=32,
+                   help="4-bit embedding table's block (cpu/cuda; default 32: a gather costs no speed for it)")
     p.add_argument("--lm-head-bits", type=int, default=8, choices=[0, 4, 8], help="lm_head weights (0 = float)")
     p.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4], help="MatMulNBits compute type (4 = int8)")
     p.add_argument("--all-logits", action="store_true", help="prefill returns logits for every position")
