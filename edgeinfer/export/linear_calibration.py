@@ -1,7 +1,7 @@
 """What each weight matmul of the cpu/cuda graph reads on real text, for activation-aware 4-bit (weighted_blocks.py).
 
 The float graph of the package is written first (same builder, fp32, into a scratch folder), with the input of
-every 4-bit matmul as an extra output; it runs over whole sequences of calibration text (the qnn path's texts:
+every 4-bit matmul as an extra output; it runs over whole sequences of calibration text (like the qnn path's GPTQ texts:
 stdlib sources in the model's chat template, never the sources `edgeinfer verify` and bench/fidelity.py score on)
 and each run's inputs fold into X^T X per matmul (gptq.LinearInputs: rows kept until they outnumber the channels).
 The float weights are memory-mapped once (calibration.SharedWeights) and the session unpacks nothing.
@@ -27,7 +27,7 @@ from .sources import WeightSource
 # scored by bench/fidelity.py (textwrap, the license) or `edgeinfer verify` (textwrap, argparse).
 CALIBRATION_MODULES = ("json.decoder", "functools", "heapq", "string", "pydoc_data.topics")
 SEQUENCE_TOKENS = 512  # tokens per run: attention within the sequence, as in a real chat
-DEFAULT_TOKENS = 2560  # the five texts: ~1,300 tokens of code, ~1,300 of prose and its examples
+DEFAULT_TOKENS = 2560  # the five texts, 512 tokens each: four of code with its docstrings, one of prose
 
 
 def calibration_sequences(weights: WeightSource, tokens: int) -> list[list[int]]:
