@@ -7,6 +7,7 @@
 #   run(carry=[".carry"], "bash bench/cuda_h100.sh start")   .carry = part00 + the gguf wheel: starts the exports
 #   run(carry=[".carry"], "mkdir -p /root/w && cp .carry/* /root/w/")      .carry = part01, then part02
 #   run(carry=[".carry"], "bash bench/cuda_h100.sh run 2>&1 | tee $OUT/log.txt")   .carry = part03: the rest
+#   or  families_start (part00), the two copies, then families (part03): each family's GPU parity, preset bench rows
 #   or, after SWEEP=1 ... start:  run(carry=[".carry"], "bash bench/cuda_h100.sh sweep")   block sizes x kernel switches
 # Results land in $OUT (edgeinfer bench JSON with and without CUDA graphs, onnxruntime-genai JSON, the
 # comparison table, GPU/CPU parity) and are copied into bench/results/ by hand.
@@ -106,6 +107,32 @@ setup() {  # the last carried piece: unpack onnxruntime-gpu and onnxruntime-gena
     [[ -f $cuda ]] && return 0
     cat $W/pack.part* | tar -C $W -xf - && mkdir -p $SITE && xz -d -T0 < $W/rest.tar.xz | tar -C $SITE -xf - &&
         xz -d -T0 < $W/cudaprov.xz > $cuda && chmod +x $cuda
+}
+
+FAMILY_PRESETS=${FAMILY_PRESETS:-llama-3.2-1b qwen3-1.7b gemma-3-1b}
+
+families_start() {  # the first carried piece: export the family presets in the background while the rest travels
+    mkdir -p $W $LOG $EDGEINFER_CACHE && cp .carry/* $W/
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site0 $W/gguf-*.whl || exit 1
+    local name
+    for name in $FAMILY_PRESETS; do
+        setsid nohup bash -c "PYTHONPATH=/tmp/site0:$PWD python3 -c \"import sys; from edgeinfer.export.cached import resolve_package as r; print(r(sys.argv[1], 'cuda', 'w4a16', 4096, progress=False))\" preset:$name > $LOG/family_$name.log 2>&1; touch $LOG/family_$name.done" > /dev/null 2>&1 &
+    done
+}
+
+families() {  # issue 15: each family on the GPU's own kernels against transformers, then each real-shape preset's bench
+    setup || exit 1
+    export PYTHONPATH=$SITE:$PWD
+    echo "== GPU tests: the CUDA backend and each family against transformers"
+    timeout 300 python3 -m pytest tests/test_cuda.py tests/test_families.py -k "cuda" -q -rs -p no:cacheprovider \
+        > $OUT/families-pytest.log 2>&1; grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" $OUT/families-pytest.log
+    local name
+    for name in $FAMILY_PRESETS; do
+        wait_for family_$name 120 || continue
+        echo "== edgeinfer bench --device cuda --model preset:$name"
+        timeout 240 python3 -m edgeinfer.cli bench --device cuda --model preset:$name --prompt-len 128,1024 --gen-len 128 \
+            --repeat 3 --no-sweep --json $OUT/family-$name.json 2>&1 | grep "^| " | tail -2
+    done
 }
 
 sweep() {  # decode/TTFT of each layout under each MatMulNBits kernel choice, then where the best one's step goes

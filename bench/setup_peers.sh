@@ -40,8 +40,8 @@ llama_cpp() {
                  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF
                  -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
                  $(cpu_switches))
-    # lookup/speculative/cli: llama.cpp's own speculative decoding, the peer of edgeinfer --speculate (issue 16).
-    local targets=(llama-bench llama-quantize llama-perplexity llama-lookup llama-speculative llama-cli)
+    # lookup/speculative: llama.cpp's own speculative decoding, the peer of edgeinfer --speculate (issue 16).
+    local targets=(llama-bench llama-quantize llama-perplexity llama-lookup llama-speculative)
     local t0=$SECONDS
     cmake -S "$src" -B "$build" -G Ninja "${flags[@]}" > "$dir/configure.log"
     cmake --build "$build" -j "$JOBS" --target "${targets[@]}" > "$dir/build.log"

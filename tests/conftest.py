@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeinfer.backends import get_backend
 from edgeinfer.export.exporter import export
 from edgeinfer.export.options import ExportOptions
 from edgeinfer.export.presets import byte_tokenizer_json
@@ -20,6 +21,10 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+CUDA = get_backend("cuda").availability()
+needs_gpu = pytest.mark.skipif(not CUDA.ok, reason=f"CUDA is absent here: {CUDA}")
 
 
 def make_hf_checkpoint(folder: Path, family: str = "qwen2", seed: int = 0, **overrides) -> Path:

@@ -104,6 +104,14 @@ class Reference:
                 for _ in range(count):
                     rows.append(out.logits[0, -1].numpy().copy())
                     tokens.append(int(rows[-1].argmax()))
-                    out = self.model(torch.tensor([tokens[-1:]]), cache=out.cache, use_cache=True)
+                    out = self.model(torch.tensor([tokens[-1:]]), use_cache=True, **_cache_of(out))
             self._greedy[key] = tokens, rows
         return self._greedy[key]
+
+
+def _cache_of(out) -> dict:
+    """The cache to pass back: transformers 5.24 calls it `cache`, 5.17 (the GPU machine's) `past_key_values`."""
+    try:
+        return {"cache": out.cache}
+    except AttributeError:
+        return {"past_key_values": out.past_key_values}

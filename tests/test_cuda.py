@@ -18,10 +18,7 @@ from edgeinfer.dynamic_runner import DynamicRunner, binding_plan
 from edgeinfer.package import load_manifest
 from edgeinfer.sampler import GREEDY, SamplingParams
 
-from .conftest import export_tiny
-
-CUDA = get_backend("cuda").availability()
-needs_gpu = pytest.mark.skipif(not CUDA.ok, reason=f"CUDA is absent here: {CUDA}")
+from .conftest import CUDA, export_tiny, needs_gpu
 
 
 @pytest.fixture(scope="module")

@@ -149,23 +149,82 @@ def test_sentencepiece_round_trips_and_adds_bos(tmp_path):
     tokenizer = Tokenizer.from_str(files.tokenizer_json)
     assert files.add_bos_token is True and files.bos_token_id == 1 and files.eos_token_ids == [2]
     assert files.special_tokens == {"bos": "<s>", "eos": "</s>", "unk": "<unk>"}
-    # Not "  two leading spaces": like transformers, Metaspace adds no prefix space to text that
-    # already starts with one, so decoding drops one leading space.
-    for text in ["The quick brown fox", "def tokenize(text):\n    return text", "unseen: Zebra 42 ünïcödé 中文 👍"]:
+    for text in ["The quick brown fox", "def tokenize(text):\n    return text", "unseen: Zebra 42 ünïcödé 中文 👍",
+                 "  two leading spaces", " one"]:
         ids = tokenizer.encode(text).ids
         assert ids[0] == 1
         assert tokenizer.decode(ids) == text
 
 
 def test_sentencepiece_matches_transformers(tmp_path):
+    """Where transformers' GGUF loader and the models' own tokenizers agree. They part on text that starts with a
+    space and on text after a special token: sentencepiece (and llama.cpp, and each model's own tokenizer.json, see
+    the Phi-3 test below) puts its prefix space there too, transformers' non-legacy rebuild does not."""
     auto = pytest.importorskip("transformers").AutoTokenizer
     tokenizer = Tokenizer.from_str(tokenizer_from_gguf(tiny_sentencepiece(tmp_path)).tokenizer_json)
     reference = auto.from_pretrained(str(tmp_path), gguf_file="spm.gguf")
-    for text in SPM_TEXTS:
+    for text in [t for t in SPM_TEXTS if not t.startswith(" ") and "<s>" not in t]:
         ids = tokenizer.encode(text).ids
         assert ids == reference.encode(text), text
         for skip in (False, True):
             assert tokenizer.decode(ids, skip_special_tokens=skip) == reference.decode(ids, skip_special_tokens=skip)
+
+
+def test_sentencepiece_prefix_space_goes_before_each_text_piece(tmp_path):
+    """As sentencepiece and llama.cpp do: before the text, also when it starts with a space, and after each special
+    token."""
+    tokenizer = Tokenizer.from_str(tokenizer_from_gguf(tiny_sentencepiece(tmp_path)).tokenizer_json)
+    assert "".join(tokenizer.encode(" ", add_special_tokens=False).tokens) == "\u2581\u2581"
+    assert tokenizer.encode("<s>The", add_special_tokens=False).tokens == ["<s>", "\u2581The"]
+
+
+# --- llama.cpp's reference vocabularies: each model's own tokenizer on 47 hard texts ---
+
+DATA = Path(__file__).parent / "data"
+
+
+def reference_cases(vocab: Path) -> list[tuple[str, list[int]]]:
+    texts = vocab.with_name(vocab.name + ".inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    ids = vocab.with_name(vocab.name + ".out").read_text().split("\n")
+    return [(text, [int(i) for i in line.split()]) for text, line in zip(texts, ids)]
+
+
+def test_phi3_sentencepiece_matches_its_own_tokenizer():
+    """Phi-3's vocabulary, rebuilt from its GGUF, tokenizes llama.cpp's 47 test texts (spaces, tabs, newlines,
+    accents, emoji, code) exactly as microsoft/Phi-3-mini's own tokenizer does."""
+    vocab = DATA / "ggml-vocab-phi-3.gguf"
+    files = tokenizer_from_gguf(gguf.GGUFReader(vocab))
+    tokenizer = Tokenizer.from_str(files.tokenizer_json)
+    cases = reference_cases(vocab)
+    assert len(cases) == 47 and files.add_bos_token
+    for text, expected in cases:
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        assert ids == expected, repr(text)
+        assert tokenizer.decode(ids) == text, repr(text)
+
+
+def test_whole_words_in_the_vocabulary_skip_the_merges_where_the_model_does(tmp_path):
+    """Llama 3's tokenizer.json says ignore_merges: a pre-token found whole in the vocabulary is one token even
+    where no chain of merges builds it (" Việt" in Llama 3); Qwen2's does not."""
+    tokens = BYTES + ["ab", "abc"]  # "abc" is in the vocabulary, but no merge makes it from "ab" + "c"
+    merges = ["a b"]
+    for pre, expected in (("llama-bpe", ["abc"]), ("qwen2", ["ab", "c"])):
+        reader = write_gguf(tmp_path / f"{pre}.gguf", tokens, [NORMAL] * len(tokens), pre=pre, merges=merges)
+        tokenizer = Tokenizer.from_str(tokenizer_from_gguf(reader).tokenizer_json)
+        assert tokenizer.encode("abc", add_special_tokens=False).tokens == expected, pre
+
+
+def test_gpt4o_split_is_o200k(tmp_path):
+    """Phi-4-mini's GGUF names the "gpt-4o" pre-tokenizer: the o200k regex, split by tokenizers as by the regex
+    module (case-aware words, the contraction a suffix, digits in threes, "/" after a newline kept)."""
+    regex = pytest.importorskip("regex")
+    from edgeinfer.export.gguf_tokenizer import BYTE_LEVEL_SPLITS
+
+    tokenizer = Tokenizer.from_str(tokenizer_from_gguf(tiny_byte_level(tmp_path, pre="gpt-4o")).tokenizer_json)
+    text = "HelloWorld's CAPSLock don'T 1234567 ünïcödé\n/path/x  \t\n\n  end 👍?!"
+    pieces = [text[start:end] for _, (start, end) in tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+    assert pieces == regex.findall(BYTE_LEVEL_SPLITS["gpt-4o"], text)
+    assert pieces[:4] == ["Hello", "World's", " CAPSLock", " don'T"] and "123" in pieces
 
 
 # --- the real Qwen2.5 GGUF against transformers' own GGUF tokenizer ---

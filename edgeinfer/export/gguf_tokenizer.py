@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 import gguf
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from ..errors import SourceError
 from .byte_level import bytes_to_unicode
@@ -39,6 +39,12 @@ _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# OpenAI's o200k split (Phi-4-mini, Llama 4): case-aware words with the contraction as a suffix, digits in threes.
+_GPT4O_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 BYTE_LEVEL_SPLITS: dict[str, str | None] = {
     "qwen2": _QWEN2_SPLIT,
     "deepseek-r1-qwen": _QWEN2_SPLIT,
@@ -50,13 +56,21 @@ BYTE_LEVEL_SPLITS: dict[str, str | None] = {
     "falcon3": _LLAMA3_SPLIT,
     # llama.cpp's "default" adds digit splits of its own; transformers (our reference) and the
     # original GPT-2 tokenizer.json both use the plain GPT-2 split.
+    "gpt-4o": _GPT4O_SPLIT,
+    "llama4": _GPT4O_SPLIT,
     "default": None,
     "gpt2": None,
+    "gpt-2": None,
 }
 
-# Sentencepiece vocabularies of these architectures need fixes a plain "llama" one does not
-# (transformers has a builder per architecture); refuse them rather than tokenize them wrongly.
-_SENTENCEPIECE_NOT_SUPPORTED = ("gemma", "gemma2", "gemma3", "gemma4", "phi3")
+# Vocabularies whose words found whole in the vocabulary skip the merges (tokenizer.json's "ignore_merges",
+# llama.cpp's ignore_merges for its LLAMA3 pre-tokenizer type): " Việt" is one Llama 3 token, not three.
+_IGNORE_MERGES = ("llama-bpe", "llama3", "llama-v3", "falcon3")
+
+# Gemma's sentencepiece vocabulary adds no prefix space and keeps runs of spaces as tokens; no reference
+# tokenization of it is at hand to check a rebuild against, so refuse it rather than tokenize it wrongly.
+# (Phi-3's is a plain "llama" one: llama.cpp's reference cases for it pass, tests/test_gguf_tokenizer.py.)
+_SENTENCEPIECE_NOT_SUPPORTED = ("gemma", "gemma2", "gemma3", "gemma4")
 
 
 def tokenizer_from_gguf(reader: gguf.GGUFReader) -> TokenizerFiles:
@@ -162,7 +176,7 @@ def _byte_level_tokenizer(reader: gguf.GGUFReader, tokens: list[str], types: lis
     merges = _merges(reader)
     if merges is None:
         raise SourceError("the GGUF's byte-level tokenizer has no tokenizer.ggml.merges: re-convert the file")
-    tokenizer = Tokenizer(models.BPE(vocab=_vocab(spelled), merges=merges))
+    tokenizer = Tokenizer(models.BPE(vocab=_vocab(spelled), merges=merges, ignore_merges=pre in _IGNORE_MERGES))
     split = BYTE_LEVEL_SPLITS[pre]
     if split is None:
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -196,13 +210,13 @@ def _sentencepiece_tokenizer(
     unk = tokens[unk_id] if unk_id is not None else None
     bpe = models.BPE(vocab=_vocab(tokens), merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
     tokenizer = Tokenizer(bpe)
-    # "first" puts the prefix space before the start of the text only, like non-legacy
-    # LlamaTokenizer; llama.cpp also puts one after each special token inside the text.
+    # sentencepiece's dummy prefix: one "\u2581" before every piece of text between special tokens, also
+    # where the text already starts with a space (" " -> "\u2581\u2581"), as transformers' LlamaTokenizerFast and
+    # llama.cpp do. Metaspace's prepend_scheme skips text that starts with a space, so it is spelled out here.
     add_prefix = bool(_field(reader, KEY.ADD_PREFIX, True))
-    tokenizer.normalizer = None
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement="\u2581", prepend_scheme="first" if add_prefix else "never", split=False
-    )
+    spaces = normalizers.Replace(" ", "\u2581")
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), spaces]) if add_prefix else spaces
+    tokenizer.pre_tokenizer = None
     steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
     if add_prefix:
         steps.append(decoders.Strip(content=" ", left=1, right=0))
