@@ -9,6 +9,8 @@
 #   run(carry=[".carry"], "bash bench/cuda_h100.sh run 2>&1 | tee $OUT/log.txt")   .carry = part03: the rest
 #   or  families_start (part00), the two copies, then families (part03): each family's GPU parity, preset bench rows
 #   or, after SWEEP=1 ... start:  run(carry=[".carry"], "bash bench/cuda_h100.sh sweep")   block sizes x kernel switches
+#   or, after start (part03 carried):  run(carry=[".carry"], "bash bench/cuda_h100.sh speculate")   issue 16: verify-run
+#   cost by width, greedy check, effective decode per kind estimated from bench/results/speculative-cpu-*.json
 # Results land in $OUT (edgeinfer bench JSON with and without CUDA graphs, onnxruntime-genai JSON, the
 # comparison table, GPU/CPU parity) and are copied into bench/results/ by hand.
 set -uo pipefail
@@ -99,6 +101,25 @@ run() {
         $OUT/edgeinfer_cuda_h100_nograph.json $OUT/genai_cuda_h100.json $(ls $OUT/genai_cuda_graph_h100.json 2>/dev/null)
     echo "== parity: GPU vs CPU tokens"
     timeout 200 python3 bench/cuda_compare.py parity $OUT/parity_h100.json --large-cpu "$cpu_pkg" --large-cuda "$cuda_pkg" 2>&1 | tail -12
+}
+
+speculate() {  # issue 16 on the GPU: verify-run cost by width (captured graphs), greedy check, edit-kind estimate
+    setup || exit 1
+    export PYTHONPATH=$SITE:$PWD
+    wait_for export_cuda 300 || exit 1
+    local cuda_pkg trace
+    cuda_pkg=$(tail -1 $LOG/export_cuda.log)
+    trace=$(ls bench/results/speculative-cpu-*.json 2>/dev/null | tail -1)
+    echo "== GPU tests (speculative ones included)"
+    timeout 240 python3 -m pytest tests/test_cuda.py tests/test_speculative.py -q -rs -p no:cacheprovider -k "not qnn" 2>&1 | tail -6
+    echo "== verify cost by width on cuda (captured decode and verify graphs), greedy check, estimate from $trace"
+    python3 bench/verify_cost.py "$cuda_pkg" --device cuda --depth 600 --repeat 50 ${trace:+--trace "$trace"} \
+        --json $OUT/speculative_cuda_h100.json 2>&1 | tail -40
+    echo "== edgeinfer bench --device cuda, lookup vs off (random weights: acceptance means nothing, the path runs)"
+    for mode in off lookup; do
+        python3 -m edgeinfer.cli bench --device cuda --prompt-len 128 --gen-len 256 --repeat 3 --no-sweep \
+            --speculate $mode --json $OUT/edgeinfer_cuda_h100_spec_$mode.json 2>&1 | grep "^| " | tail -2
+    done
 }
 
 setup() {  # the last carried piece: unpack onnxruntime-gpu and onnxruntime-genai into $SITE

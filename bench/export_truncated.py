@@ -35,6 +35,9 @@ class FirstLayers:
     def stored_bits(self, name):
         return self.source.stored_bits(name)
 
+    def exact_blocks(self, name):
+        return self.source.exact_blocks(name)
+
     def tokenizer(self):
         return self.source.tokenizer()
 

@@ -1,6 +1,7 @@
 """Where the HTP parts from the CPU EP inside a qnn package's graphs: every quantized activation, both devices.
 
     python bench/qnn_op_taps.py PACKAGE [--role decode|prefill] [--prompt-tokens 8] [--show 40] [--json out.json]
+                                [--device qnn|openvino:cpu]
 
 The package's graphs of one role (smallest context bucket) get every QuantizeLinear output as an extra graph output
 (the uint16 activations themselves); the feeds of a CPU EP run (the prompt but its last token as one prefill chunk,
@@ -111,6 +112,8 @@ def main() -> None:
                         "with every activation as an output exceeds the simulator's memory)")
     parser.add_argument("--show", type=int, default=0, help="print only the first SHOW rows (0: all)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--device", default="qnn", help="the device compared with the CPU EP (qnn, or openvino:cpu: "
+                        "how OpenVINO runs the same QDQ graphs)")
     args = parser.parse_args()
     package = load_package(args.package)
     ids = prompt_ids(package, args.prompt, args.prompt_tokens)
@@ -118,7 +121,7 @@ def main() -> None:
     m = package.manifest
     smallest = min(  # the bucket recorded_feeds ran: StaticEngine's first context
         m.graphs.get("contexts", [m.context_length]))
-    qnn, cpu = get_backend("qnn"), get_backend("cpu")
+    qnn, cpu = get_backend(args.device), get_backend("cpu")
     report = []
     with tempfile.TemporaryDirectory(dir=args.package.resolve().parent) as tmp:
         for part, feed in zip(m.graphs[args.role]["parts"], feeds):
@@ -131,7 +134,7 @@ def main() -> None:
                 options = backend.package_options(m.precision, BackendOptions(allow_fallback=True))
                 session = backend.create_session(str(path), options)
                 results[backend.name] = session.run(names, feed)
-            report += compare(taps, results["cpu"], results["qnn"])
+            report += compare(taps, results["cpu"], results[qnn.name])
     for i, row in enumerate(report[: args.show or None]):
         print(f"{i:4d} {row['op']:<20} {row['max_steps']:>7d} steps (mean {row['mean_steps']:8.2f})  {row['sqnr_db']:6.1f} dB"
               f"  sat {row['saturated_cpu']:.3f}  {row['tensor']}")

@@ -25,7 +25,7 @@ from edgeinfer.backends import get_backend  # noqa: E402
 from edgeinfer.bench.machine import describe_machine  # noqa: E402
 from edgeinfer.bench.results import render_markdown  # noqa: E402
 
-PEER_MODULES = ("edgeinfer_cpu", "llama_cpp", "ort_genai", "optimum_ort")
+PEER_MODULES = ("edgeinfer_cpu", "llama_cpp", "ort_genai", "optimum_ort", "ov_genai")
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare the benchmark peers under bench/.peers/. Idempotent: each step skips what is already there.
-#   bash bench/setup_peers.sh [llama_cpp] [weights] [ort_genai] [optimum]     (default: all four)
+#   bash bench/setup_peers.sh [llama_cpp] [weights] [ort_genai] [optimum] [ov_genai]     (default: all five)
 # Env: JOBS (build parallelism, default 2), LLAMA_CPP_PYTHON_VERSION, ORT_GENAI_VERSION, OPTIMUM_ONNX_VERSION,
 # EDGEINFER_QWEN_GGUF (the real GGUF the llama.cpp peer times; default weights/ in the repository, git-ignored),
 # CPUINFO (default /proc/cpuinfo: where the llama.cpp build reads the CPU's flags).
@@ -9,7 +9,7 @@ set -euo pipefail
 
 BENCH=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$BENCH")
-PEERS=$BENCH/.peers
+PEERS=${PEERS:-$BENCH/.peers}  # env: build elsewhere (e.g. the main checkout's peers from a worktree)
 JOBS=${JOBS:-2}
 CPUINFO=${CPUINFO:-/proc/cpuinfo}
 LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
@@ -40,8 +40,9 @@ llama_cpp() {
                  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF
                  -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
                  $(cpu_switches))
-    # lookup/speculative: llama.cpp's own speculative decoding, the peer of edgeinfer --speculate (issue 16).
-    local targets=(llama-bench llama-quantize llama-perplexity llama-lookup llama-speculative)
+    # lookup/speculative: llama.cpp's own speculative decoding, the peer of edgeinfer --speculate (issue 16);
+    # completion: its plain decoding of the same prompts (bench/speculative.py).
+    local targets=(llama-bench llama-quantize llama-perplexity llama-lookup llama-speculative llama-completion)
     local t0=$SECONDS
     cmake -S "$src" -B "$build" -G Ninja "${flags[@]}" > "$dir/configure.log"
     cmake --build "$build" -j "$JOBS" --target "${targets[@]}" > "$dir/build.log"
@@ -116,10 +117,22 @@ optimum() {
     log "optimum: $PEERS/venv-optimum"
 }
 
+# openvino-genai, and optimum-intel for its int4 IR export: optimum-intel pins transformers (5.5 today), installed in
+# this venv over the system's; torch stays the system's CPU build (PyPI's would be the CUDA one), and torchvision,
+# which optimum pulls in and whose PyPI wheel does not load with the system's torch, goes again.
+ov_genai() {
+    vocab
+    local torch_version
+    torch_version=$(python3 -c 'import torch; print(torch.__version__.split("+")[0])')
+    venv venv-openvino "optimum-intel[openvino]" openvino-genai gguf -c <(echo "torch==$torch_version")
+    "$PEERS/venv-openvino/bin/pip" uninstall --quiet -y torchvision || true
+    log "openvino-genai: $PEERS/venv-openvino"
+}
+
 [[ ${BASH_SOURCE[0]} == "$0" ]] || return 0  # sourced (tests/test_bench_peers.py): the functions only
 
 steps=("$@")
-[[ $# -gt 0 ]] || steps=(llama_cpp weights ort_genai optimum)
+[[ $# -gt 0 ]] || steps=(llama_cpp weights ort_genai optimum ov_genai)
 failed=()
 for step in "${steps[@]}"; do
     # In a subshell with errexit, so that a failing step stops itself, is reported, and the next step still runs

@@ -25,8 +25,8 @@ def _export(args) -> None:
         precision=args.precision, target=args.target, context_length=args.context, block_size=args.block_size,
         symmetric=args.symmetric, mixed_bits=not args.uniform_bits, lm_head_bits=args.lm_head_bits,
         accuracy_level=args.accuracy_level, all_logits=args.all_logits,
-        quantize_embeddings=not args.float_embeddings, prefill_chunk=args.prefill_chunk,
-        activation_aware=args.rounding != "nearest", gptq=args.rounding == "gptq",
+        quantize_embeddings=not args.float_embeddings, prefill_chunk=args.prefill_chunk, attention=args.attention,
+        requantize=args.requantize, activation_aware=args.rounding != "nearest", gptq=args.rounding == "gptq",
         embedding_block_size=args.embedding_block_size,
     )
     export(args.source, args.output, options, force=args.force, follow_symlinks=args.follow_symlinks)
@@ -54,6 +54,17 @@ def _verify(args) -> None:
         write_json(result, Path(args.json))
 
 
+def _eval(args) -> None:
+    from .eval import compare, read_text, write_json
+
+    name, text = read_text(args.text) if args.text else (None, None)
+    reports = compare(args.packages, text, name, args.reference, args.context, None if args.chunks == 0 else args.chunks,
+                      args.threads)
+    print("\n\n".join(report.markdown() for report in reports))
+    if args.json:
+        write_json(reports, args.json)
+
+
 def _sampling(args):
     from .sampler import SamplingParams
 
@@ -75,8 +86,11 @@ def _load(args):
     from .export.cached import resolve_package
     from .model import load
 
+    from .bench.cli import speculation_from
+
     package = resolve_package(args.package, get_backend(args.device).target)
     model = load(package, device=args.device, options=_backend_options(args))
+    model.speculation = speculation_from(args, args.device, _backend_options(args))
     if package != Path(args.package) and model.manifest.source.get("random_weights"):  # a preset, exported just now
         print(f"edgeinfer: {args.package} has random weights (its text is noise; it shows the path, not a model): "
               "export a real checkpoint for real text", file=sys.stderr)
@@ -98,8 +112,10 @@ def _run(args) -> None:
         print(piece, end="", flush=True)
     result = pieces.result
     t = result.timings
+    speculated = (f", {t.speculate}: {t.acceptance_rate:.0%} of {t.proposed_tokens} proposed tokens kept, "
+                  f"{t.tokens_per_pass:.2f} tokens per pass" if t.speculate != "off" else "")
     print(f"\n[{t.prompt_tokens} prompt tokens, TTFT {t.ttft_s * 1000:.0f} ms, {t.new_tokens} new tokens at "
-          f"{t.decode_tokens_per_s:.1f} tok/s, stopped by {result.finish_reason}]", file=sys.stderr)
+          f"{t.decode_tokens_per_s:.1f} tok/s{speculated}, stopped by {result.finish_reason}]", file=sys.stderr)
 
 
 def _chat(args) -> None:
@@ -161,11 +177,12 @@ def _serve(args) -> None:
 def _devices(args) -> None:
     from .backends import backend_names, get_backend
 
-    for name in backend_names():
-        backend = get_backend(name)
-        status = backend.availability()
-        detail = backend.device_description() if status.ok else str(status)
-        print(f"{name:6} {'available' if status.ok else 'not available':14} {detail}")
+    for base in backend_names():
+        for name in [base, *(f"{base}:{v}" for v in get_backend(base).variants)]:
+            backend = get_backend(name)
+            status = backend.availability()
+            detail = backend.device_description() if status.ok else str(status)
+            print(f"{name:13} {'available' if status.ok else 'not available':14} {detail}")
 
 
 def _bench(args) -> None:
@@ -182,7 +199,8 @@ def _table(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .backends import backend_names
-    from .export.options import PRECISIONS, TARGETS
+    from .export.options import ATTENTIONS, PRECISIONS, TARGETS
+    from .bench.cli import add_speculate_argument
     from .sampler import SamplingParams
 
     DEFAULTS = SamplingParams()  # noqa: N806 - the one place sampling defaults live
@@ -203,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="cpu", choices=TARGETS)
     p.add_argument("--context", type=int, default=None,
                    help="context length (KV cache size) in tokens (default: 4096, or the model's limit if smaller)")
-    p.add_argument("--block-size", type=int, help="4-bit block size (default: 128 on cpu/cuda, the fastest; 16 on qnn, the most faithful)")
+    p.add_argument("--block-size", type=int, help="4-bit block size (default: 128 on cpu/cuda, the fastest; 16 on qnn, the most faithful; 32 on openvino, "
+                   "a GGUF Q4_K sub-block)")
     p.add_argument("--symmetric", action="store_true", help="4-bit without zero points (default: asymmetric)")
     p.add_argument("--uniform-bits", action="store_true", help="4 bits everywhere (default: 8-bit v/down in some layers)")
     p.add_argument("--rounding", default="gptq", choices=["gptq", "search", "nearest"],
@@ -215,9 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-head-bits", type=int, default=8, choices=[0, 4, 8], help="lm_head weights (0 = float)")
     p.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4], help="MatMulNBits compute type (4 = int8)")
     p.add_argument("--all-logits", action="store_true", help="prefill returns logits for every position")
+    p.add_argument("--requantize", action="store_true",
+                   help="quantized GGUF: dequantize and quantize again to --block-size (default: keep the file's own "
+                   "Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K blocks, lossless)")
     p.add_argument("--float-embeddings", action="store_true", help="keep the embedding table in float")
-    p.add_argument("--prefill-chunk", type=int, default=128, help="qnn: tokens per static prefill run")
-    p.add_argument("--compile", action="store_true", help="qnn: also compile the context binaries on this host")
+    p.add_argument("--prefill-chunk", type=int, default=128, help="qnn, openvino: tokens per static prefill run")
+    p.add_argument("--attention", choices=ATTENTIONS, default=None,
+                   help="cpu/cuda attention: gqa (onnxruntime's GroupQueryAttention) or grouped (cpu only: keys and "
+                        "values read once per kv head); default: the target's (gqa)")
+    p.add_argument("--compile", action="store_true", help="qnn: also compile the context binaries on this host (openvino: its compiled blobs)")
     p.add_argument("--force", action="store_true",
                    help="replace OUTPUT if it is an edgeinfer package (never another folder, never the source)")
     p.add_argument("--follow-symlinks", action="store_true",
@@ -235,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=DEFAULTS.seed)
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--allow-fallback", action="store_true", help="qnn: run unsupported nodes on the CPU")
+        add_speculate_argument(p, default=["auto"], note="lookup where it measures faster, plain decoding elsewhere; "
+                               "the output is the same either way")
 
     p = sub.add_parser("run", help="generate a reply to one prompt")
     p.add_argument("package", nargs="?", default=DEFAULT_RUN_MODEL,
@@ -273,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shutdown-timeout", type=float, default=10, help="on Ctrl-C or SIGTERM, seconds running "
                    "requests get to finish before they are cancelled")
     p.add_argument("--threads", type=int, default=None)
+    add_speculate_argument(p, default=["auto"], note="lookup where it measures faster for greedy requests")
     p.add_argument("--allow-fallback", action="store_true", help="qnn: run unsupported nodes on the CPU")
     p.set_defaults(func=_serve)
 
@@ -282,10 +310,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "per-layer SQNR too, a cpu fp32 package the logits only")
     p.add_argument("--text", help="a UTF-8 text file (default: the source of Python's textwrap and argparse)")
     p.add_argument("--positions", type=int, default=512, help="scored positions after the first prefill chunk")
-    p.add_argument("--device", default="cpu", help="also run the package here (qnn) and compare it with the CPU EP")
+    p.add_argument("--device", default="cpu", help="also run the package here (qnn, openvino) and compare it with the CPU EP")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the package files")
     p.set_defaults(func=_verify)
+
+    p = sub.add_parser("eval", help="perplexity over a text; top-1 agreement and KL divergence against a reference",
+                       description="Perplexity of PACKAGE over a text and, with --reference, the figures llama.cpp's "
+                       "llama-perplexity --kl-divergence prints (same top token, mean KLD, PPL ratio), with its "
+                       "chunking: chunks of --context tokens from an empty cache, the second half of each scored.")
+    p.add_argument("packages", nargs="+", metavar="PACKAGE", help="one or more packages, scored on the same chunks")
+    p.add_argument("--text", help="a UTF-8 text file (default: the source of Python's textwrap and argparse)")
+    p.add_argument("--reference", help="a package (a --precision fp32 export of the same source), or a GGUF file or "
+                   "Hugging Face folder that transformers runs in float32")
+    p.add_argument("--context", type=int, default=512, help="tokens per chunk (llama-perplexity -c; default 512)")
+    p.add_argument("--chunks", type=int, default=5, help="chunks to score (default 5: 1,275 tokens; 0 = all)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", help="also write the figures to this file")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("devices", help="list backends and whether they can run here")
     p.set_defaults(func=_devices)

@@ -1,14 +1,19 @@
 """Running a dynamic-shape package (cpu, cuda) with its KV cache kept in place.
 
 Each layer's past and present are bound to the same preallocated buffer of the package's context length,
-so GroupQueryAttention appends the new keys/values in place: no per-token copy of the cache, and a step's
-cost grows only with attention over the filled part.
+so the new keys/values land in place: no per-token copy of the cache, and a step's cost grows only with attention
+over the filled part. BNSH caches (GroupQueryAttention) are bound whole, once; SH caches (grouped attention, cpu)
+are rows, bound at each run as two views: the rows held (past) and the rows this run writes (present).
 
 On a GPU the cache, the logits and the greedy token stay in device memory; a decode step updates two small
 device buffers in place (the token id and the cache length) and reads back one token id (greedy), the few most
 likely tokens (sampling, see candidates.py), or the last logits row when the sampler needs all of it. Fixed
 addresses and shapes let onnxruntime capture the decode step once as a CUDA graph and replay it: one launch per
 token instead of several hundred. Prefill has a new shape each time and runs without a graph.
+
+Speculative decoding verifies k proposed tokens in one run that returns logits (and, on a GPU, the argmax) for its
+last k+1 rows only (the graph's logits_rows input). On a GPU a verify run of the runner's fixed width (VERIFY_WIDTH
+tokens, proposals padded) has its own fixed buffers and CUDA graph, as the decode step has.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import GenerationError, PackageError, check_fits
-from .graph_contract import GREEDY_OUTPUT, INPUT_IDS, LOGITS, SEQLENS, TOTAL_LENGTH, cache_pairs
+from .graph_contract import GREEDY_OUTPUT, INPUT_IDS, LOGITS, LOGITS_ROWS, SEQLENS, TOTAL_LENGTH, cache_pairs
 from .package import Manifest, Package
 from .runner import Engine, Runner
 
@@ -35,6 +40,9 @@ if TYPE_CHECKING:
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16}
 NO_GRAPH = -1  # onnxruntime's gpu_graph_id for a run that neither captures nor replays a graph
+# Tokens of a GPU verify run (the pending token and up to 7 proposals): one fixed shape, so one captured graph.
+VERIFY_WIDTH = 8
+KEPT_ROWS = 64  # logits buffers of up to this many rows are kept per row count
 
 
 @dataclass(frozen=True)
@@ -43,27 +51,34 @@ class BindingPlan:
 
     device: str  # "cpu" or "cuda": where the cache, the logits and the greedy token live
     cache: tuple[tuple[str, str], ...]  # (past input, present output) pairs, each bound to one buffer
-    cache_shape: tuple[int, int, int, int]  # [batch 1, kv heads, context length, head dim]
+    cache_shape: tuple[int, ...]  # BNSH: [batch 1, kv heads, context length, head dim]; SH: [context length, kv heads * head dim]
     cache_dtype: str
+    # "BNSH": past and present are the whole buffer (GroupQueryAttention appends in place); "SH": past is the rows
+    # held, present the rows this run adds, both bound as views of the buffer at each run (grouped_attention.py)
+    cache_layout: str
     all_logits: bool  # packages exported with all_logits return one logits row per fed token
     greedy_output: str | None  # output with the argmax of each row, when the graph has one (cuda packages)
     fixed_decode_inputs: bool  # decode reads input_ids and seqlens_k from buffers updated in place
     decode_total_length: int | None  # total_sequence_length of every decode step (fixed: a graph bakes it)
     graph_capture: bool  # the session captures CUDA graphs: every run must name its graph id
     decode_graph_id: int | None  # the decode step's graph (None: decode runs without one)
+    logits_rows: bool = False  # the graph takes logits_rows: a run returns logits for its last k rows (verification)
+    verify_width: int | None = None  # tokens of every fixed-input verify run (None: verify runs as prefill does)
+    verify_graph_id: int | None = None  # the fixed verify run's graph
 
-    def run_config(self, decode: bool) -> dict[str, str]:
-        """Run-option entries for a prefill or decode run."""
+    def run_config(self, decode: bool, verify: bool = False) -> dict[str, str]:
+        """Run-option entries for a prefill, decode or fixed-width verify run."""
         if not self.graph_capture:
             return {}
-        graph = self.decode_graph_id if decode and self.decode_graph_id is not None else NO_GRAPH
-        return {"gpu_graph_id": str(graph)}
+        graph = self.decode_graph_id if decode else self.verify_graph_id if verify else None
+        return {"gpu_graph_id": str(NO_GRAPH if graph is None else graph)}
 
 
 def binding_plan(manifest: Manifest, device: str = "cpu", graph_id: int | None = None,
                  fixed_decode_inputs: bool | None = None) -> BindingPlan:
     """The plan for DEVICE. GRAPH_ID: the session captures CUDA graphs and this runner's decode step owns
-    graph GRAPH_ID (>= 1; onnxruntime reserves 0). FIXED_DECODE_INPUTS defaults to on for GPUs."""
+    graph GRAPH_ID (>= 1; onnxruntime reserves 0) and its verify run graph GRAPH_ID + 1. FIXED_DECODE_INPUTS defaults
+    to on for GPUs."""
     graph = manifest.graphs["decoder"]
     inputs, outputs = set(graph["inputs"]), set(graph["outputs"])
     pairs = cache_pairs(manifest.kv_cache["num_layers"])
@@ -77,11 +92,19 @@ def binding_plan(manifest: Manifest, device: str = "cpu", graph_id: int | None =
     all_logits = bool(manifest.export_options.get("all_logits"))
     fixed = on_device if fixed_decode_inputs is None else fixed_decode_inputs
     fixed = fixed and not all_logits  # a graph needs fixed output shapes: all_logits packages always run as prefill
+    layout = kv.get("layout", "BNSH")
+    if layout == "SH" and on_device:
+        raise GenerationError(f"this package's cache layout SH runs on the cpu only: run it with --device cpu, or "
+                              f"re-export it for {device} (--target cuda)")
+    shape = ((kv["length"], kv["num_kv_heads"] * kv["head_dim"]) if layout == "SH"
+             else (1, kv["num_kv_heads"], kv["length"], kv["head_dim"]))
+    rows = LOGITS_ROWS in inputs
     return BindingPlan(
         device=device,
         cache=tuple(pairs),
-        cache_shape=(1, kv["num_kv_heads"], kv["length"], kv["head_dim"]),
+        cache_shape=shape,
         cache_dtype=kv["dtype"],
+        cache_layout=layout,
         all_logits=all_logits,
         greedy_output=GREEDY_OUTPUT if GREEDY_OUTPUT in outputs else None,
         fixed_decode_inputs=fixed,
@@ -90,6 +113,9 @@ def binding_plan(manifest: Manifest, device: str = "cpu", graph_id: int | None =
         decode_total_length=manifest.context_length if fixed else None,
         graph_capture=graph_id is not None,
         decode_graph_id=graph_id if fixed else None,
+        logits_rows=rows,
+        verify_width=VERIFY_WIDTH if fixed and rows else None,
+        verify_graph_id=graph_id + 1 if fixed and rows and graph_id is not None else None,
     )
 
 
@@ -108,6 +134,9 @@ class DynamicRunner(Runner):
         self.device, self.device_id = self.plan.device, device_id
         self.capacity = manifest.context_length
         self.all_logits = self.plan.all_logits
+        # The most rows one run returns logits for: what a speculative verify run may ask (1: the package predates it).
+        self.verify_rows = self.capacity if self.plan.logits_rows or self.all_logits else 1
+        self.verify_width = self.plan.verify_width
         self.vocab_size = manifest.architecture["vocab_size"]
         self.logits_dtype = np.dtype(manifest.activation_dtype)
         # A GPU prefills a whole prompt at once (one pass over the weights); None: the generator's default.
@@ -123,63 +152,94 @@ class DynamicRunner(Runner):
         self._cache = [self._buffer(past, lazy_zeros(self.plan.cache_shape, dtype)) for past, _ in self.plan.cache]
         self.binding = session.io_binding()  # prefill, and every run on the CPU path
         self._decode = session.io_binding() if self.plan.fixed_decode_inputs else None
+        self._row_cache = self.plan.cache_layout == "SH"
+        if self._row_cache:
+            self._row_bytes = self.plan.cache_shape[1] * np.dtype(dtype).itemsize
+            self._cache_dtype = dtype
         for b in filter(None, (self.binding, self._decode)):
             for (past, present), buffer in zip(self.plan.cache, self._cache):
-                b.bind_ortvalue_input(past, buffer)
-                b.bind_ortvalue_output(present, buffer)
+                if not self._row_cache:  # rows are bound at each run: the prefix grows
+                    b.bind_ortvalue_input(past, buffer)
+                    b.bind_ortvalue_output(present, buffer)
+        self._outputs: dict[int, tuple] = {}  # rows -> (logits, greedy or None) buffers
+        self._rows = self._prefill_rows = None  # rows of the last run; rows bound to the prefill binding
         self._bind_outputs(1)  # last position only: one buffer for every run
         if self._decode is not None:
-            self._ids = self._buffer(INPUT_IDS, np.zeros((1, 1), dtype=np.int64))
-            self._seqlens = self._buffer(SEQLENS, np.zeros(1, dtype=np.int32))
-            total = np.array(self.plan.decode_total_length, dtype=np.int32)
-            self._total = self._host_value(TOTAL_LENGTH, total)  # GQA reads it on the host
-            self._decode.bind_ortvalue_input(INPUT_IDS, self._ids)
-            self._decode.bind_ortvalue_input(SEQLENS, self._seqlens)
-            self._decode.bind_ortvalue_input(TOTAL_LENGTH, self._total)
+            self._ids, self._seqlens = self._fixed_inputs(self._decode, 1, "")
+        self._verify = None  # the fixed-width verify binding, made at the first verify run
         self.run_options = _run_options(self.plan.run_config(decode=False))
         self._decode_options = _run_options(self.plan.run_config(decode=True))
+        self._verify_options = _run_options(self.plan.run_config(decode=False, verify=True))
 
-    def run(self, token_ids: np.ndarray, position: int) -> None:
-        """Run TOKEN_IDS placed at POSITION..; the results stay where the plan put them."""
+    def run(self, token_ids: np.ndarray, position: int, rows: int = 1) -> None:
+        """Run TOKEN_IDS placed at POSITION..; the results (logits of the last ROWS tokens) stay where the plan put them."""
         ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
         total = position + ids.shape[1]
         check_fits(total, self.capacity)
+        if not 1 <= rows <= ids.shape[1] or rows > self.verify_rows:
+            raise GenerationError(f"cannot return logits for {rows} of {ids.shape[1]} tokens: this package returns "
+                                  f"{self.verify_rows} row(s) per run; re-export it to verify proposed tokens")
         if self._decode is not None and ids.shape[1] == 1 and position > 0:
             self._ids.update_inplace(ids)
             self._seqlens.update_inplace(np.array([total - 1], dtype=np.int32))
-            binding, options = self._decode, self._decode_options
+            binding, options, self._rows = self._decode, self._decode_options, 1
+            self._logits_value, self._greedy_value = self._outputs[1]
+        elif self.verify_width is not None and ids.shape[1] == rows == self.verify_width and position > 0:
+            binding, options = self._verify_binding(), self._verify_options
+            self._verify_ids.update_inplace(ids)
+            self._verify_seqlens.update_inplace(np.array([total - 1], dtype=np.int32))
+            self._rows = rows
+            self._logits_value, self._greedy_value = self._outputs[rows]
         else:
             binding, options = self.binding, self.run_options
             binding.bind_cpu_input(INPUT_IDS, ids)
             binding.bind_cpu_input(SEQLENS, np.array([total - 1], dtype=np.int32))
             binding.bind_cpu_input(TOTAL_LENGTH, np.array(total, dtype=np.int32))
-            if self.all_logits:
-                self._bind_outputs(ids.shape[1])  # one row per token: the shape follows the chunk
-        with self._lock:
-            self.session.run_with_iobinding(binding, options)
+            if self._row_cache:
+                self._bind_rows(position, ids.shape[1])
+            if self.plan.logits_rows:
+                binding.bind_cpu_input(LOGITS_ROWS, np.array([rows], dtype=np.int64))
+            # all_logits packages: one row per token, the shape follows the chunk
+            self._bind_outputs(ids.shape[1] if self.all_logits else rows)
+        try:
+            with self._lock:
+                self.session.run_with_iobinding(binding, options)
+        except Exception:
+            if binding is not self._verify:
+                raise
+            # A device that cannot capture or replay the verify shape: verify runs as prefill runs do from now on
+            # (the same rows, no graph); the failed run's cache rows are written again.
+            self.verify_width = None
+            self.run(token_ids, position, rows)
 
     def last_logits(self, all_rows: bool = False) -> np.ndarray:
-        """float32 logits of the last run's last token (every token with ALL_ROWS); a GPU copies them here."""
-        logits = self._logits if self.device == "cpu" else self._logits_value.numpy()
+        """float32 logits of the last run's last token (every row it returned with ALL_ROWS); a GPU copies them here.
+        On the host, a view of the numpy array the OrtValue wraps (a view of the OrtValue would not keep it alive)."""
+        logits = self._host_arrays[f"{LOGITS}.{self._rows}"] if self.device == "cpu" else self._logits_value.numpy()
         if all_rows:
             return logits[0].astype(np.float32)
         return logits[0, -1].astype(np.float32, copy=False)
 
+    def greedy_tokens(self) -> np.ndarray | None:
+        """The argmax of every logits row the last run returned, from the graph's own output (ids cross to the host,
+        not logits); None when the package has no such output."""
+        if self._greedy_value is None:
+            return None
+        return (self._host_arrays[f"{GREEDY_OUTPUT}.{self._rows}"] if self.device == "cpu" else self._greedy_value.numpy())[0]
+
     def greedy_token(self) -> int | None:
         """The argmax of the last logits row from the graph's own output (one id crosses to the host);
         None when the package has no such output: sample from `last_logits` instead."""
-        if self._greedy_value is None:
-            return None
-        ids = self._greedy if self.device == "cpu" else self._greedy_value.numpy()
-        return int(ids[0, -1])
+        ids = self.greedy_tokens()
+        return None if ids is None else int(ids[-1])
 
     def candidates(self, temperature: float) -> tuple[np.ndarray, np.ndarray, float] | None:
         """The last run's most likely next tokens: (ids, logits / TEMPERATURE, log-sum-exp of logits / TEMPERATURE
         over the vocabulary), best first; None without a candidates head."""
-        if self.head is None:
+        if self.head is None or self._rows != 1:
             return None
         if self._head_binding is None:  # bound on first use: greedy-only runners never pay for it
-            self._head_binding = self.head.bind(self._logits_value)
+            self._head_binding = self.head.bind(self._outputs[1][0])
         return self._head_binding.run(temperature)
 
     def cache_arrays(self) -> list[np.ndarray]:
@@ -188,16 +248,70 @@ class DynamicRunner(Runner):
 
     # -- buffers --------------------------------------------------------------------------------------------
     def _bind_outputs(self, rows: int) -> None:
-        self._logits = np.empty((1, rows, self.vocab_size), dtype=self.logits_dtype)
-        self._logits_value = self._buffer(LOGITS, self._logits)
-        self._greedy_value = None
-        if self.plan.greedy_output:
-            self._greedy = np.zeros((1, rows), dtype=np.int64)
-            self._greedy_value = self._buffer(self.plan.greedy_output, self._greedy)
-        for b in filter(None, (self.binding, self._decode)):
-            b.bind_ortvalue_output(LOGITS, self._logits_value)
-            if self._greedy_value is not None:
-                b.bind_ortvalue_output(self.plan.greedy_output, self._greedy_value)
+        """Bind the logits (and greedy) buffers of ROWS rows to the prefill binding (and, for one row, the decode one).
+        Row counts up to KEPT_ROWS keep their buffers: a verify run neither reallocates them nor disturbs the decode
+        step's; an all_logits chunk's [rows, vocab] buffer lives until the next run of another size."""
+        if rows not in self._outputs:
+            for n in [n for n in self._outputs if n > KEPT_ROWS]:  # the last all_logits chunk's buffers go
+                del self._outputs[n]
+                self._host_arrays.pop(f"{LOGITS}.{n}", None)
+                self._host_arrays.pop(f"{GREEDY_OUTPUT}.{n}", None)
+            logits = self._buffer(f"{LOGITS}.{rows}", np.empty((1, rows, self.vocab_size), dtype=self.logits_dtype))
+            greedy = (self._buffer(f"{GREEDY_OUTPUT}.{rows}", np.zeros((1, rows), dtype=np.int64))
+                      if self.plan.greedy_output else None)
+            self._outputs[rows] = (logits, greedy)
+            if rows == 1 and self._decode is not None:
+                self._bind_result(self._decode, rows)
+            self._prefill_rows = None
+        if rows != self._prefill_rows:
+            self._bind_result(self.binding, rows)
+            self._prefill_rows = rows
+        self._rows = rows
+        self._logits_value, self._greedy_value = self._outputs[rows]
+
+    def _bind_result(self, binding, rows: int) -> None:
+        logits, greedy = self._outputs[rows]
+        binding.bind_ortvalue_output(LOGITS, logits)
+        if greedy is not None:
+            binding.bind_ortvalue_output(self.plan.greedy_output, greedy)
+
+    def _fixed_inputs(self, binding, width: int, suffix: str) -> tuple[ort.OrtValue, ort.OrtValue]:
+        """Bind BINDING's inputs to buffers updated in place (ids of WIDTH tokens, the cache length); returns them."""
+        ids = self._buffer(INPUT_IDS + suffix, np.zeros((1, width), dtype=np.int64))
+        seqlens = self._buffer(SEQLENS + suffix, np.zeros(1, dtype=np.int32))
+        total = self._host_value(TOTAL_LENGTH + suffix, np.array(self.plan.decode_total_length, dtype=np.int32))  # GQA reads it on the host
+        binding.bind_ortvalue_input(INPUT_IDS, ids)
+        binding.bind_ortvalue_input(SEQLENS, seqlens)
+        binding.bind_ortvalue_input(TOTAL_LENGTH, total)
+        if self.plan.logits_rows:
+            # Host memory: it sets a Slice's start, which the CUDA EP reads on the host (no copy inside a captured graph).
+            binding.bind_ortvalue_input(LOGITS_ROWS, self._host_value(LOGITS_ROWS + suffix, np.array([width], dtype=np.int64)))
+        return ids, seqlens
+
+    def _verify_binding(self):
+        """The fixed-width verify run's binding: its own inputs, outputs and (under capture) CUDA graph."""
+        if self._verify is None:
+            width = self.verify_width
+            self._verify = self.session.io_binding()
+            for (past, present), buffer in zip(self.plan.cache, self._cache):
+                self._verify.bind_ortvalue_input(past, buffer)
+                self._verify.bind_ortvalue_output(present, buffer)
+            self._verify_ids, self._verify_seqlens = self._fixed_inputs(self._verify, width, ".verify")
+            if width not in self._outputs:
+                current = self._rows
+                self._bind_outputs(width)
+                self._bind_outputs(current)  # the last run's results stay readable
+            self._bind_result(self._verify, width)
+        return self._verify
+
+    def _bind_rows(self, held: int, new: int) -> None:
+        """SH caches: each past input is the HELD rows of its buffer, each present output the NEW rows after them
+        (raw pointers into the host buffers: no copy, no OrtValue per run)."""
+        width = self.plan.cache_shape[1]
+        for (past, present), buffer in zip(self.plan.cache, self._cache):
+            start = buffer.data_ptr()
+            self.binding.bind_input(past, "cpu", 0, self._cache_dtype, [held, width], start)
+            self.binding.bind_output(present, "cpu", 0, self._cache_dtype, [new, width], start + held * self._row_bytes)
 
     def _buffer(self, name: str, array: np.ndarray) -> ort.OrtValue:
         """NAME's buffer with ARRAY's contents on the plan's device (a copy); on the host it wraps ARRAY."""
@@ -246,7 +360,7 @@ class DynamicEngine(Engine):
         self.graph_capture = backend.graph_capture(options)
         self.device_id = backend.device_id(options)
         self.head = backend.candidate_head(manifest.architecture["vocab_size"], np.dtype(manifest.activation_dtype), options)
-        self._graph_ids = itertools.count(1)
+        self._graph_ids = itertools.count(1, 2)  # each runner: its decode graph and its verify graph
         self._run_lock = threading.Lock() if self.graph_capture else None
 
     def new_runner(self) -> "DynamicRunner":
@@ -281,10 +395,15 @@ def check_graph(path: Path, session, manifest: Manifest) -> None:
     past = [n for n in listed_in if n.startswith("past_key_values.")]
     present = [n for n in listed_out if n.startswith("present.")]
     need(len(past) == len(present) == 2 * kv["num_layers"], f"{len(past)} cache inputs for {kv['num_layers']} layers")
+    rows = kv.get("layout", "BNSH") == "SH"
     for name in past + present:
         value = inputs.get(name) or outputs[name]
-        need(len(value.shape) == 4 and value.shape[1] == kv["num_kv_heads"] and value.shape[3] == kv["head_dim"],
-             f"{name} has shape {value.shape}, the manifest says {kv['num_kv_heads']} heads of {kv['head_dim']}")
+        if rows:  # [tokens, kv heads * head dim]
+            fits = len(value.shape) == 2 and value.shape[1] == kv["num_kv_heads"] * kv["head_dim"]
+        else:  # [batch, kv heads, context, head dim]
+            fits = len(value.shape) == 4 and value.shape[1] == kv["num_kv_heads"] and value.shape[3] == kv["head_dim"]
+        need(fits, f"{name} has shape {value.shape}, the manifest says {kv['num_kv_heads']} heads of {kv['head_dim']} "
+                   f"in layout {kv.get('layout', 'BNSH')}")
         need(value.type == _ORT_TYPES[kv["dtype"]], f"{name} is {value.type}, the manifest says {kv['dtype']}")
     logits = outputs["logits"]
     need(logits.shape[-1] == manifest.architecture["vocab_size"],

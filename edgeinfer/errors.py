@@ -25,6 +25,10 @@ class GenerationError(EdgeInferError):
     """Generation cannot go on (empty prompt, context full, bad token ids)."""
 
 
+class EvalError(EdgeInferError):
+    """An evaluation cannot run (text too short for its chunks, a reference with another tokenizer)."""
+
+
 class SamplingError(EdgeInferError, ValueError):
     """A sampling parameter is out of range."""
 

@@ -26,6 +26,11 @@ class Timings:
     prefill_s: float = 0.0  # running the prompt through the model
     ttft_s: float = 0.0  # prompt in -> first new token out (prefill + first sample)
     decode_s: float = 0.0  # first new token -> last new token
+    forward_passes: int = 0  # decode runs after the prompt (one per token without speculation)
+    proposed_tokens: int = 0  # speculative decoding: proposed tokens the model checked
+    accepted_tokens: int = 0  # ... and kept
+    verify_passes: int = 0  # forward passes that checked at least one proposed token
+    speculate: str = "off"  # the proposer that ran: off, lookup, draft (auto names the one it chose)
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -35,11 +40,24 @@ class Timings:
     def decode_tokens_per_s(self) -> float:
         return (self.new_tokens - 1) / self.decode_s if self.decode_s and self.new_tokens > 1 else 0.0
 
+    @property
+    def acceptance_rate(self) -> float:
+        """The share of proposed tokens the model kept (0 without speculation)."""
+        return self.accepted_tokens / self.proposed_tokens if self.proposed_tokens else 0.0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        """New tokens per decode run (1 without speculation; the first token comes from the prompt's run)."""
+        return (self.new_tokens - 1) / self.forward_passes if self.forward_passes else (1.0 if self.new_tokens > 1 else 0.0)
+
     def to_dict(self) -> dict:
         return {
             "prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens, "prefill_s": self.prefill_s,
             "ttft_s": self.ttft_s, "decode_s": self.decode_s,
             "prefill_tokens_per_s": self.prefill_tokens_per_s, "decode_tokens_per_s": self.decode_tokens_per_s,
+            "speculate": self.speculate, "forward_passes": self.forward_passes, "proposed_tokens": self.proposed_tokens,
+            "accepted_tokens": self.accepted_tokens, "verify_passes": self.verify_passes, "acceptance_rate": self.acceptance_rate,
+            "tokens_per_pass": self.tokens_per_pass,
         }
 
 
@@ -87,9 +105,33 @@ class Generator:
             self._feed(chunk)
             self.tokens.extend(int(t) for t in chunk)
 
-    def _feed(self, chunk: np.ndarray) -> None:
+    def verify(self, token_ids, rows: int) -> None:
+        """Feed TOKEN_IDS in ONE run that keeps the logits of their last ROWS (speculative decoding checks proposed
+        tokens this way); read them with `row_logits` / `row_greedy`, then `rewind` past the rejected ones."""
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0 or ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise GenerationError(f"proposed ids {ids[:8].tolist()} are not tokens of the [0, {self.vocab_size}) vocabulary")
+        check_fits(self.position + ids.size, self.capacity)
+        self._feed(ids, rows)
+        self.tokens.extend(int(t) for t in ids)
+
+    def row_logits(self) -> np.ndarray:
+        """[rows, vocab] float32 logits of the last `verify` run (a view the next run overwrites)."""
+        return self.runner.last_logits(all_rows=True)
+
+    def row_greedy(self) -> np.ndarray:
+        """The argmax of each row of the last `verify` run (from the graph where it computes them)."""
+        ids = self.runner.greedy_tokens()
+        return ids if ids is not None else np.argmax(self.row_logits(), axis=-1)
+
+    def _feed(self, chunk: np.ndarray, rows: int = 1) -> None:
         try:
-            self.runner.run(chunk, self.position)  # the results stay with the runner (on a GPU) until the sampler asks
+            # The results stay with the runner (on a GPU) until the sampler asks; ROWS only where verifying, so a runner
+            # written before verification (run(ids, position)) still drives plain decoding.
+            if rows == 1:
+                self.runner.run(chunk, self.position)
+            else:
+                self.runner.run(chunk, self.position, rows)
             self._logits, self._pending = None, True
         except GenerationError:
             raise
@@ -225,3 +267,4 @@ class TokenLoop:
                 self.finish_reason = self.criteria.after_token(timings.new_tokens, generator.position, generator.capacity)
             if self.finish_reason is None:
                 generator.append([token])
+                timings.forward_passes += 1

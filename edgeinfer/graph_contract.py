@@ -3,8 +3,10 @@
 Both sides import this module and neither imports the other, so loading a package never pulls in onnx,
 the quantizer or the graph builders. Runners find inputs and outputs by these names, never by position.
 
-Dynamic graphs (cpu, cuda): input_ids, seqlens_k, total_sequence_length and one past input per layer and kind;
-logits, one present output per layer and kind, and on cuda the greedy token.
+Dynamic graphs (cpu, cuda): input_ids, seqlens_k, total_sequence_length, on cpu logits_rows (how many of the last rows
+get logits: 1 to sample, k+1 to verify k proposed tokens; cuda graphs return the last row) and one past input per
+layer and kind; logits, one present output
+per layer and kind, and on cuda the greedy token of each logits row.
 Static graphs (qnn), one or more parts per role: the hidden state in (inputs_embeds for the first part), rotary
 rows (one table per RoPE the layers use), the additive masks (one per attention window) and each layer's past;
 the hidden state out (logits for the last part) and each layer's new rows of the cache.
@@ -24,6 +26,8 @@ CACHE_KINDS = ("key", "value")
 # Dynamic graphs.
 INPUT_IDS, SEQLENS, TOTAL_LENGTH = "input_ids", "seqlens_k", "total_sequence_length"
 LOGITS = "logits"
+# int64 [1]: logits for the last this-many rows of the run (packages exported before it had it return the last row only).
+LOGITS_ROWS = "logits_rows"
 GREEDY_OUTPUT = "next_token"  # cuda packages: argmax of each logits row, so greedy decode moves one id to the host
 
 
@@ -35,11 +39,12 @@ def present_name(layer: int, kind: str) -> str:
     return f"present.{layer}.{kind}"
 
 
-def dynamic_io(num_layers: int, greedy_output: bool = False) -> dict[str, list[str]]:
+def dynamic_io(num_layers: int, greedy_output: bool = False, logits_rows: bool = True) -> dict[str, list[str]]:
     """The dynamic graph's input and output names, in the order the exporter declares them."""
     cache = [(i, kind) for i in range(num_layers) for kind in CACHE_KINDS]
     return {
-        "inputs": [INPUT_IDS, SEQLENS, TOTAL_LENGTH, *(past_name(i, k) for i, k in cache)],
+        "inputs": [INPUT_IDS, SEQLENS, TOTAL_LENGTH, *([LOGITS_ROWS] if logits_rows else []),
+                   *(past_name(i, k) for i, k in cache)],
         "outputs": [LOGITS, *(present_name(i, k) for i, k in cache), *([GREEDY_OUTPUT] if greedy_output else [])],
     }
 
@@ -109,7 +114,7 @@ def static_shapes(graphs: dict, spec: "ArchSpec", context: int, role: str) -> di
     fixed = {EMBEDS_IN: (1, n, hidden), HIDDEN_IN: (1, n, hidden), HIDDEN_OUT: (1, n, hidden),
              POSITION_COS: (1, ropes, n, pairs), POSITION_SIN: (1, ropes, n, pairs),
              ATTENTION_MASK: (1, masks, n, context + n),
-             LOGITS: (1, 1, spec.vocab_size)}  # the last part's logits: the last row only
+             LOGITS: (1, graphs[role].get("logits_rows", 1), spec.vocab_size)}  # the last part's: its last rows only
     shapes = {}
     for part in graphs[role]["parts"]:
         for name in (*part["inputs"], *part["outputs"]):

@@ -22,6 +22,7 @@ from .dynamic_runner import DynamicEngine
 from .package import Manifest, Package, load_package
 from .runner import Engine
 from .sampler import SamplingParams
+from .speculative import Speculation, as_speculation, speculative_loop
 from .tokenizer import TextStopper, TextTokenizer
 
 
@@ -44,9 +45,14 @@ class GenerationResult:
         }
 
 
-def load(path: str | Path, device: str = "cpu", verify: bool = True, options: BackendOptions | None = None) -> "Model":
-    """Load an exported package on DEVICE (cpu, cuda, qnn). verify=False skips the sha256 check of the files."""
-    return Model(Path(path), device, verify, options or BackendOptions())
+def load(path: str | Path, device: str = "cpu", verify: bool = True, options: BackendOptions | None = None,
+         speculate: "str | Speculation" = "auto") -> "Model":
+    """Load an exported package on DEVICE (cpu, cuda, qnn). verify=False skips the sha256 check of the files.
+    SPECULATE: how generations speculate unless they say otherwise (speculative.Speculation; a mode name: auto, off,
+    lookup; draft needs Speculation("draft", draft=load(PKG)))."""
+    model = Model(Path(path), device, verify, options or BackendOptions())
+    model.speculation = as_speculation(speculate)
+    return model
 
 
 class Model:
@@ -78,6 +84,7 @@ class Model:
         self.chat_format = ChatFormat(self.tokenizer, tok["chat_template"], tok["chat_format"], self.context_length)
         self.eos_token_ids = tuple(tok["eos_token_ids"])
         self.load_s = time.perf_counter() - started
+        self.speculation = Speculation()  # auto: adaptive prompt lookup for greedy decoding (speculative.py)
 
     @property
     def spec(self):
@@ -112,41 +119,44 @@ class Model:
 
     def stream(self, prompt_or_messages, max_new_tokens: int = 256, sampling: SamplingParams | None = None,
                stop: tuple[str, ...] = (), raw: bool = False, ignore_eos: bool = False,
-               generator: Generator | None = None) -> "TextStream":
+               generator: Generator | None = None, speculate: "str | Speculation | None" = None) -> "TextStream":
         """Text pieces as they are generated; once the stream ends, its `result` holds ids, split text and timings.
 
         GENERATOR: run on this generator's cache instead of a fresh one. The tokens it holds that begin this
         prompt (a chat's earlier turns) are not run again; afterwards it holds this exchange, for the next call.
+        SPECULATE: speculative decoding for this call (None: the model's `speculation`); the output is the same.
         """
-        return TextStream(self._pieces(prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos, generator))
+        return TextStream(self._pieces(prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos, generator,
+                                       speculate))
 
     def stream_ids(self, prompt_ids: list[int], max_new_tokens: int = 256, sampling: SamplingParams | None = None,
                    stop: tuple[str, ...] = (), ignore_eos: bool = False, generator: Generator | None = None,
-                   thinking: bool = False) -> "TextStream":
+                   thinking: bool = False, speculate: "str | Speculation | None" = None) -> "TextStream":
         """`stream` for a prompt already encoded (`encode_prompt`). THINKING: the prompt opened DeepSeek-R1's
         <think> (messages encoded for a deepseek-r1 chat format), so the reply starts with reasoning."""
         def pieces():  # checked when iterated, as `stream` does
             criteria = self._criteria(prompt_ids, max_new_tokens, stop, ignore_eos)
-            return (yield from self._token_pieces(list(prompt_ids), criteria, sampling, generator, thinking))
+            return (yield from self._token_pieces(list(prompt_ids), criteria, sampling, generator, thinking, speculate))
 
         return TextStream(pieces())
 
     def generate(self, prompt_or_messages, max_new_tokens: int = 256, sampling: SamplingParams | None = None,
                  stop: tuple[str, ...] = (), raw: bool = False, ignore_eos: bool = False,
-                 generator: Generator | None = None) -> GenerationResult:
-        stream = self.stream(prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos, generator)
+                 generator: Generator | None = None, speculate: "str | Speculation | None" = None) -> GenerationResult:
+        stream = self.stream(prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos, generator, speculate)
         for _ in stream:
             pass
         return stream.result
 
-    def _pieces(self, prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos, generator):
+    def _pieces(self, prompt_or_messages, max_new_tokens, sampling, stop, raw, ignore_eos, generator, speculate=None):
         """The request's text pieces; returns (via StopIteration, read by TextStream) its GenerationResult."""
         criteria = self._criteria(prompt_or_messages, max_new_tokens, stop, ignore_eos)
         prompt_ids = self.encode_prompt(prompt_or_messages, raw)
         thinking = self.chat_format.opens_thinking and not raw
-        return (yield from self._token_pieces(prompt_ids, criteria, sampling, generator, thinking))
+        return (yield from self._token_pieces(prompt_ids, criteria, sampling, generator, thinking, speculate))
 
-    def _token_pieces(self, prompt_ids: list[int], criteria: StopCriteria, sampling, generator, thinking: bool):
+    def _token_pieces(self, prompt_ids: list[int], criteria: StopCriteria, sampling, generator, thinking: bool,
+                      speculate=None):
         if not prompt_ids:
             raise GenerationError("the prompt is empty: pass some text")
         check_fits(len(prompt_ids) + 1, self.context_length)  # room for at least the first new token
@@ -157,7 +167,9 @@ class Model:
         else:
             generator.use_sampling(sampling)
         cached = generator.keep_common_prefix(prompt_ids)
-        loop = TokenLoop(generator, prompt_ids[cached:], criteria)
+        speculation = self.speculation if speculate is None else as_speculation(speculate)
+        loop = (speculative_loop(generator, prompt_ids[cached:], criteria, speculation)
+                or TokenLoop(generator, prompt_ids[cached:], criteria))
         decoder, stopper = self.tokenizer.stream_decoder(), TextStopper(criteria.stop_strings)
         ids: list[int] = []
         try:

@@ -125,7 +125,7 @@ def verify_files(folder: Path, manifest: Manifest, hashes: bool = True) -> None:
 
 
 ACTIVATION_DTYPES = ("float32", "float16")
-TARGETS, GRAPH_FLAVOURS = ("cpu", "cuda", "qnn"), ("dynamic", "static")
+TARGETS, GRAPH_FLAVOURS = ("cpu", "cuda", "qnn", "openvino"), ("dynamic", "static")
 # A static package's host cache may hold the graphs' quantized I/O type (graphs.host.kv_cache gives its encoding).
 QUANTIZED_KV_DTYPES = {"uint16": 65535}  # dtype -> its largest zero point
 KV_ITEMSIZE = {"float32": 4, "float16": 2, "uint16": 2}
@@ -161,6 +161,8 @@ def check_manifest(folder: Path, m: Manifest) -> None:
     kv = m.kv_cache
     kv_dtypes = (*ACTIVATION_DTYPES, *QUANTIZED_KV_DTYPES) if m.graph_flavour == "static" else ACTIVATION_DTYPES
     need(kv.get("dtype") in kv_dtypes, f"kv_cache dtype {kv.get('dtype')!r} is not one of {kv_dtypes}")
+    layouts = ("BNSH", "SH")  # SH: grouped attention (cpu packages; the runner refuses it on a GPU)
+    need(kv.get("layout", "BNSH") in layouts, f"kv_cache layout {kv.get('layout')!r} is not one of {layouts}")
     for key, value in (("num_layers", spec.num_layers), ("num_kv_heads", spec.num_kv_heads),
                        ("head_dim", spec.head_dim), ("length", m.context_length)):
         need(kv.get(key) == value, f"kv_cache {key} is {kv.get(key)!r}, the architecture and context say {value}")

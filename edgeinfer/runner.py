@@ -15,18 +15,30 @@ class Runner(ABC):
     capacity: int  # cache slots: the most tokens a conversation holds
     # Tokens per prefill run this runner wants (a static graph's N, a GPU's whole prompt); None: the generator's own.
     prefill_chunk: int | None = None
+    # The most rows of logits one run returns (`run`'s ROWS): k+1 verifies k proposed tokens; 1: no verification.
+    verify_rows: int = 1
+    # Whether a verify run picks exactly what decode steps would (False: a quantized static package with a grid per
+    # role, ExportOptions.shared_role_ranges); speculation needs it.
+    verifies_exactly: bool = True
+    # Where verify runs are fastest at one width (a GPU's captured graph): proposals are padded to it; None: any.
+    verify_width: int | None = None
 
     @abstractmethod
-    def run(self, token_ids: np.ndarray, position: int) -> None:
-        """Run TOKEN_IDS placed at POSITION..; the results stay with the runner until asked for."""
+    def run(self, token_ids: np.ndarray, position: int, rows: int = 1) -> None:
+        """Run TOKEN_IDS placed at POSITION..; the results (logits of the last ROWS tokens) stay with the runner until
+        asked for."""
 
     @abstractmethod
     def last_logits(self, all_rows: bool = False) -> np.ndarray:
-        """float32 logits of the last run's last token (every token with ALL_ROWS, where the package has them). On the
-        host this may be a view of the runner's bound logits buffer, which the next run overwrites: copy to keep it."""
+        """float32 logits of the last run's last token (every row the run returned with ALL_ROWS). On the host this
+        may be a view of the runner's bound logits buffer, which the next run overwrites: copy to keep it."""
 
     def greedy_token(self) -> int | None:
         """The last row's argmax where the graph computes it (one id crosses to the host); None: read the logits."""
+        return None
+
+    def greedy_tokens(self) -> np.ndarray | None:
+        """The argmax of every row the last run returned, where the graph computes it; None: read the logits."""
         return None
 
     def candidates(self, temperature: float) -> tuple[np.ndarray, np.ndarray, float] | None:

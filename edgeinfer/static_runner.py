@@ -74,10 +74,14 @@ class StaticEngine(Engine):
         return GrowingRunner(self.runner_for, self.contexts)
 
     def runner_for(self, context: int) -> "StaticRunner":
-        """A runner over CONTEXT cache slots, its inputs and outputs bound in place."""
+        """A runner over CONTEXT cache slots, its inputs and outputs bound in place where the backend reads them there."""
         m, sessions = self.manifest, self.sessions_for(context)
-        buffers = CacheBuffers(sessions, m.graphs, m.spec, context, self.backend.shared_memory())
-        return StaticRunner(sessions, m.graphs, m.spec, context, self.embeddings, buffers)
+        buffers = None
+        if self.backend.reads_bound_inputs_in_place():
+            buffers = CacheBuffers(sessions, m.graphs, m.spec, context, self.backend.shared_memory())
+        runner = StaticRunner(sessions, m.graphs, m.spec, context, self.embeddings, buffers)
+        runner.verifies_exactly = verifies_exactly(m)
+        return runner
 
     @staticmethod
     def host_embeddings(package: Package) -> np.ndarray:
@@ -97,6 +101,21 @@ class StaticEngine(Engine):
 
 
 ROLES = ("prefill", "decode")
+
+
+def verifies_exactly(manifest) -> bool:
+    """Whether a verify run (the prefill graph) picks the tokens decode steps would: float activations, or quantized
+    ones on one grid per tensor for both roles (ExportOptions.shared_role_ranges)."""
+    quantized = manifest.target == "qnn" and manifest.precision == "w4a16"
+    return not quantized or manifest.export_options.get("shared_role_ranges") is True
+
+
+def logits_rows(graphs: dict) -> int:
+    """How many of the prefill graph's last rows return logits (1 in packages exported before verification)."""
+    rows = graphs["prefill"].get("logits_rows", 1)
+    if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= graphs["prefill"]["tokens"]:
+        raise PackageError(f"the manifest's prefill logits_rows {rows!r} is not a row count of its graph: re-export the package")
+    return rows
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint16": "tensor(uint16)"}
 
 
@@ -169,6 +188,9 @@ class StaticRunner(Runner):
         self.spec = spec
         self.capacity = context
         self.prefill_chunk = graphs["prefill"]["tokens"]  # the generator feeds prompts in chunks of this size
+        # The prefill graph's logits cover its last logits_rows rows: a verify run of up to that many tokens is one
+        # prefill run (left-padded). Packages exported before it return the last row only.
+        self.verify_rows = logits_rows(graphs)
         self.embeddings = embeddings
         self.mask_value = float(graphs["host"]["attention_mask"]["value"])
         self.vocab_size = spec.vocab_size
@@ -188,23 +210,26 @@ class StaticRunner(Runner):
     def cache_arrays(self) -> list[np.ndarray]:
         return [self.cache[cache_slot(i, kind)] for i in range(self.spec.num_layers) for kind in CACHE_KINDS]
 
-    def run(self, token_ids, position: int) -> None:
-        """Run TOKEN_IDS placed at POSITION..: one token through the decode graph, more in prefill chunks."""
+    def run(self, token_ids, position: int, rows: int = 1) -> None:
+        """Run TOKEN_IDS placed at POSITION..: one token through the decode graph, more in prefill chunks; ROWS > 1
+        (verification) runs them all in one prefill run."""
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
         check_fits(position + ids.size, self.capacity)
+        if rows > 1 and not rows <= ids.size <= min(self.verify_rows, self.prefill_chunk):
+            raise GenerationError(f"cannot return logits for {rows} of {ids.size} tokens: this package's prefill graph "
+                                  f"returns {self.verify_rows} row(s); re-export it to verify proposed tokens")
         if ids.size == 1:
-            self._logits = self._run("decode", ids, position)
+            self._logits = self._run("decode", ids, position, 1)
             return
         for start in range(0, ids.size, self.prefill_chunk):
-            self._logits = self._run("prefill", ids[start : start + self.prefill_chunk], position + start)
+            self._logits = self._run("prefill", ids[start : start + self.prefill_chunk], position + start, rows)
 
     def last_logits(self, all_rows: bool = False) -> np.ndarray:
-        """The last token's logits; with buffers, a view of the logits buffer that the next run overwrites."""
-        if all_rows:
-            raise GenerationError("static (qnn) packages return the last position's logits only: use a cpu package for all rows")
-        return self._logits
+        """The last token's logits (the last run's ROWS with ALL_ROWS); with buffers, views of the logits buffer that
+        the next run overwrites."""
+        return self._logits if all_rows else self._logits[-1]
 
-    def _run(self, role: str, ids: np.ndarray, position: int) -> np.ndarray:
+    def _run(self, role: str, ids: np.ndarray, position: int, rows: int) -> np.ndarray:
         n = self.graphs[role]["tokens"]
         real, pad = ids.size, n - ids.size
         bound = self.buffers is not None
@@ -212,9 +237,9 @@ class StaticRunner(Runner):
                                                     for name in (EMBEDS_IN, POSITION_COS, POSITION_SIN, ATTENTION_MASK)}
         io[EMBEDS_IN][0, :pad] = 0.0
         io[EMBEDS_IN][0, pad:] = self.embeddings[ids]
-        rows = np.concatenate([np.full(pad, position, dtype=np.int64), np.arange(position, position + real)])
-        np.take(self.cos, rows, axis=1, out=io[POSITION_COS][0], mode="clip")
-        np.take(self.sin, rows, axis=1, out=io[POSITION_SIN][0], mode="clip")
+        positions = np.concatenate([np.full(pad, position, dtype=np.int64), np.arange(position, position + real)])
+        np.take(self.cos, positions, axis=1, out=io[POSITION_COS][0], mode="clip")
+        np.take(self.sin, positions, axis=1, out=io[POSITION_SIN][0], mode="clip")
         for mask, window in zip(io[ATTENTION_MASK][0], self.windows):
             self._mask(mask, pad, position, window)
         if bound:
@@ -225,7 +250,7 @@ class StaticRunner(Runner):
         for slot, cache in self.cache.items():
             cache[:, :, position : position + real] = io[f"new_{slot}"][:, :, pad:]
         last = self.graphs[role]["parts"][-1]["outputs"][0]  # the hidden state comes first in and out (static_io)
-        return io[last][0, -1].astype(np.float32, copy=False)
+        return io[last][0, -rows:].astype(np.float32, copy=False)  # left-padded: the real rows are the last ones
 
     def _feed(self, role: str, io: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each part through `session.run`; returns IO with every part's outputs."""
@@ -265,13 +290,14 @@ class GrowingRunner(Runner):
         self.capacity = contexts[-1]
         self.inner = runner_for(contexts[0])
         self.prefill_chunk = self.inner.prefill_chunk
+        self.verify_rows = self.inner.verify_rows
 
     @property
     def context(self) -> int:
         """The cache slots the current graphs attend over."""
         return self.inner.capacity
 
-    def run(self, token_ids, position: int) -> None:
+    def run(self, token_ids, position: int, rows: int = 1) -> None:
         needed = position + np.asarray(token_ids).size
         if needed > self.inner.capacity:
             check_fits(needed, self.capacity)
@@ -279,7 +305,7 @@ class GrowingRunner(Runner):
             for old, new in zip(self.inner.cache_arrays(), larger.cache_arrays()):
                 new[:, :, :position] = old[:, :, :position]
             self.inner = larger
-        self.inner.run(token_ids, position)
+        self.inner.run(token_ids, position, rows)
 
     def last_logits(self, all_rows: bool = False) -> np.ndarray:
         return self.inner.last_logits(all_rows)

@@ -171,7 +171,7 @@ def verify(package_path: Path, reference_path: Path | None = None, text: str | N
     manifest = package.manifest
     if manifest.graph_flavour != "static":
         raise PackageError(f"{package_path} is a {manifest.target} package: verify compares qnn packages with a float reference "
-                           "(for cpu and cuda packages see bench/fidelity.py)")
+                           "(for cpu and cuda packages use `edgeinfer eval PACKAGE --reference FLOAT_PACKAGE`)")
     prefill = manifest.graphs["prefill"]["tokens"]
     if positions < 2 or prefill + positions > manifest.context_length:
         raise PackageError(f"--positions {positions} does not fit: the context is {manifest.context_length} and the prefill "

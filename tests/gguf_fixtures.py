@@ -91,7 +91,40 @@ def _write_tokenizer(writer, folder: Path, spec) -> None:
     writer.add_chat_template(tok_config["chat_template"])
 
 
-def write_gguf_from_hf(folder: Path, out: Path) -> Path:
+def quantized_raw(array: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
+    """ARRAY [N, K] in GGUF type KIND as raw blocks: gguf-py's own quantizer where it has one (Q4_0, Q4_1, Q8_0...);
+    for the K-quants, which gguf-py only dequantizes, random codes and sub-block scales under float16 superblock
+    scales sized to ARRAY's spread (the weights then are not ARRAY's, but every field of the format is exercised)."""
+    import gguf
+    from gguf.constants import GGML_QUANT_SIZES
+
+    kind_id = gguf.GGMLQuantizationType[kind]
+    try:
+        return gguf.quants.quantize(array, kind_id)
+    except NotImplementedError:
+        pass
+    per_block, size = GGML_QUANT_SIZES[kind_id]
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (array.size // per_block, size), dtype=np.uint8)
+    spread = float(np.abs(array).max())
+
+    def put(at: int, values) -> None:
+        blocks[:, at : at + 2] = np.asarray(values, dtype=np.float16).reshape(-1, 1).view(np.uint8)
+
+    count = len(blocks)
+    if kind in ("Q4_K", "Q5_K"):  # weight = d * sc * q - dmin * m; sc, m < 64, q < 16 (Q4_K) or 32 (Q5_K)
+        levels = 63 * (15 if kind == "Q4_K" else 31)
+        put(0, rng.uniform(0.5, 1.0, count) * 2 * spread / levels)
+        put(2, rng.uniform(0.5, 1.0, count) * spread / 63)
+    elif kind == "Q6_K":  # weight = d * sc * (q - 32); sc int8, q < 64
+        put(size - 2, rng.uniform(0.5, 1.0, count) * spread / (128 * 32))
+    else:
+        raise NotImplementedError(f"no test quantizer for {kind}")
+    return blocks.reshape(array.shape[0], -1)
+
+
+def write_gguf_from_hf(folder: Path, out: Path, types: dict[str, str] | None = None) -> Path:
+    """TYPES: GGUF tensor name suffix ("attn_v.weight", "token_embd.weight") -> GGUF type to store it in (else F32)."""
     import gguf
 
     config = json.loads((folder / "config.json").read_text())
@@ -116,7 +149,12 @@ def write_gguf_from_hf(folder: Path, out: Path) -> Path:
             array = _permute_rope(array, spec.num_heads if "q_proj" in name else spec.num_kv_heads)
         if family.norm_offset and name.endswith("norm.weight"):
             array = array + np.float32(family.norm_offset)
-        writer.add_tensor(gguf_name, array)
+        kind = next((t for suffix, t in (types or {}).items() if gguf_name.endswith(suffix)), None)
+        if kind is None:
+            writer.add_tensor(gguf_name, array)
+        else:
+            writer.add_tensor(gguf_name, quantized_raw(array, kind, seed=len(gguf_name)),
+                              raw_dtype=gguf.GGMLQuantizationType[kind])
     scaling = spec.rope_scaling or {}
     if scaling.get("rope_type") == "llama3":
         writer.add_tensor("rope_freqs.weight", np.asarray(_llama3_divisors(spec), dtype=np.float32))

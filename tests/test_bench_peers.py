@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench import run_peers, weights
-from bench.peers import from_driver_runs, llama_cpp, optimum_ort, ort_genai, result
+from bench.peers import from_driver_runs, llama_cpp, optimum_ort, ort_genai, ov_genai, result
 
 
 def test_llama_bench_rows_keep_llama_bench_names():
@@ -29,7 +29,7 @@ def test_driver_runs_summarize_per_prompt_length():
     assert (tg.test, tg.ttft_ms, tg.tokens_per_s, tg.tokens_per_s_min, tg.tokens_per_s_max) == ("tg4 @ d8", None, 10, 9, 11)
 
 
-@pytest.mark.parametrize("peer, attr", [(llama_cpp, "BIN"), (ort_genai, "PYTHON"), (optimum_ort, "PYTHON")])
+@pytest.mark.parametrize("peer, attr", [(llama_cpp, "BIN"), (ort_genai, "PYTHON"), (optimum_ort, "PYTHON"), (ov_genai, "PYTHON")])
 def test_missing_peer_says_how_to_install(peer, attr, tmp_path, monkeypatch):
     monkeypatch.setattr(peer, attr, tmp_path / "absent")
     ok, reason = peer.available()

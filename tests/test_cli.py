@@ -48,8 +48,11 @@ def test_errors_are_one_line(qwen2_fp32, capsys, args, message):
 def test_devices_lists_every_backend(capsys):
     assert main(["devices"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in ("cpu", "cuda", "qnn"))
-    assert "cpu    available" in out
+    assert all(name in out for name in ("cpu", "cuda", "qnn", "openvino"))
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()}
+    assert rows["cpu"] == "available"
+    # each OpenVINO device on a line of its own, available or not
+    assert {"openvino:npu", "openvino:gpu", "openvino:cpu", "openvino:auto"} <= set(rows)
 
 
 def test_ctrl_c_during_run_exits_cleanly(tmp_path):
@@ -72,3 +75,16 @@ def test_export_cli_writes_a_package(tmp_path):
     assert (tmp_path / "p" / "manifest.json").exists()
     again = run_cli("export", "preset:tiny-llama", "-o", str(tmp_path / "p"))
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_run_json_reports_speculation(preset_pkg, capsys):
+    prompt = "abc abc abc abc abc abc"
+    for mode, name in ((["lookup"], "lookup"), (["off"], "off"), (["draft", str(preset_pkg)], "draft")):
+        assert main(["run", str(preset_pkg), prompt, "--raw", "--temperature", "0", "--max-new-tokens", "12",
+                     "--ignore-eos", "--json", "--speculate", *mode]) == 0
+        timings = json.loads(capsys.readouterr().out)["timings"]
+        assert timings["speculate"] == name and timings["new_tokens"] == 12
+        assert timings["tokens_per_pass"] == (1.0 if name == "off" else timings["tokens_per_pass"]) >= 1.0
+        assert (timings["proposed_tokens"] > 0) == (name != "off")
+    assert main(["run", str(preset_pkg), prompt, "--speculate", "draft"]) == 2
+    assert "draft PKG" in capsys.readouterr().err

@@ -107,14 +107,29 @@ def test_cuda_plan_fixes_decode_inputs_and_names_graphs(cuda_pkg):
     assert plan.cache[0] == ("past_key_values.0.key", "present.0.key") and len(plan.cache) == 2 * manifest.spec.num_layers
     assert plan.run_config(decode=True) == {"gpu_graph_id": "3"}
     assert plan.run_config(decode=False) == {"gpu_graph_id": "-1"}  # prefill: new shapes each time, never captured
+    # cuda packages take no logits_rows yet (its host-side Slice start would keep decode from being one CUDA graph):
+    # no verify runs, no verify graph.
+    assert not plan.logits_rows and plan.verify_width is None and plan.verify_graph_id is None
     eager = binding_plan(manifest, "cuda")
     assert eager.fixed_decode_inputs and not eager.graph_capture and eager.run_config(decode=True) == {}
 
 
 def test_cpu_plan_is_the_plain_one(qwen2_fp32):
-    plan = binding_plan(load_manifest(qwen2_fp32), "cpu")
+    manifest = load_manifest(qwen2_fp32)
+    plan = binding_plan(manifest, "cpu")
     assert not plan.fixed_decode_inputs and not plan.graph_capture and plan.greedy_output is None
     assert plan.decode_total_length is None and plan.run_config(decode=True) == {}
+    kv = manifest.kv_cache
+    assert plan.cache_layout == "BNSH" and plan.cache_shape == (1, kv["num_kv_heads"], kv["length"], kv["head_dim"])
+
+
+def test_a_row_cache_package_plans_rows_on_the_cpu_and_is_refused_on_a_gpu(qwen2_dir, tmp_path):
+    manifest = load_manifest(export_tiny(qwen2_dir, tmp_path / "grouped", precision="fp32", attention="grouped"))
+    kv = manifest.kv_cache  # grouped attention's rows
+    plan = binding_plan(manifest, "cpu")
+    assert plan.cache_layout == "SH" and plan.cache_shape == (kv["length"], kv["num_kv_heads"] * kv["head_dim"])
+    with pytest.raises(GenerationError, match="layout SH runs on the cpu only"):
+        binding_plan(manifest, "cuda")
 
 
 def test_all_logits_packages_never_replay_a_graph(cuda_all_logits_pkg):
@@ -301,7 +316,7 @@ def test_gpu_requests_reuse_their_cache_and_graph(cuda_pkg, qwen2_fp32):
 
     for prompt in ("one request", "and another", "one request"):
         assert tokens(gpu, prompt) == tokens(cpu, prompt)
-    assert next(gpu.engine._graph_ids) == 2  # only graph 1 was ever handed out
+    assert next(gpu.engine._graph_ids) == 3  # only graph 1 was ever handed out (ids step by 2: decode, verify)
 
 
 @needs_gpu

@@ -97,6 +97,12 @@ def test_bad_options():
         ExportOptions(precision="int3")
     with pytest.raises(ExportError, match="block size"):
         ExportOptions(block_size=48)
+    with pytest.raises(ExportError, match="unknown attention"):
+        ExportOptions(attention="flash")
+    with pytest.raises(ExportError, match="grouped is for --target cpu"):
+        ExportOptions(target="cuda", attention="grouped")
+    assert ExportOptions().for_model(4096).attention == "gqa"
+    assert ExportOptions(target="cuda").for_model(4096).attention == "gqa"
 
 
 def test_context_beyond_the_model_is_refused(qwen2_dir, tmp_path):

@@ -12,26 +12,31 @@ from .conftest import export_tiny, reference_logits, reference_model
 
 
 class OrtDecoder:
-    """Drives the exported graph with onnxruntime directly (no edgeinfer runtime), copying the cache each step."""
+    """Drives the exported graph with onnxruntime directly (no edgeinfer runtime), copying the cache each step.
+    BNSH caches go in whole and come back whole; SH caches go in as the rows held and the new rows come back."""
 
     def __init__(self, package):
         self.manifest = load_manifest(package)
         graph = self.manifest.graphs["decoder"]
         self.session = ort.InferenceSession(str(package / graph["file"]), providers=["CPUExecutionProvider"])
         kv = self.manifest.kv_cache
-        shape = (1, kv["num_kv_heads"], kv["length"], kv["head_dim"])
-        self.past = {name: np.zeros(shape, np.float32) for name in graph["inputs"][3:]}
+        self.rows = kv["layout"] == "SH"
+        shape = (0, kv["num_kv_heads"] * kv["head_dim"]) if self.rows else (1, kv["num_kv_heads"], kv["length"], kv["head_dim"])
+        self.past = {name: np.zeros(shape, np.float32) for name in graph["inputs"] if name.startswith("past_key_values.")}
         self.total = 0
 
-    def __call__(self, ids: list[int]) -> np.ndarray:
+    def __call__(self, ids: list[int], rows: int = 1) -> np.ndarray:
         self.total += len(ids)
         feeds = {
             "input_ids": np.array([ids], np.int64),
             "seqlens_k": np.array([self.total - 1], np.int32),
             "total_sequence_length": np.array(self.total, np.int32),
+            "logits_rows": np.array([rows], np.int64),  # all_logits packages return every row whatever it says
             **self.past,
         }
         logits, *present = self.session.run(None, feeds)
+        if self.rows:
+            present = [np.concatenate([past, new]) for past, new in zip(self.past.values(), present)]
         self.past = dict(zip(self.past, present))
         return logits[0]
 
@@ -50,10 +55,12 @@ def assert_parity(hf_dir, package, steps: int = 20, tolerance: float = 1e-3):
         assert np.abs(logits[-1] - reference_logits(ref, seq)[-1]).max() <= tolerance
 
 
+@pytest.mark.parametrize("attention", ["gqa", "grouped"])
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_fp32_export_matches_transformers(family, qwen2_dir, llama_dir, tmp_path):
+def test_fp32_export_matches_transformers(family, attention, qwen2_dir, llama_dir, tmp_path):
     hf_dir = qwen2_dir if family == "qwen2" else llama_dir
-    package = export_tiny(hf_dir, tmp_path / "pkg", precision="fp32", all_logits=True)
+    package = export_tiny(hf_dir, tmp_path / "pkg", precision="fp32", all_logits=True, attention=attention)
+    assert load_manifest(package).kv_cache["layout"] == ("SH" if attention == "grouped" else "BNSH")
     assert_parity(hf_dir, package)
 
 
@@ -154,6 +161,9 @@ def test_last_position_logits_only_by_default(qwen2_dir, tmp_path):
     assert logits.shape == (1, 272)
     full = reference_logits(reference_model(qwen2_dir), [1, 2, 3, 4, 5])
     assert np.abs(logits[0] - full[-1]).max() <= 1e-3
+    # logits_rows: the last k rows, what a speculative verify run reads
+    rows = OrtDecoder(package)([1, 2, 3, 4, 5], rows=3)
+    assert rows.shape == (3, 272) and np.abs(rows - full[-3:]).max() <= 1e-3
 
 
 @pytest.mark.parametrize("block_size,symmetric", [(32, True), (128, False), (16, False), (128, True)])

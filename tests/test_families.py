@@ -53,11 +53,13 @@ class Session:
         return self._once(("gguf", family), lambda: write_gguf_from_hf(self.checkpoint(family), self.root / f"{family}.gguf"))
 
     def package(self, family: str, kind: str) -> Path:
-        """KIND: cpu (fp32 from the HF folder), static (fp32 qnn graphs), gguf (fp32 from the GGUF)."""
+        """KIND: cpu (fp32 from the HF folder), grouped (the same with grouped attention), static (fp32 qnn graphs),
+        gguf (fp32 from the GGUF)."""
         def make():
             out = self.root / f"{family}-{kind}"
-            if kind == "cpu":
-                return export_tiny(self.checkpoint(family), out, precision="fp32", all_logits=True)
+            if kind in ("cpu", "grouped"):
+                attention = "grouped" if kind == "grouped" else None
+                return export_tiny(self.checkpoint(family), out, precision="fp32", all_logits=True, attention=attention)
             if kind == "static":
                 return export_tiny(self.checkpoint(family), out, **STATIC)
             return export_tiny(self.gguf(family), out, precision="fp32", all_logits=True)
@@ -105,9 +107,10 @@ def check_against_transformers(package: Path, reference: Reference, all_prompt_r
     assert greedy.tokens[len(PROMPT):] == tokens
 
 
+@pytest.mark.parametrize("kind", ["cpu", "grouped"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fp32_cpu_export_matches_transformers(families, family):
-    check_against_transformers(families.package(family, "cpu"), families.reference(family), all_prompt_rows=True)
+def test_fp32_cpu_export_matches_transformers(families, family, kind):
+    check_against_transformers(families.package(family, kind), families.reference(family), all_prompt_rows=True)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -340,11 +343,12 @@ def test_the_cuda_graph_in_fp16_agrees_with_fp32_on_the_cpu_ep(name, tmp_path):
         session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
         kv = manifest.kv_cache
         past = {n: np.zeros((1, kv["num_kv_heads"], kv["length"], kv["head_dim"]), dtype)
-                for n in manifest.graphs["decoder"]["inputs"][3:]}
+                for n in manifest.graphs["decoder"]["inputs"] if n.startswith("past_key_values.")}
+        rows_input = {"logits_rows": np.array([1], np.int64)} if "logits_rows" in manifest.graphs["decoder"]["inputs"] else {}
         sequence, fed, picked = list(PROMPT), 0, []
         for step in range(9):
             feeds = {"input_ids": np.array([sequence[fed:]], np.int64), "seqlens_k": np.array([len(sequence) - 1], np.int32),
-                     "total_sequence_length": np.array(len(sequence), np.int32), **past}
+                     "total_sequence_length": np.array(len(sequence), np.int32), **rows_input, **past}
             out = session.run(None, feeds)
             past = dict(zip(past, out[1 : 1 + len(past)]))
             rows.append(out[0][0, -1].astype(np.float32))
@@ -353,7 +357,9 @@ def test_the_cuda_graph_in_fp16_agrees_with_fp32_on_the_cpu_ep(name, tmp_path):
             sequence.append(picked[-1])
         return rows, picked
 
-    fp32, tokens = logits(export_tiny(f"preset:{name}", tmp_path / "cpu", precision="fp32", context_length=64), np.float32)
+    # attention="gqa": the same attention op as the cuda graph, and the BNSH cache this driver feeds whole
+    cpu = export_tiny(f"preset:{name}", tmp_path / "cpu", precision="fp32", context_length=64, attention="gqa")
+    fp32, tokens = logits(cpu, np.float32)
     cuda = export_tiny(f"preset:{name}", tmp_path / "cuda", target="cuda", precision="fp16", context_length=64)
     fp16, _ = logits(cuda, np.float16, tokens)
     for a, b in zip(fp16, fp32):

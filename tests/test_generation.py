@@ -11,7 +11,7 @@ import edgeinfer
 from edgeinfer.errors import GenerationError, PackageError
 from edgeinfer.sampler import GREEDY, SamplingParams
 
-from .conftest import reference_model
+from .conftest import export_tiny, reference_model
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +33,43 @@ def test_greedy_tokens_equal_transformers_generate(fp32_model, qwen2_dir):
         assert gen.extend(32) == expected[0, length:].tolist()
 
 
-def test_cache_is_written_in_place(fp32_model):
-    gen = fp32_model.generator(GREEDY)
+@pytest.fixture(scope="module")
+def grouped_model(qwen2_dir, tmp_path_factory):
+    """The fp32 tiny model with grouped attention's SH cache rows (cpu packages default to GroupQueryAttention's BNSH)."""
+    return edgeinfer.load(export_tiny(qwen2_dir, tmp_path_factory.mktemp("grouped") / "pkg", precision="fp32", attention="grouped"))
+
+
+def positions(cache: np.ndarray, part: slice) -> np.ndarray:
+    """The cache's rows for positions PART: BNSH [1, kvh, context, D] or SH [context, kvh * D]."""
+    return cache[:, :, part] if cache.ndim == 4 else cache[part]
+
+
+@pytest.mark.parametrize("which", ["grouped", "gqa"])
+def test_cache_is_written_in_place(which, fp32_model, grouped_model):
+    model = grouped_model if which == "grouped" else fp32_model
+    assert model.manifest.kv_cache["layout"] == ("SH" if which == "grouped" else "BNSH")
+    gen = model.generator(GREEDY)
     before = [a.copy() for a in gen.runner.cache_arrays()]
     gen.append([1, 2, 3])
+    gen.append([4])
     after = gen.runner.cache_arrays()
-    assert not np.array_equal(before[0][:, :, :3], after[0][:, :, :3])  # present landed in past's buffer
-    assert np.array_equal(before[0][:, :, 3:], after[0][:, :, 3:])  # nothing beyond the new positions
+    for old, new in zip(before, after):
+        assert not np.array_equal(positions(old, slice(0, 4)), positions(new, slice(0, 4)))  # present landed in the buffer
+        assert np.array_equal(positions(old, slice(4, None)), positions(new, slice(4, None)))  # nothing beyond the new positions
+
+
+def test_grouped_attention_decodes_like_group_query_attention(fp32_model, grouped_model):
+    """The two cache layouts and attention paths: the same logits over a prompt, chunked prefill and decode steps."""
+    prompt = np.random.default_rng(3).integers(0, 256, size=50).tolist()
+    grouped, gqa = grouped_model.generator(GREEDY), fp32_model.generator(GREEDY)
+    grouped.prefill_chunk = 16  # prefill over a held past too
+    for gen in (grouped, gqa):
+        gen.append(prompt)
+    for _ in range(8):
+        np.testing.assert_allclose(grouped.logits, gqa.logits, atol=1e-4)
+        token = int(np.argmax(gqa.logits))
+        grouped.append([token])
+        gqa.append([token])
 
 
 def test_chunked_prefill_equals_one_shot(fp32_model):

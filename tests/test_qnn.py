@@ -114,8 +114,11 @@ def test_generate_api_works_on_qnn(qdq_pkg):
     model = edgeinfer.load(qdq_pkg, device="qnn")
     result = model.generate("Hello", max_new_tokens=8, sampling=GREEDY, ignore_eos=True)
     assert len(result.token_ids) == 8 and result.finish_reason == "length"
-    with pytest.raises(GenerationError, match="last position"):
-        model.generator(GREEDY).runner.forward(np.array([1, 2]), 0, all_rows=True)
+    runner = model.generator(GREEDY).runner
+    runner.run(np.array([1, 2, 3]), 0, rows=3)  # a verify run: the prefill graph's last rows
+    assert runner.last_logits(all_rows=True).shape == (3, model.spec.vocab_size)
+    with pytest.raises(GenerationError, match="re-export"):  # more rows than the prefill graph returns
+        runner.run(np.arange(1, 11), 0, rows=10)
 
 
 def test_runners_bind_host_memory_where_the_htp_offers_no_shared_memory(qdq_pkg, tmp_path, monkeypatch):
@@ -141,7 +144,9 @@ def test_shared_memory_turned_off_binds_host_memory(qdq_pkg):
     model = edgeinfer.load(qdq_pkg, device="qnn", options=BackendOptions(provider_options={"enable_htp_shared_memory_allocator": "0"}))
     assert not model.backend.shared_memory_taken and not model.backend.shared_memory_refusal  # never asked
     assert model.generator(GREEDY).runner.buffers.memory is None
-    assert greedy(model.generator(GREEDY), prompt(9), 6) == greedy(cpu_static_generator(qdq_pkg), prompt(9), 6)
+    # prompt(11): its 6 steps' top-2 gaps (>= 0.0067) clear the HTP's ~0.003 from the CPU EP; prompt(9) met a 0.0006
+    # near-tie at step 2 once prefill and decode shared activation ranges (random weights' near-ties, see above)
+    assert greedy(model.generator(GREEDY), prompt(11), 6) == greedy(cpu_static_generator(qdq_pkg), prompt(11), 6)
 
 
 def test_greedy_tokens_over_htp_shared_memory(qdq_pkg):

@@ -6,6 +6,8 @@ import platform
 import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
@@ -49,6 +51,7 @@ class Backend(ABC):
     # Other targets whose packages it can also run: the CPU EP runs a qnn package's QDQ graphs, the numerics the
     # NPU must match (`edgeinfer run QNN_PACKAGE --device cpu`, `edgeinfer verify`).
     also_runs: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()  # devices `NAME:VARIANT` may pick (openvino:npu); the constructor takes one
     kv_location: str  # "host" or "device": where the KV cache buffers live
     ort_device: str = "cpu"  # OrtValue device type for buffers bound to this backend
     memory_arena: bool = True  # onnxruntime's CPU arena by default
@@ -86,6 +89,12 @@ class Backend(ABC):
         out each run. Known once a session exists."""
         return None
 
+    def reads_bound_inputs_in_place(self) -> bool:
+        """Whether host buffers bound once to a session (IOBinding) are read where they are at every run. False where
+        onnxruntime copies a bound input into the EP's own memory when it is bound (the OpenVINO plugin): runners then
+        feed each run's inputs afresh."""
+        return True
+
     def candidate_head(self, vocab_size: int, logits_dtype, options: BackendOptions):
         """A CandidateHead beside this backend's logits when the host would pay to read whole rows (a GPU);
         None: the sampler reads the row where it is."""
@@ -122,6 +131,23 @@ class Backend(ABC):
         status = self.availability()
         if not status.ok:
             raise BackendError(f"backend {self.name} is not available: {status}")
+
+
+def open_whole(backend: str, model_path: str, open_session: Callable[[], ort.InferenceSession],
+               rejected_ops: Callable[[], str], device: str, fix: str) -> ort.InferenceSession:
+    """OPEN_SESSION() for a device that must take every node (fallback off): a damaged file is a PackageError; nodes
+    DEVICE refuses, one BackendError naming them (REJECTED_OPS(): a diagnostic session with fallback on) and FIX."""
+    try:
+        return open_session()
+    except (InvalidProtobuf, InvalidGraph, NoSuchFile) as exc:  # the file, not the device
+        raise PackageError(f"{model_path} is not a valid model ({last_line(exc)}): the package is damaged, re-export it") from None
+    except Exception as exc:
+        message = last_line(exc)
+        if "fallback" in message.lower() or "CPU EP" in message:
+            rejected = rejected_ops()
+            raise BackendError(f"{backend}: {Path(model_path).name} has nodes {device} does not take "
+                               f"({rejected or 'see the onnxruntime log'}): {fix}") from None
+        raise BackendError(f"{backend}: cannot create a session for {model_path}: {message}") from None
 
 
 def cpu_model(system: str | None = None) -> str:

@@ -10,7 +10,7 @@ from .base import Availability, Backend, BackendOptions, cpu_model
 class CPUBackend(Backend):
     name = "cpu"
     target = "cpu"
-    also_runs = ("qnn",)
+    also_runs = ("qnn", "openvino")
     kv_location = "host"
     # Without the arena and memory patterns, prefill's activations go back to the system after each run:
     # peak RSS while generating drops from 1.31x to 1.24x the 1.5B package, decode speed unchanged.

@@ -33,7 +33,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidPro
 from ..errors import BackendError, PackageError, last_line
 from ..cache_dir import cache_root, private_folder
 from ..package import sha256_of
-from .base import Availability, Backend, BackendOptions
+from .base import Availability, Backend, BackendOptions, open_whole
 
 EP_NAME = "QNNExecutionProvider"
 _registered = threading.Lock()
@@ -220,19 +220,11 @@ class QNNBackend(Backend):
         }
 
     def _open(self, model_path: str, options: BackendOptions, context_file: Path | None = None) -> ort.InferenceSession:
-        try:
-            session = self._negotiated(model_path, options, context_file)
-        except (InvalidProtobuf, InvalidGraph, NoSuchFile) as exc:  # the file, not the device
-            raise PackageError(f"{model_path} is not a valid model ({last_line(exc)}): the package is damaged, re-export it") from None
-        except Exception as exc:
-            message = last_line(exc)
-            if "fallback" in message.lower() or "CPU EP" in message:
-                rejected = self.rejected_ops(model_path, options)
-                raise BackendError(
-                    f"qnn: {Path(model_path).name} has nodes QNN does not take ({rejected or 'see the onnxruntime log'}): "
-                    "re-export the package, or pass allow_fallback / --allow-fallback to run them on the CPU"
-                ) from None
-            raise BackendError(f"qnn: cannot create a session for {model_path}: {message}") from None
+        session = open_whole(
+            "qnn", model_path, lambda: self._negotiated(model_path, options, context_file),
+            lambda: self.rejected_ops(model_path, options), "QNN",
+            "re-export the package, or pass allow_fallback / --allow-fallback to run them on the CPU",
+        )
         if options.allow_fallback:
             self.last_assignment = node_assignment(session)
             print(f"qnn: {Path(model_path).name}: {describe_assignment(self.last_assignment)}", file=sys.stderr)

@@ -33,6 +33,28 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", type=Path)
     p.add_argument("--markdown", type=Path)
     p.add_argument("--plot", type=Path, help="PNG: decode vs context, prefill per prompt length")
+    add_speculate_argument(p, default=["off"], note="off here: random prompts on random weights loop, and lookup "
+                           "would time the loop; bench/speculative.py times real prompts")
+
+
+def add_speculate_argument(p: argparse.ArgumentParser, default: list[str], note: str) -> None:
+    p.add_argument("--speculate", nargs="+", default=default, metavar="MODE",
+                   help=f"speculative decoding: auto (adaptive prompt lookup, greedy only), off, lookup, or draft PKG "
+                        f"(a smaller package with the same tokenizer); default {default[0]}: {note}")
+
+
+def speculation_from(args, device: str, options):
+    """The Speculation --speculate names; a draft package is loaded on DEVICE."""
+    from ..speculative import MODES, Speculation
+
+    mode, *rest = getattr(args, "speculate", None) or ["auto"]
+    if mode not in MODES or len(rest) != (mode == "draft"):
+        raise EdgeInferError(f"--speculate {' '.join([mode, *rest])}: pass one of auto, off, lookup, or draft PKG")
+    if mode != "draft":
+        return Speculation(mode)
+    from ..model import load
+
+    return Speculation("draft", draft=load(rest[0], device=device, options=options))
 
 
 def run_bench(args) -> None:
@@ -42,9 +64,10 @@ def run_bench(args) -> None:
 
     if args.repeat < 1 or args.warmup < 0 or args.gen_len < 2:
         raise EdgeInferError("--repeat must be >= 1, --warmup >= 0 and --gen-len >= 2")
+    options = BackendOptions(threads=args.threads)
     result = bench(
         args.device, args.model, tuple(args.prompt_len), args.gen_len, args.repeat, args.warmup, args.context,
-        args.precision, sweep=not args.no_sweep, options=BackendOptions(threads=args.threads),
+        args.precision, sweep=not args.no_sweep, options=options, speculation=speculation_from(args, args.device, options),
     )
     print()
     print(markdown_table([result]))

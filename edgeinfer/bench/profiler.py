@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..generator import Generator, StopCriteria, TokenLoop
+from ..speculative import OFF, Speculation, speculative_loop
 from .stats import summarize
 
 
@@ -34,6 +35,8 @@ class TestResult:
             "ttft_ms": pick("ttft_s", 1000.0),
             "prefill_tokens_per_s": pick("prefill_tokens_per_s"),
             "decode_tokens_per_s": pick("decode_tokens_per_s"),
+            "acceptance_rate": pick("acceptance_rate"),
+            "tokens_per_pass": pick("tokens_per_pass"),
         }
 
     def to_dict(self) -> dict:
@@ -46,9 +49,10 @@ def random_prompt(length: int, vocab_size: int, seed: int) -> list[int]:
     return np.random.default_rng(seed).integers(0, int(vocab_size * 0.9), size=length).tolist()
 
 
-def measure_run(generator: Generator, prompt: list[int], new_tokens: int) -> dict:
+def measure_run(generator: Generator, prompt: list[int], new_tokens: int, speculation: Speculation = OFF) -> dict:
     generator.reset()
-    loop = TokenLoop(generator, prompt, StopCriteria(max_new_tokens=new_tokens, ignore_eos=True))
+    criteria = StopCriteria(max_new_tokens=new_tokens, ignore_eos=True)
+    loop = speculative_loop(generator, prompt, criteria, speculation) or TokenLoop(generator, prompt, criteria)
     produced = sum(1 for _ in loop)
     t = loop.timings
     assert produced == new_tokens == t.new_tokens
@@ -56,11 +60,11 @@ def measure_run(generator: Generator, prompt: list[int], new_tokens: int) -> dic
 
 
 def run_test(generator: Generator, prompt_tokens: int, new_tokens: int, repeat: int, warmup: int,
-             progress: bool = True) -> TestResult:
+             progress: bool = True, speculation: Speculation = OFF) -> TestResult:
     result = TestResult(prompt_tokens, new_tokens)
     total = warmup + repeat
     for i in tqdm(range(total), desc=f"pp{prompt_tokens}+tg{new_tokens}", disable=not progress, leave=False):
-        timings = measure_run(generator, random_prompt(prompt_tokens, generator.vocab_size, seed=i), new_tokens)
+        timings = measure_run(generator, random_prompt(prompt_tokens, generator.vocab_size, seed=i), new_tokens, speculation)
         if i >= warmup:
             result.runs.append(timings)
     return result

@@ -12,6 +12,7 @@ from ..errors import EdgeInferError
 from ..export.cached import resolve_package
 from ..package import load_manifest
 from ..sampler import GREEDY
+from ..speculative import OFF, Speculation
 from .machine import describe_machine
 from .memory import PeakMemory
 from .profiler import decode_at_depth, run_test
@@ -22,7 +23,9 @@ SWEEP_CONTEXTS = (128, 1024, 4096, 16384)
 
 def bench(device: str, model: str | None = None, prompt_lens=(128, 1024), gen_len: int = 128, repeat: int = 5,
           warmup: int = 1, context: int = 4096, precision: str = "w4a16", sweep: bool = True,
-          options: BackendOptions | None = None, progress: bool = True) -> dict:
+          options: BackendOptions | None = None, progress: bool = True, speculation: Speculation = OFF) -> dict:
+    """SPECULATION: off by default here: random prompts on random weights loop, and prompt lookup would time the loop
+    (bench/speculative.py measures speculation on real prompts and weights)."""
     from ..model import load
 
     backend = get_backend(device)
@@ -36,7 +39,7 @@ def bench(device: str, model: str | None = None, prompt_lens=(128, 1024), gen_le
     with PeakMemory(gpu=device == "cuda") as memory:
         loaded = load(package, device=device, options=options)
         generator = loaded.generator(GREEDY)
-        tests = [run_test(generator, p, gen_len, repeat, warmup, progress) for p in prompt_lens]
+        tests = [run_test(generator, p, gen_len, repeat, warmup, progress, speculation) for p in prompt_lens]
         steps = min(32, gen_len)
         # The deepest point leaves room for the steps it times: 4096 becomes 4064 in a 4096-token package.
         depths = sorted({min(d, loaded.context_length - steps) for d in SWEEP_CONTEXTS if d <= loaded.context_length})
@@ -68,7 +71,8 @@ def bench(device: str, model: str | None = None, prompt_lens=(128, 1024), gen_le
         "session_s": loaded.session_s,
         "peak_rss_bytes": memory.peak_rss,
         "peak_gpu_mib": memory.peak_gpu_mib,
-        "settings": {"prompt_lens": list(prompt_lens), "gen_len": gen_len, "repeat": repeat, "warmup": warmup},
+        "settings": {"prompt_lens": list(prompt_lens), "gen_len": gen_len, "repeat": repeat, "warmup": warmup,
+                     "speculate": speculation.mode},
         "tests": [t.to_dict() for t in tests],
         "sweep": points,
         "definitions": DEFINITIONS,

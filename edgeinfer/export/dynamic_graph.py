@@ -1,8 +1,9 @@
 """The CPU/CUDA graph: dynamic shapes and onnxruntime's fastest contrib ops.
 
-One layer is SkipSimplifiedLayerNorm -> MatMulNBits(q|k|v) -> GroupQueryAttention (rotary inside, past and
-present sharing one preallocated buffer) -> MatMulNBits(o) -> SkipSimplifiedLayerNorm -> MatMulNBits(gate|up)
--> SiLU * up -> MatMulNBits(down). Fusing q|k|v and gate|up gives two large matmuls instead of five small ones.
+One layer is SkipSimplifiedLayerNorm -> MatMulNBits(q|k|v) -> attention -> MatMulNBits(o) ->
+SkipSimplifiedLayerNorm -> MatMulNBits(gate|up) -> SiLU * up -> MatMulNBits(down). Fusing q|k|v and gate|up gives two large matmuls instead of five small ones.
+Attention (ExportOptions.attention): "gqa", GroupQueryAttention with rotary inside, past and present sharing one
+preallocated [1, kvh, context, D] buffer (cuda); or "grouped" (cpu), grouped_attention.py over row-major cache rows.
 
 What the family data (families.py) and the spec add: per-head q/k RMSNorms between the qkv matmul and GQA (q, k, v
 then go in separately), a norm on each branch's output before the residual add (Gemma's sandwich), GELU-tanh for
@@ -18,13 +19,16 @@ from tqdm import tqdm
 
 from ..architecture import ArchSpec
 from ..errors import ExportError
-from ..graph_contract import GREEDY_OUTPUT, dynamic_io, rotary_tables
+from ..graph_contract import GREEDY_OUTPUT, LOGITS_ROWS, dynamic_io, rotary_tables
+from .grouped_attention import GroupedAttention
+from .exact_graph import ExactBlockGraph
+from .gguf_blocks import ExactBlocks
 from .onnx_writer import GraphWriter
 from .options import ExportOptions
 from .quantize import QuantizedBlocks, quantize_blocks
 from .sources import WeightSource
 from .weighted_blocks import LinearStatistics, activation_aware_blocks, pack_blocks, round_blocks, search_blocks
-from .weight_bits import weight_bits
+from .weight_bits import LAYER_LINEARS, weight_bits
 
 MS = "com.microsoft"
 EMBEDDING_ROWS = 16384  # table rows per step of the embedding's scale search
@@ -34,6 +38,39 @@ _ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 def has_greedy_output(options: ExportOptions) -> bool:
     """GPU packages pick the greedy token on the device; CPU packages keep their graph as it was."""
     return options.target == "cuda"
+
+
+def cache_layout(options: ExportOptions) -> str:
+    """The manifest's kv_cache layout: "BNSH" [1, kv heads, context, head dim] for GroupQueryAttention, "SH"
+    [context, kv heads * head dim] rows for grouped attention (the runner binds a prefix of them)."""
+    return "SH" if options.attention == "grouped" else "BNSH"
+
+
+def has_logits_rows(options: ExportOptions) -> bool:
+    """Whether the graph takes logits_rows (speculation's verify runs). Not on cuda yet: the Slice start it sets is
+    computed on the host, and a node off the GPU keeps the decode step from being one CUDA graph (the H200 refused
+    capture, 2026-12-01)."""
+    return options.target != "cuda"
+
+
+def source_blocks(source: WeightSource, options: ExportOptions, names: list[str]) -> list[ExactBlocks] | None:
+    """The weights in their checkpoint's own blocks (a GGUF's Q4_K, Q6_K...), for a w4a16 export that keeps them;
+    None when any of them has no exact form (or --requantize): then all are quantized again from floats.
+    CPU only for now: on CUDA the scales would round to float16 and its 8-bit MatMulNBits is unmeasured."""
+    if options.precision != "w4a16" or options.requantize or options.target != "cpu":
+        return None
+    parts = [source.exact_blocks(n) for n in names]
+    return None if any(p is None for p in parts) else parts
+
+
+def quantizes_from_floats(source: WeightSource, options: ExportOptions) -> bool:
+    """Whether any layer matmul of a w4a16 export is quantized from floats (what activation-aware calibration is
+    for); False when the source's own blocks are kept for all of them (a lossless GGUF import: calibrating would
+    add minutes for nothing)."""
+    if options.precision != "w4a16":
+        return False
+    return any(source_blocks(source, options, [f"model.layers.{i}.{linear}.weight"]) is None
+               for i in range(source.spec.num_layers) for linear, _ in LAYER_LINEARS)
 
 
 class DynamicDecoderGraph:
@@ -48,13 +85,22 @@ class DynamicDecoderGraph:
         self.onnx_type = _ONNX_TYPES[options.activation_dtype]
         # 4-bit matmul node name -> the tensor it reads (what linear_calibration.py taps)
         self.linear_inputs: dict[str, str] = {}
+        self.exact = ExactBlockGraph(writer, self.onnx_type, self.dtype, options.accuracy_level)
 
     # -- weights --------------------------------------------------------------------------------------------
     def _weights(self, names: list[str]) -> np.ndarray:
         return np.concatenate([self.source.tensor(n) for n in names], axis=0)
 
+    def _exact(self, names: list[str]) -> list[ExactBlocks] | None:
+        return source_blocks(self.source, self.options, names)
+
     def linear(self, x: str, name: str, weight_names: list[str], bias_names: list[str] = (), bits: int | None = None) -> str:
-        """y = x W^T (+ b): MatMulNBits with BITS-bit weights for w4a16 (None keeps this one in float)."""
+        """y = x W^T (+ b): MatMulNBits with BITS-bit weights for w4a16 (None keeps this one in float); the source's
+        own blocks where it has exact ones (exact_graph.py)."""
+        exact = self._exact(weight_names)
+        if exact is not None:
+            bias = self._weights(bias_names) if bias_names else None
+            return self.exact.linear(x, name, exact, bias)
         bits = weight_bits(self.source, weight_names, self.options) if bits is None else bits
         if bits == 4 and name != "lm_head":  # lm_head reads one row per run in calibration: too few to weigh by
             self.linear_inputs[name] = x
@@ -94,6 +140,13 @@ class DynamicDecoderGraph:
         return self.w.initializer(hf_name, self.source.tensor(hf_name).astype(self.dtype))
 
     def embedding(self, input_ids: str) -> str:
+        exact = self._exact(["model.embed_tokens.weight"]) if self.options.quantize_embeddings else None
+        if exact is not None:
+            out = self.exact.embedding(input_ids, exact[0])
+            if self.spec.embedding_scale != 1:
+                scale = self.w.constant("embed.scale_factor", np.float32(self.spec.embedding_scale), dtype=self.dtype)
+                out = self.w.node("Mul", [out, scale], name="embed/scale")[0]
+            return out
         # Gemma's sqrt(hidden) scale folded into the table (a tied lm_head reads the table unscaled).
         table = self.source.tensor("model.embed_tokens.weight") * np.float32(self.spec.embedding_scale)  # [V, H]
         # GatherBlockQuantized needs whole blocks along the hidden size; otherwise the table stays float.
@@ -137,28 +190,34 @@ class DynamicDecoderGraph:
     # -- graph ----------------------------------------------------------------------------------------------
     def build(self, progress: bool = True) -> None:
         spec, w, t = self.spec, self.w, self.onnx_type
-        names = dynamic_io(spec.num_layers)
-        kv_shape = ["batch_size", spec.num_kv_heads, "max_sequence_length", spec.head_dim]
+        names = dynamic_io(spec.num_layers, logits_rows=has_logits_rows(self.options))
+        first_past = len(names["inputs"]) - 2 * spec.num_layers
+        self.grouped = GroupedAttention(w, spec, t, self.dtype) if self.options.attention == "grouped" else None
+        if self.grouped:
+            past_shape, self.present_shape = self.grouped.cache_shapes()
+        else:
+            past_shape = self.present_shape = ["batch_size", spec.num_kv_heads, "max_sequence_length", spec.head_dim]
         input_ids = w.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
         self.seqlens_k = w.input("seqlens_k", TensorProto.INT32, ["batch_size"])
         self.total_len = w.input("total_sequence_length", TensorProto.INT32, [])
+        logits_rows = w.input(LOGITS_ROWS, TensorProto.INT64, [1]) if has_logits_rows(self.options) else None
         w.output("logits", t, ["batch_size", "logits_length", spec.vocab_size])
         check_rotary_fits(spec)
         cos, sin = rotary_tables(spec, self.options.context_length)
         self.rotary = [(w.initializer(f"rotary.cos.{r}", cos[r].astype(self.dtype)),
-                        w.initializer(f"rotary.sin.{r}", sin[r].astype(self.dtype))) for r in range(len(cos))]
+                        w.initializer(f"rotary.sin.{r}", sin[r].astype(self.dtype)), 2 * cos.shape[-1]) for r in range(len(cos))]
 
         norms = spec.family_data.norms
         residual, layer_out = self.embedding(input_ids), None
         for i in tqdm(range(spec.num_layers), desc="layers", unit="layer", disable=not progress, leave=False):
             p = f"model.layers.{i}."
-            past = [w.input(names["inputs"][3 + 2 * i + j], t, kv_shape) for j in (0, 1)]
+            past = [w.input(names["inputs"][first_past + 2 * i + j], t, past_shape) for j in (0, 1)]
             ln = self.norm_weight(p + f"{norms.attention_in}.weight")
             if layer_out is None:
                 normed = self._norm(residual, ln, f"{p}input_norm")
             else:
                 normed, residual = self._skip_norm(layer_out, residual, ln, f"{p}input_norm")
-            attn = self.attention(normed, i, past, kv_shape)
+            attn = self.attention(normed, i, past)
             o = self.linear(attn, f"{p}o_proj", [p + "self_attn.o_proj.weight"])
             if norms.attention_out:
                 o = self._norm(o, self.norm_weight(p + f"{norms.attention_out}.weight"), f"{p}attn_out_norm")
@@ -169,10 +228,13 @@ class DynamicDecoderGraph:
 
         normed, _ = self._skip_norm(layer_out, residual, self.norm_weight("model.norm.weight"), "final_norm")
         if not self.options.all_logits:
-            # Only the last position's logits are needed to sample: skips a [S, vocab] matmul in prefill.
+            # Logits for the last LOGITS_ROWS positions only: 1 to sample (skips a [S, vocab] matmul in prefill), k+1 to
+            # verify k proposed tokens in one run (speculative decoding).
+            start = (w.node("Neg", [logits_rows], name="last_rows/start")[0] if logits_rows
+                     else w.constant("last.start", [-1]))
             normed = w.node(
-                "Slice", [normed, w.constant("last.start", [-1]), w.constant("last.end", [np.iinfo(np.int64).max]), w.constant("last.axis", [1])],
-                name="last_position",
+                "Slice", [normed, start, w.constant("last.end", [np.iinfo(np.int64).max]), w.constant("last.axis", [1])],
+                name="last_rows",
             )[0]
         head = "model.embed_tokens.weight" if spec.tie_word_embeddings else "lm_head.weight"
         logits = self.linear(normed, "lm_head", [head], bits=self.options.lm_head_bits or None)
@@ -181,32 +243,36 @@ class DynamicDecoderGraph:
             w.node("ArgMax", [logits], [GREEDY_OUTPUT], name="greedy", axis=-1, keepdims=0)
             w.output(GREEDY_OUTPUT, TensorProto.INT64, ["batch_size", "logits_length"])
 
-    def attention(self, x: str, layer: int, past: list[str], kv_shape: list) -> str:
-        """q|k|v in one matmul, then GroupQueryAttention (RoPE inside, the cache appended in place). Families with
-        q/k norms split q, k and v to normalize each head of q and k first; GQA then takes them separately."""
+    def attention(self, x: str, layer: int, past: list[str]) -> str:
+        """q|k|v in one matmul, then GroupQueryAttention (RoPE inside, the cache appended in place) or, for the "SH"
+        cache layout, grouped_attention.py's matmuls. Families with q/k norms split q, k and v to normalize each head
+        of q and k first; attention then takes them separately."""
         spec, w, p = self.spec, self.w, f"model.layers.{layer}."
         qkv = self.linear(
             x, f"{p}qkv_proj", [p + f"self_attn.{t}_proj.weight" for t in "qkv"],
             [p + f"self_attn.{t}_proj.bias" for t in "qkv"] if spec.qkv_bias else [],
         )
         inputs = [qkv, "", ""]
-        if spec.family_data.qk_norm:
+        if spec.family_data.qk_norm or self.grouped:
             sizes = w.constant(f"{p}qkv/sizes", [spec.q_size, spec.kv_size, spec.kv_size])
             q, k, v = w.node("Split", [qkv, sizes], 3, name=f"{p}qkv/split", axis=-1)
-            inputs = [self._head_norm(q, p + "self_attn.q_norm.weight", f"{p}q_norm"),
-                      self._head_norm(k, p + "self_attn.k_norm.weight", f"{p}k_norm"), v]
+            if spec.family_data.qk_norm:
+                q = self._head_norm(q, p + "self_attn.q_norm.weight", f"{p}q_norm")
+                k = self._head_norm(k, p + "self_attn.k_norm.weight", f"{p}k_norm")
+            inputs = [q, k, v]
         rope, window = spec.layer_rope(layer), spec.layer_window(layer)
-        cos, sin = self.rotary[rope] if rope is not None else ("", "")
         present = [f"present.{layer}.key", f"present.{layer}.value"]
-        out = w.node(
+        for name in present:
+            w.output(name, self.onnx_type, self.present_shape)
+        if self.grouped:
+            return self.grouped.build(*inputs, layer, past, present, self.rotary[rope] if rope is not None else None)
+        cos, sin = self.rotary[rope][:2] if rope is not None else ("", "")
+        return w.node(
             "GroupQueryAttention", [*inputs, *past, self.seqlens_k, self.total_len, cos, sin],
             [f"{p}attn/out", *present], name=f"{p}attn", domain=MS,
             num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads, do_rotary=int(rope is not None),
             rotary_interleaved=0, scale=spec.query_scale, local_window_size=window or -1,
         )[0]
-        for name in present:
-            w.output(name, self.onnx_type, kv_shape)
-        return out
 
     def mlp(self, x: str, p: str) -> str:
         """gate|up in one matmul, act(gate) * up, down."""

@@ -46,7 +46,7 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
                 context_length=options.context_length,
                 activation_dtype=options.activation_dtype,
                 kv_cache={
-                    "layout": "BNSH",
+                    "layout": graphs.pop("kv_layout", "BNSH"),
                     "dtype": graphs.pop("kv_dtype"),
                     "num_layers": spec.num_layers,
                     "num_kv_heads": spec.num_kv_heads,
@@ -82,10 +82,11 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
 
         return build_static_graphs(weights, options, folder, progress)
     from ..graph_contract import dynamic_io
-    from .dynamic_graph import DynamicDecoderGraph, has_greedy_output
+    from .dynamic_graph import (DynamicDecoderGraph, cache_layout, has_greedy_output, has_logits_rows,
+                                quantizes_from_floats)
 
     statistics = None
-    if options.precision == "w4a16" and options.activation_aware and not weights.random_weights:
+    if options.activation_aware and not weights.random_weights and quantizes_from_floats(weights, options):
         from .linear_calibration import CalibratedInputs, collect_linear_inputs
 
         statistics = CalibratedInputs(*collect_linear_inputs(weights, options, folder, progress=progress))
@@ -95,7 +96,9 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
         writer.save(folder / "model.onnx", producer=f"edgeinfer {__version__}")
     finally:
         writer.close()
-    return {"decoder": {"file": "model.onnx", **dynamic_io(weights.spec.num_layers, has_greedy_output(options))}, "kv_dtype": options.activation_dtype}
+    io = dynamic_io(weights.spec.num_layers, has_greedy_output(options), has_logits_rows(options))
+    return {"decoder": {"file": "model.onnx", **io},
+            "kv_dtype": options.activation_dtype, "kv_layout": cache_layout(options)}
 
 
 def _write_tokenizer(folder: Path, tokenizer: TokenizerFiles) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 from ..architecture import FULL, SLIDING, ArchSpec, checked_spec
 from ..errors import SourceError
 from ..families import FAMILIES, Family, nearest_family
+from .gguf_blocks import ExactBlocks, exact_blocks
 from .gguf_header import check_gguf_header
 from .sources import TokenizerFiles
 
@@ -192,13 +193,15 @@ class GGUFSource:
         tensor = self._tensors.get(stored) or self._tensors["model.embed_tokens.weight"]
         return tensor, stored if stored in self._tensors else "model.embed_tokens.weight", rows
 
-    def stored_bits(self, name: str) -> int:
-        """Bits per weight the GGUF stored NAME with (Q4_K -> 4, Q6_K -> 6, F16 -> 16...)."""
+    def stored_bits(self, name: str) -> int | None:
+        """Bits per weight the GGUF stored NAME with (Q4_K -> 4, Q6_K -> 6...); None for a float tensor (F32, F16,
+        BF16): a float file made no choice of bits, so the 4-bit export applies its own rule (weight_bits.py), as
+        for safetensors. (A float GGUF got 8 bits for every matmul before.)"""
         tensor = self._stored(name)[0]
         kind = tensor.tensor_type.name
         if kind.startswith(("Q", "IQ")):
             return int(kind.lstrip("IQ")[0])
-        return {"F32": 32, "F16": 16, "BF16": 16}.get(kind, 16)
+        return None
 
     def tensor(self, name: str) -> np.ndarray:
         import gguf
@@ -215,6 +218,27 @@ class GGUFSource:
             heads = self.spec.num_heads if "q_proj" in name else self.spec.num_kv_heads
             array = _unpermute_rope(array, heads)
         return array
+
+    def exact_blocks(self, name: str) -> ExactBlocks | None:
+        """NAME in the file's own blocks (gguf_blocks.py), rows as tensor() gives them; None when its type has no
+        exact MatMulNBits form (the exporter then requantizes tensor())."""
+        tensor, stored, rows = self._stored(name)
+        shape = self.spec.tensor_shape(stored)
+        if len(shape) != 2:
+            return None
+        try:
+            blocks = exact_blocks(tensor.data, tensor.tensor_type.name, tuple(shape))
+        except ValueError as exc:  # a byte count that does not match the shape
+            raise SourceError(f"{self.path}: cannot read {tensor.name}'s blocks ({exc}): re-download the file") from None
+        if blocks is None:
+            return None
+        if rows is not None:
+            blocks = blocks.rows(rows)
+        if self.spec.family_data.gguf_permuted_rope and name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = self.spec.num_heads if "q_proj" in name else self.spec.num_kv_heads
+            order = _unpermute_rope(np.arange(blocks.shape[0]).reshape(-1, 1), heads).reshape(-1)
+            blocks = blocks.rows(order)
+        return blocks
 
     def tokenizer(self) -> TokenizerFiles:
         """Built once: reading the vocabulary out of the GGUF takes ~2 s, and an export asks four times."""

@@ -70,6 +70,9 @@ class HFFolderSource:
     def stored_bits(self, name: str) -> int | None:
         return None  # float checkpoint
 
+    def exact_blocks(self, name: str) -> None:
+        return None  # float checkpoint
+
     def _stored_name(self, name: str) -> str:
         """NAME as this checkpoint stores it: a multimodal one keeps its language model under a prefix."""
         if name == "lm_head.weight" and self._prefix == "language_model.model.":

@@ -18,7 +18,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..errors import ExportError
-from ..graph_contract import INPUT_IDS, SEQLENS, TOTAL_LENGTH, cache_pairs
+from ..graph_contract import INPUT_IDS, LOGITS_ROWS, SEQLENS, TOTAL_LENGTH, cache_pairs
 from .gptq import LinearInputs
 from .options import ExportOptions
 from .sources import WeightSource
@@ -84,11 +84,14 @@ def collect_linear_inputs(weights: WeightSource, options: ExportOptions, scratch
         shared = SharedWeights()
         shared.add_to(so, folder / "float.onnx")
         session = ort.InferenceSession(str(folder / "float.onnx"), so, providers=["CPUExecutionProvider"])
+        graph_inputs = {i.name for i in session.get_inputs()}
         for ids in sequences:
             cache = np.zeros((1, spec.num_kv_heads, length, spec.head_dim), dtype=np.float32)
             feed = {INPUT_IDS: np.array([ids], dtype=np.int64), SEQLENS: np.array([len(ids) - 1], dtype=np.int32),
                     TOTAL_LENGTH: np.array(len(ids), dtype=np.int32)}
             feed.update({past: cache for past, _ in cache_pairs(spec.num_layers)})
+            if LOGITS_ROWS in graph_inputs:
+                feed[LOGITS_ROWS] = np.array([1], dtype=np.int64)
             for name, values in zip(taps, session.run(taps, feed)):
                 inputs.add(name, values)
         del session, shared

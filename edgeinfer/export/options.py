@@ -8,8 +8,14 @@ from ..errors import ExportError
 from ..limits import MAX_SIZES
 
 PRECISIONS = ("w4a16", "fp16", "fp32")
-TARGETS = ("cpu", "cuda", "qnn")
-DEFAULT_BLOCKS = {"cpu": 128, "cuda": 128, "qnn": 16}
+TARGETS = ("cpu", "cuda", "qnn", "openvino")
+STATIC_TARGETS = ("qnn", "openvino")  # static-shape graphs (static_graph.py): NPUs compile each shape once
+# openvino: 32, the GGUF Q4_K sub-block, which float zero points then keep exactly (quantize.quantize_blocks_float_zero)
+DEFAULT_BLOCKS = {"cpu": 128, "cuda": 128, "qnn": 16, "openvino": 32}
+ATTENTIONS = ("gqa", "grouped")
+# cpu: "gqa" until bench/decode_depth.py's run on real weights (decode at depths 128 and 4064, prefill) says whether
+# "grouped" wins at every depth; cuda: onnxruntime's GroupQueryAttention runs flash attention on an fp16 cache.
+DEFAULT_ATTENTION = {"cpu": "gqa", "cuda": "gqa"}
 DEFAULT_CONTEXT = 4096  # when the model allows it; a KV cache this long fits a phone's memory for 1-3B models
 
 
@@ -24,9 +30,18 @@ class ExportOptions:
     accuracy_level: int = 4  # MatMulNBits compute type on CPU: 4 = int8 dot products (fastest on AVX2)
     all_logits: bool = False  # prefill returns logits for every position, not just the last
     quantize_embeddings: bool = True  # w4a16 only: 4-bit embedding table (GatherBlockQuantized)
+    # w4a16 cpu from a quantized GGUF: False keeps the file's own blocks where they map exactly onto MatMulNBits
+    # (Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K, export/gguf_blocks.py; the rest is requantized); True dequantizes everything
+    # and quantizes it again to block_size (the path before lossless import)
+    requantize: bool = False
     lm_head_bits: int = 8  # w4a16 only: 8 (default: the most sensitive matmul), 4, or 0 to keep it float
     prefill_chunk: int = 128  # static graphs (qnn): tokens per prefill run
     rotate: bool = True  # qnn w4a16: rotate the residual stream (export/rotation.py); off only to measure it
+    # qnn w4a16: prefill and decode quantize each activation on one grid, so speculation's verify runs (the prefill
+    # graph) pick exactly what decode steps pick. Off by default: on real Qwen2.5 weights the first token's massive
+    # activations widen prefill's residual ranges (about +-200 against +-10 in decode), which one grid would hand to
+    # decode; not yet measured on real weights. Without it a qnn w4a16 package does not speculate.
+    shared_role_ranges: bool = False
     center_keys: bool = True  # qnn: keys minus their bias's mean (static_graph.key_center); off only to measure it
     gptq: bool = True  # w4a16: round int4 weights by GPTQ on the calibration text (gptq.py, weighted_blocks.py)
     # cpu/cuda w4a16: 4-bit scales and zero points searched for the inputs each matmul sees on real text, rounded by
@@ -39,6 +54,9 @@ class ExportOptions:
     # qnn: smaller contexts with graphs of their own over the same weights, so a short chat attends over fewer
     # slots; None: every power of two from 512 below the context (see for_model)
     context_buckets: tuple[int, ...] | None = None
+    # cpu/cuda: "gqa" (onnxruntime's GroupQueryAttention over a [1, kvh, context, D] cache) or "grouped" (cpu only:
+    # grouped_attention.py over a row-major cache prefix); None: the target's default (see for_model)
+    attention: str | None = None
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -51,6 +69,10 @@ class ExportOptions:
             raise ExportError(f"embedding block size {self.embedding_block_size} is not supported: use 16, 32, 64, 128 or 256")
         if self.lm_head_bits not in (0, 4, 8):
             raise ExportError(f"lm_head bits {self.lm_head_bits} is not supported: use 4, 8, or 0 for float")
+        if self.attention not in (None, *ATTENTIONS):
+            raise ExportError(f"unknown attention {self.attention!r}: choose one of {', '.join(ATTENTIONS)}")
+        if self.attention == "grouped" and self.target != "cpu":
+            raise ExportError(f"--attention grouped is for --target cpu (a {self.target} package uses gqa): drop it")
         if self.context_buckets is not None:
             object.__setattr__(self, "context_buckets", tuple(sorted(set(self.context_buckets))))  # JSON gives lists
         if self.context_length is None:
@@ -62,7 +84,7 @@ class ExportOptions:
                 f"context length {self.context_length} is above the {MAX_SIZES['context_length']} edgeinfer supports: "
                 "pass a smaller --context"
             )
-        if self.target == "qnn" and self.context_length % self.prefill_chunk:
+        if self.target in STATIC_TARGETS and self.context_length % self.prefill_chunk:
             raise ExportError(
                 f"context {self.context_length} is not a multiple of the prefill chunk {self.prefill_chunk}: change one"
             )
@@ -81,13 +103,16 @@ class ExportOptions:
         accuracy is what W4A16 there lacks)."""
         if self.block_size is None:
             return replace(self, block_size=DEFAULT_BLOCKS[self.target]).for_model(max_positions)
+        if self.attention is None and self.graph_flavour == "dynamic":
+            return replace(self, attention=DEFAULT_ATTENTION[self.target]).for_model(max_positions)
         if self.context_length is None:
             context = min(DEFAULT_CONTEXT, max_positions)
-            if self.target == "qnn":
+            if self.target in STATIC_TARGETS:
                 context -= context % self.prefill_chunk  # static graphs run whole prefill chunks
             return replace(self, context_length=context).for_model(max_positions)
         if self.context_buckets is None:
             buckets = ()
+            # openvino: one context, two compiled graphs (each OpenVINO blob carries its own copy of the weights)
             if self.target == "qnn":
                 powers = (2**k for k in range(9, 20))  # 512, 1024, ...
                 buckets = tuple(c for c in powers if self.prefill_chunk <= c < self.context_length and c % self.prefill_chunk == 0)
@@ -106,7 +131,7 @@ class ExportOptions:
 
     @property
     def graph_flavour(self) -> str:
-        return "static" if self.target == "qnn" else "dynamic"
+        return "static" if self.target in STATIC_TARGETS else "dynamic"
 
     def to_dict(self) -> dict:
         """As the manifest records them (JSON: tuples are lists)."""

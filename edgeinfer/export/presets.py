@@ -114,6 +114,9 @@ class PresetSource:
     def stored_bits(self, name: str) -> int | None:
         return None  # random float weights
 
+    def exact_blocks(self, name: str) -> None:
+        return None  # random float weights
+
     def tensor(self, name: str) -> np.ndarray:
         shape = self.spec.tensor_shape(name)
         if name.endswith("norm.weight"):

@@ -211,6 +211,12 @@ def quantize_graphs(weights: WeightSource, graphs: dict, float_folder: Path, fol
     # One host cache serves past and new of both roles: one range per slot gives them one scale and zero point,
     # so the host copies the graphs' uint16 rows as they come (quantized_io.py).
     tie_ranges(ranges.values(), cache_slot_of)
+    # shared_role_ranges: prefill and decode of a part quantize each tensor on one grid, so a speculative verify run
+    # (the prefill graph) computes what decode steps would. Ranges per role parted 2 of 6 tiny-preset greedy replies
+    # (CPU EP, 40 tokens) from plain decoding; tied, none.
+    if options.shared_role_ranges:
+        for k in range(len(graphs["prefill"]["parts"])):
+            tie_ranges([ranges[("prefill", k)], ranges[("decode", k)]], lambda name: name)
     for session in ranges.values():
         session.close()  # the float sessions' memory goes back before the weights are encoded
     collect_s = time.perf_counter() - started

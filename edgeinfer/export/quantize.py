@@ -18,7 +18,9 @@ _PACKERS = {4: quantize_matmul_4bits, 8: quantize_matmul_8bits}
 class QuantizedBlocks:
     packed: np.ndarray  # uint8 [N, K / block, block * bits / 8]
     scales: np.ndarray  # float [N, K / block]
-    zero_points: np.ndarray | None  # uint8, packed like the weights; None when symmetric (implicit mid-point)
+    # uint8, packed like the weights; float32 [N, K / block] (quantize_blocks_float_zero); None when symmetric
+    # (implicit mid-point)
+    zero_points: np.ndarray | None
     block_size: int
     bits: int
 
@@ -61,7 +63,37 @@ def dequantize_blocks(q: QuantizedBlocks, k: int | None = None) -> np.ndarray:
     values = _unpack(q.packed, q.bits)
     if q.zero_points is None:
         zp = np.full(q.scales.shape, 2.0 ** (q.bits - 1), dtype=np.float32)
+    elif q.zero_points.dtype == np.float32:
+        zp = q.zero_points
     else:
         zp = _unpack(q.zero_points, q.bits)[:, : q.scales.shape[1]]
     full = ((values - zp[..., None]) * q.scales[..., None]).reshape(q.packed.shape[0], -1)
     return full[:, :k] if k else full
+
+
+def quantize_blocks_float_zero(weight_out_in: np.ndarray, block_size: int, bits: int = 4) -> QuantizedBlocks:
+    """Round-to-nearest over each block's min..max like quantize_blocks, with the zero point kept as a float
+    (MatMulNBits takes zero points of the scales' type): a block's grid then starts exactly at its minimum.
+    On a GGUF Q4_K source at block 32 (its sub-block) a sub-block's values are d*q - m for q in 0..15, so where
+    they reach both ends the grid is the file's own and the weights come back exactly; integer zero points
+    would move every value by up to half a step (m/d is rarely whole)."""
+    n, k = weight_out_in.shape
+    k_blocks = -(-k // block_size)
+    levels = 2**bits - 1
+    packed = np.zeros((n, k_blocks, block_size * bits // 8), dtype=np.uint8)
+    scales = np.zeros((n, k_blocks), dtype=np.float32)
+    zero_points = np.zeros((n, k_blocks), dtype=np.float32)
+    for start in range(0, n, _ROWS_PER_SLAB):
+        stop = min(start + _ROWS_PER_SLAB, n)
+        w = np.asarray(weight_out_in[start:stop], dtype=np.float32)
+        if k_blocks * block_size != k:  # the last block is zero-padded, as for MatMulNBits
+            w = np.pad(w, ((0, 0), (0, k_blocks * block_size - k)))
+        w = w.reshape(stop - start, k_blocks, block_size)
+        low, high = w.min(axis=-1), w.max(axis=-1)
+        scale = (high - low) / levels
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # a constant block: every value on q = 0
+        q = np.clip(np.rint((w - low[..., None]) / scale[..., None]), 0, levels).astype(np.uint8)
+        packed[start:stop] = q if bits == 8 else q[..., 0::2] | (q[..., 1::2] << 4)
+        scales[start:stop] = scale
+        zero_points[start:stop] = -low / scale
+    return QuantizedBlocks(packed, scales, zero_points, block_size, bits)

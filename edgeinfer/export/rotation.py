@@ -75,5 +75,8 @@ class RotatedResidual:
     def stored_bits(self, name: str) -> int | None:
         return self.source.stored_bits(name)
 
+    def exact_blocks(self, name: str) -> None:
+        return None  # rotated weights are new floats
+
     def tokenizer(self) -> TokenizerFiles:
         return self.source.tokenizer()

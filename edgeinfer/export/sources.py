@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from ..architecture import ArchSpec
 from ..errors import SourceError
+
+if TYPE_CHECKING:
+    from .gguf_blocks import ExactBlocks
 
 
 @dataclass
@@ -48,6 +51,10 @@ class WeightSource(Protocol):
         """Bits per weight the checkpoint stored NAME with, when it says (GGUF: Q4_K -> 4, Q6_K -> 6); None for
         float checkpoints. A 4-bit export keeps 8 bits where a quantized checkpoint kept more than 4."""
 
+    def exact_blocks(self, name: str) -> "ExactBlocks | None":
+        """NAME in the checkpoint's own integer blocks when they map exactly onto MatMulNBits (GGUF's Q4_K, Q6_K...,
+        see gguf_blocks.py); None for float checkpoints and for formats without such a mapping."""
+
     def tokenizer(self) -> TokenizerFiles:
         """Tokenizer and chat template files for the package."""
 
@@ -73,6 +80,15 @@ class FiniteWeights:
 
     def stored_bits(self, name: str) -> int | None:
         return self.source.stored_bits(name)
+
+    def exact_blocks(self, name: str) -> "ExactBlocks | None":
+        blocks = self.source.exact_blocks(name)
+        if blocks is not None and not blocks.finite():
+            raise SourceError(
+                f"{self.description}: tensor {name} holds NaN or inf scales: the checkpoint is damaged, "
+                "restore or re-download it"
+            )
+        return blocks
 
     def tokenizer(self) -> TokenizerFiles:
         return self.source.tokenizer()

@@ -6,7 +6,8 @@ Two roles share one formulation and differ only in the token count N: `prefill` 
     inputs   inputs_embeds [1,N,H] (part 0; later parts take hidden_in [1,N,H]), position_cos/position_sin
              [1,R,N,rotary/2] (R: one table per RoPE the layers use), attention_mask [1,M,N,C+N] (additive; M: one
              per attention window), past_key.i/past_value.i [1,KVH,C,D]
-    outputs  logits [1,1,V] (last part; the last row only) or hidden_out [1,N,H], new_key.i/new_value.i [1,KVH,N,D]
+    outputs  logits [1,R,V] (last part; the last R rows: R = 1 for decode, min(N, VERIFY_ROWS) for prefill, which
+             verifies up to R-1 proposed tokens in one run) or hidden_out [1,N,H], new_key.i/new_value.i [1,KVH,N,D]
 
 The host owns the cache (C slots per layer): it gathers embeddings and rotary rows, builds the mask (past slots
 below the write position plus causal new rows), passes the whole cache as past, and writes the new K/V rows back
@@ -35,7 +36,7 @@ import filecmp
 import shutil
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -159,12 +160,59 @@ def write_context_buckets(folder: Path, graphs: dict, spec: ArchSpec, buckets: t
                 part["contexts"][str(bucket)] = name
 
 
+@dataclass(frozen=True)
+class WeightBlocks:
+    """How an openvino w4a16 graph stores its linear weights: MatMulNBits, int4 blocks with float zero points (8 bits,
+    with uint8 zero points, for EIGHT_BIT and a LM_HEAD_BITS head), activations in float32. OpenVINO reads MatMulNBits as its
+    own compressed-weight MatMul; the QDQ form of the qnn graphs is what it does not follow (README, OpenVINO)."""
+
+    block_size: int
+    eight_bit: frozenset[str]  # static-graph weight names (model.layers.N.<proj>.weight) kept at 8 bits
+    lm_head_bits: int  # 8, 4, or 0 for float
+    accuracy_level: int = 4  # for the CPU EP, which runs these packages as the reference
+
+    def linear(self, w: GraphWriter, source: WeightSource, x: str, name: str, weight_name: str,
+               bias_name: str | None, scale: float) -> str:
+        from .quantize import quantize_blocks, quantize_blocks_float_zero
+
+        bits = self.lm_head_bits if name == "lm_head" else 8 if f"{name}.weight" in self.eight_bit else 4
+        weight = lambda: source.tensor(weight_name) * np.float32(scale)  # noqa: E731  [out, in]
+        n, k = source.spec.tensor_shape(weight_name)
+        if not bits:
+            y = w.node("MatMul", [x, w.shared_initializer(f"{name}.weight", lambda: weight().T)], name=name)[0]
+        else:
+            made = []  # one quantization gives three initializers; prefill and decode share them (shared_initializer)
+
+            def part(field: str):
+                def make():
+                    if not made:
+                        # 8 bits keep uint8 zero points (half a step of 255 is small): the CPU EP, which runs these
+                        # packages as the reference, refuses 8-bit MatMulNBits with float zero points.
+                        made.append(quantize_blocks_float_zero(weight(), self.block_size) if bits == 4 else
+                                    quantize_blocks(weight(), self.block_size, symmetric=False, bits=bits))
+                    return getattr(made[0], field).reshape(-1) if field != "packed" else made[0].packed
+                return make
+
+            inputs = [x, w.shared_initializer(f"{name}.qweight", part("packed")),
+                      w.shared_initializer(f"{name}.scales", part("scales")),
+                      w.shared_initializer(f"{name}.qzeros", part("zero_points"))]
+            y = w.node("MatMulNBits", inputs, name=name, domain="com.microsoft", K=k, N=n, bits=bits,
+                       block_size=self.block_size, accuracy_level=self.accuracy_level)[0]
+        if bias_name:
+            bias = w.shared_initializer(f"{name}.bias", lambda: source.tensor(bias_name) * np.float32(scale))
+            y = w.node("Add", [y, bias], name=f"{name}/bias")[0]
+        return y
+
+
 class StaticDecoderGraph:
     """One part (a range of layers) of one role (N tokens), in float32."""
 
     def __init__(self, writer: GraphWriter, source: WeightSource, tokens: int, context: int,
-                 layers: tuple[int, int], first: bool, last: bool, center_keys: bool = True):
+                 layers: tuple[int, int], first: bool, last: bool, center_keys: bool = True,
+                 blocks: "WeightBlocks | None" = None, rotate_half: bool = False):
         self.w = writer
+        self.blocks = blocks  # openvino w4a16: weights in MatMulNBits blocks; None: float MatMul
+        self.rotate_half = rotate_half  # openvino: RoPE in transformers' form (rope_rotate_half)
         self.source = source
         self.spec = source.spec
         self.n = tokens
@@ -175,6 +223,8 @@ class StaticDecoderGraph:
         self.context_constants = context_constants(self.spec, layers, tokens, context)
 
     def linear(self, x: str, name: str, weight_name: str, bias_name: str | None = None, scale: float = 1.0) -> str:
+        if self.blocks is not None:
+            return self.blocks.linear(self.w, self.source, x, name, weight_name, bias_name, scale)
         weight = self.w.shared_initializer(f"{name}.weight", lambda: (self.source.tensor(weight_name) * np.float32(scale)).T)
         y = self.w.node("MatMul", [x, weight], name=name)[0]  # weights stored [in, out]
         if bias_name:
@@ -231,13 +281,32 @@ class StaticDecoderGraph:
         x1 = w.node("Slice", [x, w.constant(f"{name}/s0", [0]), w.constant(f"{name}/e0", [half]), axis], name=f"{name}/x1")[0]
         x2 = w.node("Slice", [x, w.constant(f"{name}/s1", [half]), w.constant(f"{name}/e1", [2 * half]), axis], name=f"{name}/x2")[0]
         mul = lambda a, b, tag: w.node("Mul", [a, b], name=f"{name}/{tag}")[0]  # noqa: E731
-        o1 = w.node("Sub", [mul(x1, cos, "x1c"), mul(x2, sin, "x2s")], name=f"{name}/o1")[0]
-        o2 = w.node("Add", [mul(x2, cos, "x2c"), mul(x1, sin, "x1s")], name=f"{name}/o2")[0]
-        rotated = [o1, o2]
+        if self.rotate_half:
+            rotated = [self.rope_rotate_half(x, x1, x2, cos, sin, name)]
+        else:
+            o1 = w.node("Sub", [mul(x1, cos, "x1c"), mul(x2, sin, "x2s")], name=f"{name}/o1")[0]
+            o2 = w.node("Add", [mul(x2, cos, "x2c"), mul(x1, sin, "x1s")], name=f"{name}/o2")[0]
+            rotated = [o1, o2]
         if 2 * half < d:
             rotated.append(w.node("Slice", [x, w.constant(f"{name}/s2", [2 * half]), w.constant(f"{name}/e2", [d]), axis],
                                   name=f"{name}/pass")[0])
         return w.node("Concat", rotated, name=f"{name}/concat", axis=3)[0]
+
+    def rope_rotate_half(self, x: str, x1: str, x2: str, cos: str, sin: str, name: str) -> str:
+        """The same rotation as x * [cos cos] + [-x2 x1] * [sin sin] (transformers' rotate_half), for OpenVINO: its CPU
+        plugin fuses the two-product form above into a RoPE op that comes back wrong from its model cache
+        (onnxruntime-ep-openvino 1.8.1: a 9-node probe matches the CPU EP to 1e-7 when compiled, parts by 30 when
+        loaded from the cache; this form matches both times)."""
+        w, half, d = self.w, self.spec.rotary_dims // 2, self.spec.head_dim
+        if 2 * half < d:  # partial rotary: only the first 2*half dims turn
+            x = w.node("Slice", [x, w.constant(f"{name}/s3", [0]), w.constant(f"{name}/e3", [2 * half]),
+                                 w.constant(f"{name}/axis3", [3])], name=f"{name}/turning")[0]
+        minus_x2 = w.node("Neg", [x2], name=f"{name}/neg_x2")[0]
+        turned = w.node("Concat", [minus_x2, x1], name=f"{name}/rotate_half", axis=3)[0]
+        cos2 = w.node("Concat", [cos, cos], name=f"{name}/cos2", axis=3)[0]
+        sin2 = w.node("Concat", [sin, sin], name=f"{name}/sin2", axis=3)[0]
+        return w.node("Add", [w.node("Mul", [x, cos2], name=f"{name}/x_cos")[0], w.node("Mul", [turned, sin2], name=f"{name}/turned_sin")[0]],
+                      name=f"{name}/rotated")[0]
 
     def host_rows(self, input_name: str, count: int, tag: str) -> list[str]:
         """One [1,1,N,*] row set per table of a host input [1,COUNT,N,*] (rotary tables, masks); the input itself when
@@ -340,22 +409,32 @@ class StaticDecoderGraph:
             w.node("Identity", [x], ["hidden_out"], name="hidden_out/identity")
             w.output("hidden_out", f32, [1, n, s.hidden_size])
             return
-        if n > 1:  # prompts are left-padded: the last real token is always the last row
-            x = w.node("Slice", [x, w.constant("last/start", [n - 1]), w.constant("last/end", [n]), w.constant("last/axis", [1])],
-                       name="last_position")[0]
-        x = self.rms_norm(x, "model.norm.weight", "final_norm", lead=(1, 1))
+        rows = logits_rows_of(n)
+        if rows < n:  # prompts are left-padded: the last real tokens are always the last rows
+            x = w.node("Slice", [x, w.constant("last/start", [n - rows]), w.constant("last/end", [n]), w.constant("last/axis", [1])],
+                       name="last_rows")[0]
+        x = self.rms_norm(x, "model.norm.weight", "final_norm", lead=(1, rows))
         head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
         logits = self.linear(x, "lm_head", head)
         w.node("Identity", [logits], ["logits"], name="logits/identity")
-        w.output("logits", f32, [1, 1, s.vocab_size])
+        w.output("logits", f32, [1, rows, s.vocab_size])
+
+
+# Rows of the prefill graph that return logits: the pending token and up to 7 proposed ones, verified in one prefill
+# run (speculative decoding); the lm_head then reads 8 rows instead of 1 in each prompt chunk.
+VERIFY_ROWS = 8
+
+
+def logits_rows_of(tokens: int) -> int:
+    return min(tokens, VERIFY_ROWS)
 
 
 def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Path, parts: list[tuple[int, int]],
-                       progress: bool) -> dict:
+                       progress: bool, blocks: WeightBlocks | None = None) -> dict:
     """Float32 prefill and decode graphs of each part over one weights file (each weight read from the source and
     written once); returns the manifest's role entries."""
     roles = {"prefill": options.prefill_chunk, "decode": 1}
-    graphs = {role: {"tokens": tokens, "parts": []} for role, tokens in roles.items()}
+    graphs = {role: {"tokens": tokens, "logits_rows": logits_rows_of(tokens), "parts": []} for role, tokens in roles.items()}
     for k in tqdm(range(len(parts)), desc="graphs", unit="part", disable=not progress, leave=False):
         layers, first, last = parts[k], k == 0, k == len(parts) - 1
         stems = {role: f"{role}.part{k}" if len(parts) > 1 else role for role in roles}
@@ -364,7 +443,7 @@ def write_float_graphs(weights: WeightSource, options: ExportOptions, folder: Pa
             for role, tokens in roles.items():
                 writer = GraphWriter(data)
                 StaticDecoderGraph(writer, weights, tokens, options.context_length, layers, first, last,
-                                   options.center_keys).build()
+                                   options.center_keys, blocks, rotate_half=options.target == "openvino").build()
                 writer.save(folder / f"{stems[role]}.onnx", producer=f"edgeinfer {__version__}")
                 entry = {"file": f"{stems[role]}.onnx", "data": data.path.name, "layers": list(layers),
                          **static_io(layers, first, last)}
@@ -397,15 +476,19 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
                         part_bytes: int | None = None) -> dict:
     """Write the qnn package's graphs into FOLDER; returns the manifest's `graphs` (plus "kv_dtype")."""
     if options.precision not in ("w4a16", "fp32"):
-        raise ExportError(f"precision {options.precision} is not offered for qnn: use w4a16 (the NPU's) or fp32")
+        raise ExportError(f"precision {options.precision} is not offered for {options.target}: use w4a16 (the NPU's) or fp32")
     if options.prefill_chunk < 2 or options.prefill_chunk > options.context_length:
         raise ExportError(f"prefill chunk {options.prefill_chunk} must be between 2 and the context {options.context_length}")
     if options.precision == "w4a16":
         from .weight_bits import eight_bit_graph_weights
 
         eight_bit = eight_bit_graph_weights(weights, options)  # asked of the source itself (GGUF: how it stored each)
+    blocks = None
+    if options.target == "openvino" and options.precision == "w4a16":
+        blocks = WeightBlocks(options.block_size, frozenset(eight_bit), options.lm_head_bits, options.accuracy_level)
     # A sandwich norm (Gemma) leaves no matmul to fold its gain into: those families keep their residual stream.
-    rotate = options.precision == "w4a16" and options.rotate and weights.spec.family_data.rotatable
+    # Only for the QDQ graphs (qnn): the rotation spreads the massive channels that 16-bit activations cannot hold.
+    rotate = options.target == "qnn" and options.precision == "w4a16" and options.rotate and weights.spec.family_data.rotatable
     if rotate:
         from .rotation import RotatedResidual
 
@@ -424,12 +507,15 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
         "attention_mask": {"where": "host", "value": MASK_VALUE},
     }
     contexts = [*options.context_buckets, options.context_length]
-    if options.precision == "fp32":
-        graphs = write_float_graphs(weights, options, folder, parts, progress)
+    if options.precision == "fp32" or blocks is not None:
+        graphs = write_float_graphs(weights, options, folder, parts, progress, blocks)
         share_weight_files(folder, graphs)
         write_context_buckets(folder, graphs, spec, options.context_buckets)
         report_step_bytes(graphs, host, spec, options.context_length, progress)
-        return {**graphs, "contexts": contexts, "host": host, "quantization": None, "kv_dtype": "float32"}
+        quantization = None if blocks is None else {
+            "weights": "MatMulNBits, float zero points", "block_size": blocks.block_size, "lm_head_bits": blocks.lm_head_bits,
+            "eight_bit": len(blocks.eight_bit), "activations": "float32", "rotation": None}
+        return {**graphs, "contexts": contexts, "host": host, "quantization": quantization, "kv_dtype": "float32"}
 
     from .qdq import quantize_graphs
     from .quantized_io import uint16_cache_io

@@ -1,0 +1,280 @@
+"""Speculative decoding: proposers, one-run verification, and output that plain decoding would give (greedy: the same
+tokens; sampling: the same distribution, checked by chi-square on a toy Markov-chain runner)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+import edgeinfer
+from edgeinfer.backends import get_backend
+from edgeinfer.errors import GenerationError
+from edgeinfer.generator import Generator, StopCriteria, TokenLoop
+from edgeinfer.proposers import Proposal, PromptLookup
+from edgeinfer.runner import Runner
+from edgeinfer.sampler import GREEDY, SamplingParams, logits_to_probs
+from edgeinfer.speculative import DraftBudget, Speculation, SpeculativeLoop, accept_sampled, speculative_loop
+
+from .conftest import STATIC_CHUNK, export_tiny
+
+CODE = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_cpu(preset_pkg) -> Path:
+    return preset_pkg
+
+
+@pytest.fixture(scope="module")
+def tiny_fp32(tmp_path_factory) -> Path:
+    return export_tiny("preset:tiny-qwen2", tmp_path_factory.mktemp("spec") / "fp32", precision="fp32")
+
+
+# -- proposers --------------------------------------------------------------------------------------------------
+def test_prompt_lookup_continues_the_latest_longest_match():
+    lookup = PromptLookup(max_ngram=3)
+    #            0  1  2  3  4  5  6  7  8  9 10 11
+    context = [5, 1, 2, 3, 9, 9, 1, 2, 4, 7, 1, 2]
+    # "1 2" occurs at 1-2 (then 3) and 6-7 (then 4): the latest wins; "9 1 2" no, "x 1 2" longest is 2 tokens.
+    assert lookup.propose(context, 3).tokens == [4, 7, 1]
+    # A longer match beats a later shorter one: "3 1 2" at 0-2 (then 8 8) over "1 2" at 6-7 (then 6).
+    context = [3, 1, 2, 8, 8, 0, 1, 2, 6, 3, 1, 2]
+    assert lookup.propose(context, 2).tokens == [8, 8]
+    assert lookup.propose([1, 2, 3], 4).tokens == []  # the last token never occurred before
+    assert lookup.propose(context, 0).tokens == []
+
+
+# -- greedy: the plain tokens ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["lookup", "auto"])
+def test_greedy_with_speculation_is_plain_greedy_on_cpu(tiny_cpu, mode):
+    model = edgeinfer.load(tiny_cpu)
+    rng = np.random.default_rng(0)
+    prompts = [CODE * 2, "".join(chr(c) for c in rng.integers(97, 110, size=24)) * 3, "Hello there"]
+    for prompt in prompts:
+        plain = model.generate(prompt, 48, GREEDY, raw=True, ignore_eos=True, speculate="off")
+        fast = model.generate(prompt, 48, GREEDY, raw=True, ignore_eos=True, speculate=mode)
+        assert fast.token_ids == plain.token_ids and fast.finish_reason == plain.finish_reason
+        assert fast.timings.new_tokens == 48 and fast.timings.speculate == "lookup"
+    assert plain.timings.tokens_per_pass == 1.0 and plain.timings.acceptance_rate == 0.0
+    repeated = model.generate(CODE * 2, 48, GREEDY, raw=True, ignore_eos=True, speculate="lookup").timings
+    assert repeated.forward_passes < 47 and repeated.tokens_per_pass > 1.5 and repeated.accepted_tokens > 0
+
+
+def test_speculation_leaves_the_cache_plain_decoding_leaves(tiny_cpu):
+    """Length, stop string and eos ends: the generator holds the same tokens afterwards (a chat's next turn reuses it),
+    and the same text comes out."""
+    model = edgeinfer.load(tiny_cpu)
+    for kwargs in ({"max_new_tokens": 37, "ignore_eos": True}, {"max_new_tokens": 40, "stop": ("b",)}, {"max_new_tokens": 200}):
+        held = {}
+        for mode in ("off", "lookup"):
+            generator = model.generator(GREEDY)
+            result = model.generate(CODE * 2, sampling=GREEDY, raw=True, generator=generator, speculate=mode, **kwargs)
+            held[mode] = (list(generator.tokens), result.text, result.finish_reason)
+        assert held["lookup"] == held["off"], kwargs
+
+
+def test_draft_model_proposals_give_the_plain_tokens(tiny_cpu, tiny_fp32):
+    """A draft package with the same tokenizer (the fp32 export of the same weights: close, not equal)."""
+    model, draft = edgeinfer.load(tiny_cpu), edgeinfer.load(tiny_fp32)
+    plain = model.generate("Write a story", 40, GREEDY, raw=True, ignore_eos=True, speculate="off")
+    fast = model.generate("Write a story", 40, GREEDY, raw=True, ignore_eos=True, speculate=Speculation("draft", draft=draft))
+    assert fast.token_ids == plain.token_ids
+    assert fast.timings.speculate == "draft" and fast.timings.acceptance_rate > 0.5
+
+
+def test_verify_returns_the_rows_asked_for(tiny_cpu):
+    model = edgeinfer.load(tiny_cpu)
+    prompt = model.tokenizer.encode(CODE)
+    one = model.generator(GREEDY)
+    one.append(prompt)
+    steps = []
+    for token in prompt[:5]:  # decode steps one token at a time: the reference rows
+        steps.append(one.logits.copy())
+        one.append([token])
+    rows = model.generator(GREEDY)
+    rows.append(prompt)
+    rows.verify(prompt[:5], rows=5)
+    assert rows.row_logits().shape == (5, model.spec.vocab_size)
+    np.testing.assert_allclose(rows.row_logits()[:4], np.array(steps[1:]), atol=2e-3)  # row i: after token i
+    with pytest.raises(GenerationError, match="logits for 3 of 2"):
+        rows.runner.run(np.array(prompt[:2]), 0, rows=3)
+
+
+def test_old_packages_without_logits_rows_decode_plainly(tiny_cpu, tmp_path):
+    """A package whose graph lacks logits_rows (exported before it) runs auto as plain decoding; lookup says why not."""
+    model = edgeinfer.load(tiny_cpu)
+    generator = model.generator(GREEDY)
+    generator.runner.verify_rows = 1  # what such a package's runner reports
+    assert speculative_loop(generator, [1, 2], StopCriteria(4), Speculation("auto")) is None
+    with pytest.raises(GenerationError, match="re-export"):
+        speculative_loop(generator, [1, 2], StopCriteria(4), Speculation("lookup"))
+
+
+def test_speculation_settings_are_checked():
+    with pytest.raises(GenerationError, match="one of"):
+        Speculation("sometimes")
+    with pytest.raises(GenerationError, match="draft model"):
+        Speculation("draft")
+
+
+# -- the draft budget -----------------------------------------------------------------------------------------
+def test_budget_stops_proposing_where_proposals_fail_and_probes_now_and_then():
+    budget = DraftBudget(7)
+    for _ in range(20):
+        budget.record(0, 0, 0.030)
+        budget.record(3, 0, 0.045)  # every proposal rejected at its first token, a wider run costing more
+    picks = [budget.choose(7) for _ in range(3)]
+    assert picks == [0, 0, 0]
+    for _ in range(DraftBudget.PROBE_EVERY):
+        budget.record(0, 0, 0.030)
+    assert budget.choose(7) == 2  # a short probe
+
+
+def test_budget_proposes_long_where_proposals_are_kept():
+    budget = DraftBudget(7)
+    for _ in range(20):
+        budget.record(0, 0, 0.030)
+        budget.record(7, 7, 0.040)
+    assert budget.choose(7) == 7 and budget.choose(3) == 3
+
+
+# -- sampling: the same distribution ----------------------------------------------------------------------------
+VOCAB = 5
+
+
+class MarkovRunner(Runner):
+    """A toy model: the next token's logits depend on the last token only. Verifies any number of rows."""
+
+    def __init__(self, table: np.ndarray, capacity: int = 64):
+        self.table, self.capacity, self.verify_rows = table, capacity, capacity
+        self.rows = None
+
+    def run(self, token_ids, position: int, rows: int = 1) -> None:
+        self.rows = self.table[np.asarray(token_ids).reshape(-1)[-rows:]]
+
+    def last_logits(self, all_rows: bool = False) -> np.ndarray:
+        return self.rows if all_rows else self.rows[-1]
+
+    def cache_arrays(self):
+        return []
+
+
+class FixedProposer:
+    """Proposes draws from a fixed distribution Q of its own (q != p), returning Q with them."""
+
+    def __init__(self, q: np.ndarray, rng):
+        self.q, self.rng = q, rng
+
+    def propose(self, context, count: int) -> Proposal:
+        tokens = [int(self.rng.choice(VOCAB, p=self.q)) for _ in range(count)]
+        return Proposal(tokens, [self.q] * count)
+
+    def close(self) -> None:
+        pass
+
+
+def test_accept_rule_draws_from_the_target_distribution():
+    """One step's first token: whatever q proposes, the kept-or-resampled token follows p (chi-square)."""
+    rng = np.random.default_rng(0)
+    row = np.log(np.array([0.5, 0.2, 0.15, 0.1, 0.05]))
+    params = SamplingParams(temperature=1.0, top_p=1.0)
+    p = logits_to_probs(row, params)
+    for q in (np.array([0.05, 0.1, 0.15, 0.2, 0.5]), None):  # a draft's distribution, and lookup's point mass
+        counts = np.zeros(VOCAB)
+        for _ in range(4000):
+            token = int(rng.choice(VOCAB, p=q)) if q is not None else 3
+            proposal = Proposal([token], None if q is None else [q])
+            counts[accept_sampled(proposal, np.stack([row, row]), params, rng, [])[0]] += 1
+        assert chisquare(counts, p * counts.sum()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("proposer", ["lookup", "draft"])
+def test_sampled_speculation_matches_plain_sampling_in_distribution(proposer):
+    """Three sampled tokens after a prompt, over 3,000 seeds: the joint distribution of plain sampling (exact, from the
+    chain) and of speculative sampling agree (chi-square), with top-p filtering and a temperature in play."""
+    rng = np.random.default_rng(1)
+    table = rng.normal(0, 1.5, size=(VOCAB, VOCAB))
+    prompt = [0, 1, 2, 0, 1, 2, 0, 1]
+    params = SamplingParams(temperature=0.8, top_p=0.9)
+    # The exact joint distribution of three tokens from plain sampling.
+    step = np.array([logits_to_probs(table[t], params) for t in range(VOCAB)])
+    first = step[prompt[-1]]
+    exact = first[:, None, None] * step[:, :, None] * step[None, :, :]
+    counts = np.zeros((VOCAB,) * 3)
+    draws = 3000
+    for seed in range(draws):
+        generator = Generator(MarkovRunner(table), VOCAB, SamplingParams(temperature=0.8, top_p=0.9, seed=seed))
+        source = PromptLookup() if proposer == "lookup" else FixedProposer(np.full(VOCAB, 1 / VOCAB), np.random.default_rng(seed + 10**6))
+        loop = SpeculativeLoop(generator, prompt, StopCriteria(3, ignore_eos=True), source, DraftBudget(3, adaptive=False), proposer)
+        counts[tuple(loop)] += 1
+        if seed == 0:
+            assert loop.timings.new_tokens == 3
+    mask = exact.reshape(-1) * draws >= 5  # chi-square needs expected counts of 5 or more
+    observed, expected = counts.reshape(-1), exact.reshape(-1) * draws
+    assert observed[~mask].sum() <= max(10, 3 * expected[~mask].sum())
+    scale = observed[mask].sum() / expected[mask].sum()
+    assert chisquare(observed[mask], expected[mask] * scale).pvalue > 1e-3
+
+
+def test_sampled_plain_loop_and_chain_agree():
+    """The chi-square test above can fail: plain TokenLoop on the same chain passes it (the reference is right)."""
+    rng = np.random.default_rng(1)
+    table = rng.normal(0, 1.5, size=(VOCAB, VOCAB))
+    params = SamplingParams(temperature=0.8, top_p=0.9)
+    step = np.array([logits_to_probs(table[t], params) for t in range(VOCAB)])
+    counts = np.zeros((VOCAB, VOCAB))
+    for seed in range(2000):
+        generator = Generator(MarkovRunner(table), VOCAB, SamplingParams(temperature=0.8, top_p=0.9, seed=seed))
+        counts[tuple(TokenLoop(generator, [0, 1], StopCriteria(2, ignore_eos=True)))] += 1
+    exact = (step[1][:, None] * step).reshape(-1) * 2000
+    mask = exact >= 5
+    assert chisquare(counts.reshape(-1)[mask], exact[mask] * counts.reshape(-1)[mask].sum() / exact[mask].sum()).pvalue > 1e-3
+    wrong = (np.full(VOCAB, 1 / VOCAB)[:, None] * step).reshape(-1) * 2000  # a wrong first-token distribution is caught
+    assert chisquare(counts.reshape(-1)[mask], wrong[mask] * counts.reshape(-1)[mask].sum() / wrong[mask].sum()).pvalue < 1e-3
+
+
+# -- qnn: the static graphs verify with their prefill graph -----------------------------------------------------
+QNN = get_backend("qnn").availability()
+
+
+@pytest.mark.qnn
+@pytest.mark.skipif(not QNN.ok, reason=f"qnn backend not available: {QNN}")
+def test_greedy_with_speculation_is_plain_greedy_on_qnn(static_packages, tmp_path):
+    """A package whose prefill and decode graphs share their quantization grids speculates on the HTP and gives plain
+    greedy's tokens; one with a grid per role (the default) does not speculate."""
+    default = edgeinfer.load(static_packages["w4a16"], device="qnn")
+    assert not default.generator(GREEDY).runner.verifies_exactly
+    with pytest.raises(GenerationError, match="different grids"):
+        default.generate(CODE, 4, GREEDY, raw=True, speculate="lookup")
+    package = export_tiny("preset:tiny-qwen2", tmp_path / "shared", target="qnn", prefill_chunk=STATIC_CHUNK,
+                          shared_role_ranges=True)
+    model = edgeinfer.load(package, device="qnn")
+    assert model.generator(GREEDY).runner.verify_rows == 8
+    rng = np.random.default_rng(0)
+    accepted = 0
+    for prompt in (CODE, "".join(chr(c) for c in rng.integers(97, 110, size=12)) * 3):
+        plain = model.generate(prompt, 20, GREEDY, raw=True, ignore_eos=True, speculate="off")
+        fast = model.generate(prompt, 20, GREEDY, raw=True, ignore_eos=True, speculate="lookup")
+        assert fast.token_ids == plain.token_ids
+        accepted += fast.timings.accepted_tokens
+    assert accepted > 0
+
+
+def test_fixed_width_verify_runs_give_the_plain_tokens(tiny_cpu):
+    """The GPU path on the CPU: decode and verify read fixed buffers updated in place (what a captured CUDA graph
+    replays), proposals padded to the verify width and the pad rewound; greedy output stays the plain one."""
+    from edgeinfer.dynamic_runner import VERIFY_WIDTH, DynamicRunner, binding_plan
+
+    model = edgeinfer.load(tiny_cpu)
+    plan = binding_plan(model.manifest, "cpu", fixed_decode_inputs=True)
+    assert plan.verify_width == VERIFY_WIDTH and plan.logits_rows
+    prompt = model.tokenizer.encode(CODE * 2)
+    plain = model.generate(CODE * 2, 40, GREEDY, raw=True, ignore_eos=True, speculate="off").token_ids
+    runner = DynamicRunner(model.engine.session, model.manifest, plan=plan)
+    loop = speculative_loop(Generator(runner, model.spec.vocab_size, GREEDY), prompt, StopCriteria(40, ignore_eos=True),
+                            Speculation("lookup"))
+    assert list(loop) == plain
+    assert loop.timings.accepted_tokens > 0 and runner._verify is not None  # the fixed verify binding ran
