@@ -74,7 +74,8 @@ def quantized_reference(hf_dir, block_size: int, symmetric: bool, lm_head_bits: 
     with torch.no_grad():
         for name, param in ref.named_parameters():
             if param.dim() == 2:
-                q = quantize_blocks(param.numpy(), block_size, symmetric, lm_head_bits if name == 'lm_head.weight' else 4)
+                head = name == "lm_head.weight" or (name == "model.embed_tokens.weight" and ref.config.tie_word_embeddings)
+                q = quantize_blocks(param.numpy(), block_size, symmetric, lm_head_bits if head else 4)
                 param.copy_(torch.from_numpy(dequantize_blocks(q, param.shape[1])))
     return ref
 
@@ -87,6 +88,26 @@ def test_w4a16_export_matches_its_dequantized_weights(qwen2_dir, tmp_path, block
                           activation_aware=False, embedding_block_size=block_size)  # onnxruntime's own rounding
     ref = quantized_reference(qwen2_dir, block_size, symmetric, lm_head_bits)
     ids = list(np.random.default_rng(2).integers(0, 256, size=32))
+    assert np.abs(OrtDecoder(package)(ids) - reference_logits(ref, ids)).max() <= 1e-3
+
+
+def test_tied_embedding_gathers_the_lm_head_blocks(tmp_path):
+    """A tied table is stored once: the embedding gathers the 8-bit lm_head's blocks (no 4-bit table of its own),
+    and the graph equals transformers on those 8-bit weights."""
+    import onnx
+
+    from .conftest import make_hf_checkpoint
+
+    tied = make_hf_checkpoint(tmp_path / "tied", tie_word_embeddings=True)
+    package = export_tiny(tied, tmp_path / "pkg", precision="w4a16", all_logits=True, block_size=32, accuracy_level=0,
+                          activation_aware=False)
+    graph = onnx.load(str(package / "model.onnx"), load_external_data=False).graph
+    gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in graph.node if n.name == "lm_head")
+    assert gather.input[0] == head.input[1] == "lm_head.qweight"
+    assert not any(t.name == "embed.qweight" for t in graph.initializer)
+    ids = list(np.random.default_rng(4).integers(0, 256, size=32))
+    ref = quantized_reference(tied, 32, False, lm_head_bits=8)
     assert np.abs(OrtDecoder(package)(ids) - reference_logits(ref, ids)).max() <= 1e-3
 
 

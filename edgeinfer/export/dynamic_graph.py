@@ -85,6 +85,7 @@ class DynamicDecoderGraph:
         self.onnx_type = _ONNX_TYPES[options.activation_dtype]
         # 4-bit matmul node name -> the tensor it reads (what linear_calibration.py taps)
         self.linear_inputs: dict[str, str] = {}
+        self.head_initializers: list[str] | None = None  # a tied lm_head's blocks, shared with the embedding
         self.exact = ExactBlockGraph(writer, self.onnx_type, self.dtype, options.accuracy_level)
 
     # -- weights --------------------------------------------------------------------------------------------
@@ -104,6 +105,10 @@ class DynamicDecoderGraph:
         bits = weight_bits(self.source, weight_names, self.options) if bits is None else bits
         if bits == 4 and name != "lm_head":  # lm_head reads one row per run in calibration: too few to weigh by
             self.linear_inputs[name] = x
+        if name == "lm_head" and self.head_initializers is not None and bits == 8:  # the embedding's table too
+            return self.w.node("MatMulNBits", [x, *self.head_initializers], name=name, domain=MS,
+                               K=self.spec.hidden_size, N=self.spec.vocab_size, bits=8,
+                               block_size=self.options.block_size, accuracy_level=self.options.accuracy_level)[0]
         weight = self._weights(weight_names)  # [N, K]
         bias = self._weights(bias_names).astype(self.dtype) if bias_names else None
         n, k = weight.shape
@@ -147,6 +152,8 @@ class DynamicDecoderGraph:
                 scale = self.w.constant("embed.scale_factor", np.float32(self.spec.embedding_scale), dtype=self.dtype)
                 out = self.w.node("Mul", [out, scale], name="embed/scale")[0]
             return out
+        if self._shares_head_table():
+            return self._embedding_from_head(input_ids)
         # Gemma's sqrt(hidden) scale folded into the table (a tied lm_head reads the table unscaled).
         table = self.source.tensor("model.embed_tokens.weight") * np.float32(self.spec.embedding_scale)  # [V, H]
         # GatherBlockQuantized needs whole blocks along the hidden size; otherwise the table stays float.
@@ -169,6 +176,38 @@ class DynamicDecoderGraph:
         out = self.w.node("Gather", [self.w.initializer("embed.weight", table.astype(stored)), input_ids], name="embed")[0]
         if np.dtype(stored) != self.dtype:
             out = self.w.node("Cast", [out], name="embed/cast", to=self.onnx_type)[0]
+        return out
+
+    def _shares_head_table(self) -> bool:
+        """Whether the embedding gathers from the tied lm_head's 8-bit blocks instead of a 4-bit table of its own:
+        one copy of the [vocab, hidden] table on disk instead of two (the 1.5B: -149 MB) and 8 bits for the
+        embedding too."""
+        o = self.options
+        return (o.precision == "w4a16" and o.quantize_embeddings and self.spec.tie_word_embeddings
+                and o.lm_head_bits == 8 and not o.symmetric and self.spec.hidden_size % o.block_size == 0)
+
+    def _head_initializers(self) -> list[str]:
+        """lm_head's MatMulNBits B, scales and zero points (8-bit, round to nearest), written once for both users."""
+        if self.head_initializers is None:
+            q = quantize_blocks(self.source.tensor("model.embed_tokens.weight"), self.options.block_size, False, 8)
+            self.head_initializers = [self.w.initializer("lm_head.qweight", q.packed),
+                                      self.w.initializer("lm_head.scales", q.scales.astype(self.dtype).reshape(-1)),
+                                      self.w.initializer("lm_head.qzeros", q.zero_points.reshape(-1))]
+        return self.head_initializers
+
+    def _embedding_from_head(self, input_ids: str) -> str:
+        """GatherBlockQuantized over lm_head's B as it lies, [vocab, K / block, block] codes (quantize axis 2)."""
+        w, block, hidden = self.w, self.options.block_size, self.spec.hidden_size
+        data, scales, zeros = self._head_initializers()
+        per_block = w.constant("embed/per_block", [self.spec.vocab_size, hidden // block, 1])
+        scales = w.node("Reshape", [scales, per_block], name="embed/scales")[0]
+        zeros = w.node("Reshape", [zeros, per_block], name="embed/zeros")[0]
+        out = w.node("GatherBlockQuantized", [data, input_ids, scales, zeros], name="embed", domain=MS,
+                     bits=8, block_size=block, gather_axis=0, quantize_axis=2)[0]  # [B, S, K / block, block]
+        out = w.node("Reshape", [out, w.constant("embed/flat", [0, 0, hidden])], name="embed/flat")[0]
+        if self.spec.embedding_scale != 1:
+            scale = w.constant("embed.scale_factor", np.float32(self.spec.embedding_scale), dtype=self.dtype)
+            out = w.node("Mul", [out, scale], name="embed/scale")[0]
         return out
 
     def _embedding_blocks(self, table: np.ndarray, block: int):
