@@ -180,8 +180,8 @@ class DynamicDecoderGraph:
 
     def _shares_head_table(self) -> bool:
         """Whether the embedding gathers from the tied lm_head's 8-bit blocks instead of a 4-bit table of its own:
-        one copy of the [vocab, hidden] table on disk instead of two (the 1.5B: -149 MB) and 8 bits for the
-        embedding too."""
+        one copy of the [vocab, hidden] table on disk instead of two (a tied 1.5B such as Qwen2.5-1.5B: -149 MB)
+        and 8 bits for the embedding too. (Qwen2.5-Coder's Q4_K_M GGUF stores output.weight apart: untied.)"""
         o = self.options
         return (o.precision == "w4a16" and o.quantize_embeddings and self.spec.tie_word_embeddings
                 and o.lm_head_bits == 8 and not o.symmetric and self.spec.hidden_size % o.block_size == 0)
