@@ -62,7 +62,8 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
                     "chat_format": chat_format_name(tokenizer.chat_template),
                 },
                 export_options=options.to_dict(),
-                source={"description": weights.description, "random_weights": weights.random_weights},
+                source={"description": weights.description, "random_weights": weights.random_weights,
+                        "keeps_source_blocks": keeps_source_blocks(weights, options)},
                 edgeinfer_version=__version__,
             )
             names = sorted(p.name for p in tmp.iterdir() if p.name != STAGING_MARKER)
@@ -74,6 +75,16 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
         size = manifest.total_bytes / 2**20
         print(f"exported {weights.description} -> {out} ({size:.0f} MiB, {time.perf_counter() - started:.1f} s)")
     return manifest
+
+
+def keeps_source_blocks(weights: WeightSource, options: ExportOptions) -> bool:
+    """Whether every layer matmul keeps the source's own blocks (a lossless GGUF import), what `edgeinfer eval`
+    names the package by; a float GGUF is a GGUF too, and is quantized."""
+    if options.precision != "w4a16" or options.graph_flavour == "static":
+        return False
+    from .dynamic_graph import quantizes_from_floats
+
+    return not quantizes_from_floats(weights, options)
 
 
 def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, progress: bool) -> dict:
