@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--uniform-bits", action="store_true", help="4 bits everywhere (no 8-bit v/down)")
     parser.add_argument("--float-embeddings", action="store_true")
     parser.add_argument("--lm-head-bits", type=int, default=8)
-    parser.add_argument("--rounding", default="gptq", choices=["gptq", "search", "nearest"],
+    parser.add_argument("--rounding", default="nearest", choices=["gptq", "search", "nearest"],
                         help="with --requantize: activation-aware (gptq, search) or round to nearest (the export before issue 19)")
     parser.add_argument("--embedding-block-size", type=int, default=32, help="with --requantize; 128: the table as before issue 19")
     parser.add_argument("--context", type=int, default=DEFAULT_CONTEXT)

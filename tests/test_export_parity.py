@@ -168,7 +168,7 @@ def test_activation_aware_export_computes_with_the_weights_it_stores(qwen2_dir, 
     """The searched scales, zero points and GPTQ's levels are packed as MatMulNBits and GatherBlockQuantized read
     them: with fp32 compute the graph equals transformers on the package's own dequantized weights."""
     package = export_tiny(qwen2_dir, tmp_path / "pkg", precision="w4a16", all_logits=True, block_size=32,
-                          accuracy_level=0)
+                          accuracy_level=0, activation_aware=True)
     ids = list(np.random.default_rng(2).integers(0, 256, size=32))
     ref = package_weights_reference(qwen2_dir, package)
     assert np.abs(OrtDecoder(package)(ids) - reference_logits(ref, ids)).max() <= 1e-3

@@ -46,7 +46,10 @@ class ExportOptions:
     gptq: bool = True  # w4a16: round int4 weights by GPTQ on the calibration text (gptq.py, weighted_blocks.py)
     # cpu/cuda w4a16: 4-bit scales and zero points searched for the inputs each matmul sees on real text, rounded by
     # GPTQ when `gptq` (weighted_blocks.py); off: onnxruntime's round-to-nearest. Sources of random weights skip it.
-    activation_aware: bool = True
+    # Off by default: on the real 1.5B (float path, 1,275 scored tokens) it moved nothing beyond noise (same top
+    # 92.00% vs 91.76%, PPL +2.65% vs +2.85%, mean KLD 0.0372 vs 0.0373) for 3.1x the export time and 3.5x its
+    # memory (bench/results/awq-qwen2.5-coder-1.5b.md).
+    activation_aware: bool = False
     # w4a16 cpu/cuda: the 4-bit embedding table's block (a gather reads it: its block size costs no speed). 32, not the
     # matmuls' 128: on the real 1.5B, layer 0's q|k output error from the table alone fell from 2.8e-3 to 1.2e-3 of
     # the output (with the search below), for 24 MB more (bench/results/awq-qwen2.5-coder-1.5b.md). None: block_size.
