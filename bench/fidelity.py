@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--lm-head-bits", type=int, default=8)
     parser.add_argument("--rounding", default="nearest", choices=["gptq", "search", "nearest"],
                         help="with --requantize: activation-aware (gptq, search) or round to nearest (the export before issue 19)")
-    parser.add_argument("--embedding-block-size", type=int, default=32, help="with --requantize; 128: the table as before issue 19")
+    parser.add_argument("--embedding-block-size", type=int, help="with --requantize (default: --block-size)")
     parser.add_argument("--context", type=int, default=DEFAULT_CONTEXT)
     parser.add_argument("--chunks", type=int, default=DEFAULT_CHUNKS)
     parser.add_argument("--json", type=Path)

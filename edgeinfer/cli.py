@@ -232,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "searched for the inputs seen on real text and GPTQ's error compensation; search = the "
                         "searched scales, rounded to nearest (gptq/search: 3x the export time, no end-to-end gain "
                         "measured yet, bench/results/awq-qwen2.5-coder-1.5b.md)")
-    p.add_argument("--embedding-block-size", type=int, default=32,
-                   help="4-bit embedding table's block (cpu/cuda; default 32: a gather costs no speed for it)")
+    p.add_argument("--embedding-block-size", type=int,
+                   help="4-bit embedding table's block (cpu/cuda; default: --block-size; a gather reads it, so no speed cost)")
     p.add_argument("--lm-head-bits", type=int, default=8, choices=[0, 4, 8], help="lm_head weights (0 = float)")
     p.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4], help="MatMulNBits compute type (4 = int8)")
     p.add_argument("--all-logits", action="store_true", help="prefill returns logits for every position")

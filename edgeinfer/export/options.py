@@ -50,10 +50,11 @@ class ExportOptions:
     # 92.00% vs 91.76%, PPL +2.65% vs +2.85%, mean KLD 0.0372 vs 0.0373) for 3.1x the export time and 3.5x its
     # memory (bench/results/awq-qwen2.5-coder-1.5b.md).
     activation_aware: bool = False
-    # w4a16 cpu/cuda: the 4-bit embedding table's block (a gather reads it: its block size costs no speed). 32, not the
-    # matmuls' 128: on the real 1.5B, layer 0's q|k output error from the table alone fell from 2.8e-3 to 1.2e-3 of
-    # the output (with the search below), for 24 MB more (bench/results/awq-qwen2.5-coder-1.5b.md). None: block_size.
-    embedding_block_size: int | None = 32
+    # w4a16 cpu/cuda: the 4-bit embedding table's block (a gather reads it: its block size costs no speed); None: the
+    # matmuls' block_size. 32 cut layer 0's q|k output error from the table alone from 2.8e-3 to 1.2e-3 of the output
+    # (with the activation-aware search), for 24 MB more; not the default until measured end to end
+    # (bench/results/awq-qwen2.5-coder-1.5b.md: layer-0 gains did not carry to the whole model for the matmuls).
+    embedding_block_size: int | None = None
     # qnn: smaller contexts with graphs of their own over the same weights, so a short chat attends over fewer
     # slots; None: every power of two from 512 below the context (see for_model)
     context_buckets: tuple[int, ...] | None = None
