@@ -11,6 +11,11 @@
 #   or, after SWEEP=1 ... start:  run(carry=[".carry"], "bash bench/cuda_h100.sh sweep")   block sizes x kernel switches
 #   or, after start (part03 carried):  run(carry=[".carry"], "bash bench/cuda_h100.sh speculate")   issue 16: verify-run
 #   cost by width, greedy check, effective decode per kind estimated from bench/results/speculative-cpu-*.json
+#   or, after start and the parts:  run(carry=[".carry"], "bash bench/cuda_h100.sh genai 2>&1 | tee $OUT/genai_log.txt")
+#     (.carry = part03 if `run` has not unpacked it yet): edgeinfer's own 1.5B cuda package under onnxruntime-genai-cuda
+#   or, issue 16 on real weights: the GGUF split into .gpuwhl/gguf/g.00..17 (`split -b 62100000 -d -a 2 GGUF g.`),
+#     carried one piece a call after the four parts (`mkdir -p /root/g && cp .carry/g.* /root/g/`), then
+#     run(carry=[".carry"], "bash bench/cuda_h100.sh speculate_real")   GPU tests, the real cuda package, 12 prompts
 # Results land in $OUT (edgeinfer bench JSON with and without CUDA graphs, onnxruntime-genai JSON, the
 # comparison table, GPU/CPU parity) and are copied into bench/results/ by hand.
 set -uo pipefail
@@ -122,6 +127,28 @@ speculate() {  # issue 16 on the GPU: verify-run cost by width (captured graphs)
     done
 }
 
+GGUF_SHA256=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046  # qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+
+speculate_real() {  # issue 16 on the GPU: speculation on the real Qwen2.5-Coder GGUF (carried in pieces), 12 prompts
+    setup || exit 1
+    export PYTHONPATH=$SITE:$PWD
+    local gguf=/root/g/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf pkg=/root/pkg-real-cuda
+    [[ -f $gguf ]] || cat /root/g/g.* > $gguf
+    echo "$GGUF_SHA256  $gguf" | sha256sum -c --quiet || { echo "the GGUF pieces do not add up"; exit 1; }
+    echo "== GPU tests: the CUDA backend (speculation's verify graph included)"
+    timeout 200 python3 -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider 2>&1 | tail -6
+    [[ -f $pkg/manifest.json ]] || python3 -m edgeinfer.cli export $gguf -o $pkg --target cuda --force 2>&1 | tail -1
+    echo "== 12 real prompts, plain against lookup speculation (llama.cpp CUDA: 673 tok/s plain, ../shared/BASELINES.md)"
+    timeout 400 python3 bench/speculative.py $pkg $gguf --device cuda --llama-bin /nonexistent \
+        --out $OUT/speculative-cuda-h200 2>&1 | tail -30
+    echo "== issue 18 on real weights: the same package under onnxruntime-genai-cuda (greedy ids, then decode)"
+    timeout 200 python3 bench/genai_greedy.py $pkg --device cuda --tokens 128 2>/dev/null > $OUT/genai_greedy_real.jsonl; tail -1 $OUT/genai_greedy_real.jsonl
+    local bench=(--prompt-len 128,1024 --gen-len 256 --repeat 5 --no-sweep)
+    python3 -m edgeinfer.cli bench --device cuda --model $pkg "${bench[@]}" --json $OUT/genai_real_edge.json 2>&1 | grep "^| " | tail -2
+    timeout 200 python3 bench/peers/ort_genai_driver.py $pkg --device cuda --prompt-lens 128 1024 --gen-len 256 --repeat 5 > $OUT/genai_real_genai.json
+    python3 bench/genai_speed.py --edgeinfer edgeinfer=$OUT/genai_real_edge.json --genai genai-on-edgeinfer-pkg=$OUT/genai_real_genai.json --within 0.05
+}
+
 setup() {  # the last carried piece: unpack onnxruntime-gpu and onnxruntime-genai into $SITE
     cp .carry/* $W/ 2>/dev/null
     local cuda=$SITE/onnxruntime/capi/libonnxruntime_providers_cuda.so
@@ -170,6 +197,25 @@ sweep() {  # decode/TTFT of each layout under each MatMulNBits kernel choice, th
                 --repeat 5 --no-sweep --json $OUT/sweep-$name${env:+-${env%%=*}}.json 2>&1 | grep "^| " | tail -2
         done
     done
+}
+
+genai() {  # issue 18: the edgeinfer cuda package as an onnxruntime-genai model folder, against edgeinfer's own runtime
+    setup || exit 1
+    export PYTHONPATH=$SITE:$PWD
+    python3 -c "import onnxruntime as o; o.preload_dlls(); import onnxruntime_genai as g; print('onnxruntime', o.__version__, 'genai', g.__version__)"
+    wait_for export_cuda 300 || exit 1
+    local pkg
+    pkg=$(tail -1 $LOG/export_cuda.log)
+    echo "== greedy ids: edgeinfer vs onnxruntime-genai-cuda (genai_config.json as exported: CUDA graphs on)"
+    timeout 300 python3 bench/genai_greedy.py "$pkg" --device cuda --tokens 64 | tee $OUT/genai_greedy_h100.jsonl | tail -1
+    echo "== decode and prefill, the same package, edgeinfer then genai then edgeinfer again (drift check)"
+    local bench=(--prompt-len 128,1024 --gen-len 256 --repeat 5 --no-sweep)
+    python3 -m edgeinfer.cli bench --device cuda --model "$pkg" "${bench[@]}" --json $OUT/genai_edge_a.json 2>&1 | grep "^| " | tail -2
+    timeout 300 python3 bench/peers/ort_genai_driver.py "$pkg" --device cuda --prompt-lens 128 1024 --gen-len 256 --repeat 5 \
+        > $OUT/genai_on_pkg.json || echo "onnxruntime-genai-cuda failed on the package"
+    python3 -m edgeinfer.cli bench --device cuda --model "$pkg" "${bench[@]}" --json $OUT/genai_edge_b.json 2>&1 | grep "^| " | tail -2
+    python3 bench/genai_speed.py --edgeinfer edgeinfer=$OUT/genai_edge_a.json edgeinfer-again=$OUT/genai_edge_b.json \
+        --genai genai-on-edgeinfer-pkg=$OUT/genai_on_pkg.json --within 0.05 | tee $OUT/genai_speed_h100.md
 }
 
 "$@"

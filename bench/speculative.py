@@ -1,6 +1,6 @@
 """Speculative decoding on real prompts: edgeinfer with and without it, beside llama.cpp's plain and lookup decoding.
 
-    python bench/speculative.py PKG GGUF [--tokens 256] [--llama-bin DIR] [--out bench/results/speculative-cpu-DATE]
+    python bench/speculative.py PKG GGUF [--device cpu|cuda] [--tokens 256] [--llama-bin DIR] [--out bench/results/speculative-cpu-DATE]
 
 Twelve prompts of three kinds, all real text from this machine's Python standard library (no network):
 - edit: a stdlib function's source with a request to change it and reply with the whole function (the reply quotes
@@ -218,6 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("package", type=Path)
     parser.add_argument("gguf", type=Path)
+    parser.add_argument("--device", default="cpu", help="edgeinfer's device (llama.cpp runs as its build does)")
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--speculate", default="auto", choices=["auto", "lookup"])
     parser.add_argument("--llama-bin", type=Path, default=LLAMA_BIN)
@@ -226,7 +227,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / f"speculative-cpu-{dt.date.today()}")
     args = parser.parse_args()
 
-    model = edgeinfer.load(args.package)
+    model = edgeinfer.load(args.package, device=args.device)
+    # The first generations pay one-time costs (a GPU captures its decode and verify graphs): kept out of every figure.
+    for speculate in ("off", args.speculate):
+        model.generate("def warm(up):\n    return up\n" * 4, 32, GREEDY, raw=True, ignore_eos=True, speculate=speculate)
     have_llama = (args.llama_bin / "llama-completion").exists() and (args.llama_bin / "llama-lookup").exists()
     runs: list[Run] = []
     started = time.perf_counter()
@@ -260,6 +264,7 @@ def save(args, runs: list[Run], started: float, complete: bool) -> None:
         "schema": "edgeinfer-speculative/1",
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": describe_machine(),
+        "device": args.device,
         "package": str(args.package), "gguf": str(args.gguf), "tokens": args.tokens, "speculate": args.speculate,
         "llama_build": info.read_text().replace("\n", "; ") if info.exists() else ("not run: no build in " + str(args.llama_bin)),
         "seconds": round(time.perf_counter() - started, 1), "complete": complete,

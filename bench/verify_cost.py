@@ -27,7 +27,9 @@ import edgeinfer  # noqa: E402
 from edgeinfer.sampler import GREEDY  # noqa: E402
 
 
-def widths_cost(model, depth: int, repeat: int) -> dict[int, float]:
+def widths_cost(model, depth: int, repeat: int) -> tuple[dict[int, float], bool]:
+    """Median ms of a verify run per width, and whether the runner still verifies at its fixed width afterwards (a GPU
+    that could not capture or replay that graph falls back to uncaptured runs)."""
     generator = model.generator(GREEDY)
     generator.append(list(range(1, depth + 1)))
     width_max = generator.runner.verify_rows if generator.runner.verify_width is None else generator.runner.verify_width
@@ -44,8 +46,9 @@ def widths_cost(model, depth: int, repeat: int) -> dict[int, float]:
             if i >= 2:
                 times.append(elapsed)
         out[width] = statistics.median(times) * 1000
+    kept = generator.runner.verify_width is not None
     model.recycle(generator)
-    return out
+    return out, kept
 
 
 def greedy_check(model) -> dict:
@@ -88,9 +91,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     model = edgeinfer.load(args.package, device=args.device)
-    cost = widths_cost(model, args.depth, args.repeat)
+    cost, padded = widths_cost(model, args.depth, args.repeat)
     check = greedy_check(model)
-    padded = model.generator(GREEDY).runner.verify_width is not None
     result = {"package": str(args.package), "device": args.device, "depth": args.depth, "verify_ms_by_width": cost,
               "padded_to_fixed_width": padded, "greedy_check": check}
     if args.trace:

@@ -12,7 +12,7 @@ addresses and shapes let onnxruntime capture the decode step once as a CUDA grap
 token instead of several hundred. Prefill has a new shape each time and runs without a graph.
 
 Speculative decoding verifies k proposed tokens in one run that returns logits (and, on a GPU, the argmax) for its
-last k+1 rows only (the graph's logits_rows input). On a GPU a verify run of the runner's fixed width (VERIFY_WIDTH
+last k+1 rows only (the graph's logits_start input). On a GPU a verify run of the runner's fixed width (VERIFY_WIDTH
 tokens, proposals padded) has its own fixed buffers and CUDA graph, as the decode step has.
 """
 
@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import GenerationError, PackageError, check_fits
-from .graph_contract import GREEDY_OUTPUT, INPUT_IDS, LOGITS, LOGITS_ROWS, SEQLENS, TOTAL_LENGTH, cache_pairs
+from .graph_contract import GREEDY_OUTPUT, INPUT_IDS, LOGITS, LOGITS_ROWS, LOGITS_START, SEQLENS, TOTAL_LENGTH, cache_pairs
 from .package import Manifest, Package
 from .runner import Engine, Runner
 
@@ -62,7 +62,9 @@ class BindingPlan:
     decode_total_length: int | None  # total_sequence_length of every decode step (fixed: a graph bakes it)
     graph_capture: bool  # the session captures CUDA graphs: every run must name its graph id
     decode_graph_id: int | None  # the decode step's graph (None: decode runs without one)
-    logits_rows: bool = False  # the graph takes logits_rows: a run returns logits for its last k rows (verification)
+    # The graph's input that picks the last k rows for logits (verification): logits_start (-k), or on cpu packages of
+    # 2026-12-01 logits_rows (k); None: the last row only
+    rows_input: str | None = None
     verify_width: int | None = None  # tokens of every fixed-input verify run (None: verify runs as prefill does)
     verify_graph_id: int | None = None  # the fixed verify run's graph
 
@@ -98,7 +100,8 @@ def binding_plan(manifest: Manifest, device: str = "cpu", graph_id: int | None =
                               f"re-export it for {device} (--target cuda)")
     shape = ((kv["length"], kv["num_kv_heads"] * kv["head_dim"]) if layout == "SH"
              else (1, kv["num_kv_heads"], kv["length"], kv["head_dim"]))
-    rows = LOGITS_ROWS in inputs
+    rows_input = next((name for name in (LOGITS_START, LOGITS_ROWS) if name in inputs), None)
+    rows = rows_input is not None
     return BindingPlan(
         device=device,
         cache=tuple(pairs),
@@ -113,7 +116,7 @@ def binding_plan(manifest: Manifest, device: str = "cpu", graph_id: int | None =
         decode_total_length=manifest.context_length if fixed else None,
         graph_capture=graph_id is not None,
         decode_graph_id=graph_id if fixed else None,
-        logits_rows=rows,
+        rows_input=rows_input,
         verify_width=VERIFY_WIDTH if fixed and rows else None,
         verify_graph_id=graph_id + 1 if fixed and rows and graph_id is not None else None,
     )
@@ -135,7 +138,7 @@ class DynamicRunner(Runner):
         self.capacity = manifest.context_length
         self.all_logits = self.plan.all_logits
         # The most rows one run returns logits for: what a speculative verify run may ask (1: the package predates it).
-        self.verify_rows = self.capacity if self.plan.logits_rows or self.all_logits else 1
+        self.verify_rows = self.capacity if self.plan.rows_input or self.all_logits else 1
         self.verify_width = self.plan.verify_width
         self.vocab_size = manifest.architecture["vocab_size"]
         self.logits_dtype = np.dtype(manifest.activation_dtype)
@@ -197,8 +200,8 @@ class DynamicRunner(Runner):
             binding.bind_cpu_input(TOTAL_LENGTH, np.array(total, dtype=np.int32))
             if self._row_cache:
                 self._bind_rows(position, ids.shape[1])
-            if self.plan.logits_rows:
-                binding.bind_cpu_input(LOGITS_ROWS, np.array([rows], dtype=np.int64))
+            if self.plan.rows_input:
+                binding.bind_cpu_input(self.plan.rows_input, self._rows_value(rows))
             # all_logits packages: one row per token, the shape follows the chunk
             self._bind_outputs(ids.shape[1] if self.all_logits else rows)
         try:
@@ -246,6 +249,10 @@ class DynamicRunner(Runner):
         """The cache buffers as numpy views (host caches only): for tests and inspection."""
         return [v.numpy() for v in self._cache]
 
+    def touch_cache(self) -> None:
+        if self.device == "cpu":  # device buffers are written when they are made
+            super().touch_cache()
+
     # -- buffers --------------------------------------------------------------------------------------------
     def _bind_outputs(self, rows: int) -> None:
         """Bind the logits (and greedy) buffers of ROWS rows to the prefill binding (and, for one row, the decode one).
@@ -283,10 +290,13 @@ class DynamicRunner(Runner):
         binding.bind_ortvalue_input(INPUT_IDS, ids)
         binding.bind_ortvalue_input(SEQLENS, seqlens)
         binding.bind_ortvalue_input(TOTAL_LENGTH, total)
-        if self.plan.logits_rows:
-            # Host memory: it sets a Slice's start, which the CUDA EP reads on the host (no copy inside a captured graph).
-            binding.bind_ortvalue_input(LOGITS_ROWS, self._host_value(LOGITS_ROWS + suffix, np.array([width], dtype=np.int64)))
+        if self.plan.rows_input:
+            # Host memory: it is a Slice's start, which the CUDA EP reads on the host (no copy inside a captured graph).
+            binding.bind_ortvalue_input(self.plan.rows_input, self._host_value(self.plan.rows_input + suffix, self._rows_value(width)))
         return ids, seqlens
+
+    def _rows_value(self, rows: int) -> np.ndarray:
+        return np.array([-rows if self.plan.rows_input == LOGITS_START else rows], dtype=np.int64)
 
     def _verify_binding(self):
         """The fixed-width verify run's binding: its own inputs, outputs and (under capture) CUDA graph."""

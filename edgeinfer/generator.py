@@ -191,7 +191,8 @@ class Generator:
         """Speed tests only: treat the first POSITION cache slots as filled without running the model.
 
         A decode step costs the same whatever the cache holds, so this measures decode at a deep context
-        without paying for the prefill that would fill it. The text generated after it is meaningless.
+        without paying for the prefill that would fill it (once the runner's pages are written: Runner.touch_cache).
+        The text generated after it is meaningless.
         """
         if not 0 <= position < self.capacity:
             raise GenerationError(f"position {position} is outside the {self.capacity}-token context")

@@ -3,10 +3,9 @@
 Both sides import this module and neither imports the other, so loading a package never pulls in onnx,
 the quantizer or the graph builders. Runners find inputs and outputs by these names, never by position.
 
-Dynamic graphs (cpu, cuda): input_ids, seqlens_k, total_sequence_length, on cpu logits_rows (how many of the last rows
-get logits: 1 to sample, k+1 to verify k proposed tokens; cuda graphs return the last row) and one past input per
-layer and kind; logits, one present output
-per layer and kind, and on cuda the greedy token of each logits row.
+Dynamic graphs (cpu, cuda): input_ids, seqlens_k, total_sequence_length, logits_start (minus the number of last rows
+that get logits: -1 to sample, -(k+1) to verify k proposed tokens) and one past input per layer and kind; logits, one
+present output per layer and kind, and on cuda the greedy token of each logits row.
 Static graphs (qnn), one or more parts per role: the hidden state in (inputs_embeds for the first part), rotary
 rows (one table per RoPE the layers use), the additive masks (one per attention window) and each layer's past;
 the hidden state out (logits for the last part) and each layer's new rows of the cache.
@@ -26,8 +25,10 @@ CACHE_KINDS = ("key", "value")
 # Dynamic graphs.
 INPUT_IDS, SEQLENS, TOTAL_LENGTH = "input_ids", "seqlens_k", "total_sequence_length"
 LOGITS = "logits"
-# int64 [1]: logits for the last this-many rows of the run (packages exported before it had it return the last row only).
-LOGITS_ROWS = "logits_rows"
+# Where the logits rows start, counted from the end (host memory, int64 [1]): the Slice reads it as it is, so no node
+# sits between a host input and the GPU (a node off the GPU would keep the decode step from being one CUDA graph).
+LOGITS_START = "logits_start"
+LOGITS_ROWS = "logits_rows"  # cpu packages of 2026-12-01 took the row count instead (the runner still feeds it)
 GREEDY_OUTPUT = "next_token"  # cuda packages: argmax of each logits row, so greedy decode moves one id to the host
 
 
@@ -39,14 +40,20 @@ def present_name(layer: int, kind: str) -> str:
     return f"present.{layer}.{kind}"
 
 
-def dynamic_io(num_layers: int, greedy_output: bool = False, logits_rows: bool = True) -> dict[str, list[str]]:
+def dynamic_io(num_layers: int, greedy_output: bool = False, logits_start: bool = True) -> dict[str, list[str]]:
     """The dynamic graph's input and output names, in the order the exporter declares them."""
     cache = [(i, kind) for i in range(num_layers) for kind in CACHE_KINDS]
     return {
-        "inputs": [INPUT_IDS, SEQLENS, TOTAL_LENGTH, *([LOGITS_ROWS] if logits_rows else []),
+        "inputs": [INPUT_IDS, SEQLENS, TOTAL_LENGTH, *([LOGITS_START] if logits_start else []),
                    *(past_name(i, k) for i, k in cache)],
         "outputs": [LOGITS, *(present_name(i, k) for i, k in cache), *([GREEDY_OUTPUT] if greedy_output else [])],
     }
+
+
+# onnxruntime-genai's view of a dynamic package (export/genai_graph.py, export/genai_config.py): its config and a
+# decoder graph that takes genai's int64 attention_mask instead of seqlens_k/total_sequence_length/logits_start and
+# reads the same weights file.
+GENAI_CONFIG, GENAI_DECODER = "genai_config.json", "genai_model.onnx"
 
 
 def cache_pairs(num_layers: int) -> list[tuple[str, str]]:

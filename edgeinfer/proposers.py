@@ -32,12 +32,22 @@ if TYPE_CHECKING:
 class Proposal:
     tokens: list[int]
     probs: list[np.ndarray] | None = None  # the proposer's distribution each token was drawn from; None: point masses
+    # How strong the evidence behind the guess is, as a small class the budget keeps acceptance figures for
+    # (lookup: the matched n-gram's length; a draft model: 0)
+    evidence: int = 0
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def first(self, count: int) -> "Proposal":
+        return Proposal(self.tokens[:count], None if self.probs is None else self.probs[:count], self.evidence)
+
 
 class Proposer(Protocol):
+    # Whether a proposal costs next to nothing to make (lookup): the loop then asks for all it may use and the budget
+    # cuts it to size knowing the evidence; else (a draft model runs per token) the budget sizes the request first.
+    free: bool
+
     def propose(self, context: Sequence[int], count: int) -> Proposal:
         """Up to COUNT tokens expected to follow CONTEXT (the prompt and the reply so far)."""
         ...
@@ -50,6 +60,8 @@ class Proposer(Protocol):
 class PromptLookup:
     """The tokens that followed the latest earlier occurrence of the context's last n tokens, for n from MAX_NGRAM
     down to MIN_NGRAM (a longer match is a safer guess). llama.cpp's lookup defaults to n-grams of 1 to 4."""
+
+    free = True
 
     def __init__(self, max_ngram: int = 4, min_ngram: int = 1):
         if not 1 <= min_ngram <= max_ngram:
@@ -64,6 +76,7 @@ class PromptLookup:
         last = ids.size - 1
         starts = np.flatnonzero(ids[:last] == ids[last])  # positions p with ids[p] == last token, p < last
         best: np.ndarray | None = None
+        matched = 0
         for n in range(1, self.max_ngram + 1):
             if n > 1:
                 starts = starts[starts >= n - 1]
@@ -71,11 +84,11 @@ class PromptLookup:
             if starts.size == 0:
                 break
             if n >= self.min_ngram:
-                best = starts
+                best, matched = starts, n
         if best is None:
             return Proposal([])
         follow = int(best[-1]) + 1  # the latest occurrence: the text most like what comes next
-        return Proposal([int(t) for t in ids[follow : follow + count]])
+        return Proposal([int(t) for t in ids[follow : follow + count]], evidence=matched)
 
     def close(self) -> None:
         pass
@@ -87,6 +100,8 @@ class DraftModel:
     GENERATOR: the draft model's generator (its own KV cache); RELEASE is called with it once the generation ends.
     SAMPLING: the target's; greedy targets get greedy drafts, sampling ones drafts drawn from the draft's own
     distribution (returned with the proposal for the accept rule)."""
+
+    free = False
 
     def __init__(self, generator: "Generator", sampling: SamplingParams = GREEDY, release=None):
         self.generator, self.sampling, self._release = generator, sampling, release

@@ -117,28 +117,37 @@ class DraftBudget:
     """Chooses each step's proposal length from measurement (`auto`).
 
     A step with k proposals yields E(k) = (1 - a^(k+1)) / (1 - a) tokens on average, where a is the chance that the
-    next proposal is kept given the ones before it were (estimated from recent steps), and costs t(k), the measured
-    time of such a step (moving averages per k; a straight line through the measured ones for the others). The
-    budget is the k <= ROOM with the most tokens per second (the proposer may offer fewer); 0 is plain decoding. Where no k > 0
-    pays, a short proposal is still tried every PROBE_EVERY steps so that a reply that starts quoting is noticed.
+    next proposal is kept given the ones before it were (estimated from recent steps with proposals of the same
+    evidence: lookup's 4-token matches are kept far more often than its 1-token ones), and costs t(k), the measured
+    time of such a step (moving averages per k; a straight line through the measured ones for the others). A runner
+    that pads every verify run to one width (FIXED_WIDTH: a GPU replaying one captured graph) pays one t for every
+    k > 0, so it proposes all it can or nothing. The budget is the k <= ROOM with the most tokens per second (the
+    proposer may offer fewer); 0 is plain decoding. Where no k > 0 pays, a proposal is still tried now and then so that
+    a reply that starts quoting is noticed: every PROBE_EVERY steps, or as many more as keep a failed probe's extra
+    time under PROBE_SHARE of the plain steps' (a verify run costs 1.1x a decode step on the CPU, 1.8x on the H200).
     """
 
     DECAY = 0.9  # moving averages over roughly the last 10 steps
     PROBE_EVERY = 16
+    PROBE_SHARE = 0.02
+    SHORT_PROBE = 2
 
-    def __init__(self, max_proposed: int, adaptive: bool = True):
-        self.max_proposed, self.adaptive = max_proposed, adaptive
-        self.kept, self.missed = 1.0, 0.5  # prior: a = 2/3, optimistic enough to try proposals at the start
+    def __init__(self, max_proposed: int, adaptive: bool = True, fixed_width: bool = False):
+        self.max_proposed, self.adaptive, self.fixed_width = max_proposed, adaptive, fixed_width
+        # Per evidence class: kept and missed proposals, decayed. Prior a = 2/3: optimistic enough to try at the start.
+        self.kept: dict[int, float] = {}
+        self.missed: dict[int, float] = {}
         self.times: dict[int, float] = {}
         self.since_proposed = 0
 
-    @property
-    def acceptance(self) -> float:
-        return self.kept / (self.kept + self.missed)
+    def acceptance(self, evidence: int = 0) -> float:
+        kept, missed = self.kept.get(evidence, 1.0), self.missed.get(evidence, 0.5)
+        return kept / (kept + missed)
 
     def cost(self, k: int) -> float:
-        if k in self.times:
-            return self.times[k]
+        key = min(k, 1) if self.fixed_width else k
+        if key in self.times:
+            return self.times[key]
         base = self.times.get(0)
         wider = {n: t for n, t in self.times.items() if n > 0}
         if base is None or not wider:  # unmeasured: a run of k+1 rows costs a little more than one row
@@ -146,24 +155,33 @@ class DraftBudget:
         slope = max(sum((t - base) * n for n, t in wider.items()) / sum(n * n for n in wider), 0.0)
         return base + slope * k
 
-    def choose(self, available: int) -> int:
-        """Proposals to ask for this step, at most AVAILABLE."""
+    def probe_every(self, k: int) -> int:
+        """Plain steps between probes of K proposals: PROBE_EVERY, or more where a probe costs more."""
+        base = self.times.get(0)
+        if base is None or base <= 0:
+            return self.PROBE_EVERY
+        return max(self.PROBE_EVERY, int(np.ceil((self.cost(k) - base) / (self.PROBE_SHARE * base))))
+
+    def choose(self, available: int, evidence: int = 0) -> int:
+        """Proposals to use this step, at most AVAILABLE, for a proposal of EVIDENCE's class."""
         available = min(available, self.max_proposed)
         if not self.adaptive or available == 0:
             return available
-        a = min(self.acceptance, 0.999)
+        a = min(self.acceptance(evidence), 0.999)
         rate = [(1 - a ** (k + 1)) / (1 - a) / self.cost(k) for k in range(available + 1)]
         best = int(np.argmax(rate))
-        if best == 0 and self.since_proposed >= self.PROBE_EVERY:
-            best = min(available, 2)
+        if best == 0:
+            probe = available if self.fixed_width else min(available, self.SHORT_PROBE)
+            if self.since_proposed >= self.probe_every(probe):
+                best = probe
         return best
 
-    def record(self, proposed: int, kept: int, seconds: float) -> None:
-        d = self.DECAY
-        self.times[proposed] = seconds if proposed not in self.times else d * self.times[proposed] + (1 - d) * seconds
+    def record(self, proposed: int, kept: int, seconds: float, evidence: int = 0) -> None:
+        d, key = self.DECAY, min(proposed, 1) if self.fixed_width else proposed
+        self.times[key] = seconds if key not in self.times else d * self.times[key] + (1 - d) * seconds
         if proposed:
-            self.kept = d * self.kept + kept
-            self.missed = d * self.missed + (1.0 if kept < proposed else 0.0)
+            self.kept[evidence] = d * self.kept.get(evidence, 1.0) + kept
+            self.missed[evidence] = d * self.missed.get(evidence, 0.5) + (1.0 if kept < proposed else 0.0)
             self.since_proposed = 0
         else:
             self.since_proposed += 1
@@ -223,8 +241,15 @@ class SpeculativeLoop:
         position = gen.position
         room = min(gen.capacity - position - 1, self.criteria.max_new_tokens - timings.new_tokens - 1,
                    gen.runner.verify_rows - 1, self.budget.max_proposed)
-        wanted = self.budget.choose(room) if room > 0 else 0
-        proposal = self.proposer.propose([*gen.tokens, pending], wanted) if wanted else Proposal([])
+        context = [*gen.tokens, pending]
+        if room <= 0:
+            proposal = Proposal([])
+        elif self.proposer.free:  # see all it offers, then keep what its evidence is worth
+            offered = self.proposer.propose(context, room)
+            proposal = offered.first(self.budget.choose(len(offered), offered.evidence))
+        else:
+            wanted = self.budget.choose(room)
+            proposal = self.proposer.propose(context, wanted) if wanted else Proposal([])
         k = len(proposal)
         ids = [pending, *proposal.tokens]
         width = gen.runner.verify_width
@@ -241,7 +266,7 @@ class SpeculativeLoop:
         timings.proposed_tokens += k
         timings.verify_passes += k > 0
         timings.accepted_tokens += len(new) - 1
-        self.budget.record(k, len(new) - 1, time.perf_counter() - started)
+        self.budget.record(k, len(new) - 1, time.perf_counter() - started, proposal.evidence)
         return new
 
 
@@ -267,6 +292,7 @@ def speculative_loop(generator: Generator, prompt_ids: list[int], stop: StopCrit
             raise GenerationError(f"the draft model's vocabulary ({draft.spec.vocab_size}) is not the target's "
                                   f"({generator.vocab_size}): pick a draft with the same tokenizer")
         proposer: Proposer = DraftModel(draft.generator(generator.sampling), generator.sampling, release_draft or draft.recycle)
-        return SpeculativeLoop(generator, prompt_ids, stop, proposer, DraftBudget(speculation.max_proposed), "draft")
-    budget = DraftBudget(speculation.max_proposed, adaptive=mode == "auto")
+        budget = DraftBudget(speculation.max_proposed, fixed_width=runner.verify_width is not None)
+        return SpeculativeLoop(generator, prompt_ids, stop, proposer, budget, "draft")
+    budget = DraftBudget(speculation.max_proposed, adaptive=mode == "auto", fixed_width=runner.verify_width is not None)
     return SpeculativeLoop(generator, prompt_ids, stop, PromptLookup(), budget, "lookup")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 
+import edgeinfer
 from edgeinfer.bench.results import csv_text, load_results, markdown_table, save_json
 from edgeinfer.bench.runner import bench
 from edgeinfer.cli import main
@@ -90,3 +92,17 @@ def test_file_sizes_read_in_the_unit_that_fits():
     from edgeinfer.bench.results import format_bytes
 
     assert [format_bytes(n) for n in (419167, 900 * 2**20, 1_160_000_000)] == ["409 KiB", "900 MiB", "1.08 GiB"]
+
+
+def test_decode_at_depth_writes_the_cache_first(preset_pkg):
+    """A host cache's never-written pages all read one shared zero page (fast, and not what a real conversation's
+    prefill leaves): the depth sweep writes every page before it times decode."""
+    from edgeinfer.bench.profiler import decode_at_depth
+    from edgeinfer.sampler import GREEDY
+
+    generator = edgeinfer.load(preset_pkg).generator(GREEDY)
+    point = decode_at_depth(generator, depth=64, steps=2, repeat=1)
+    assert point["context"] == 64 and point["decode_tokens_per_s"]["median"] > 0
+    caches = generator.runner.cache_arrays()
+    beyond = [c[..., 100:, :] for c in caches]  # slots no run wrote: past the depth and the steps
+    assert all(np.all(b == np.float32(0.01).astype(b.dtype)) for b in beyond)

@@ -4,6 +4,7 @@ fixed-address decode path run on the CPU), and on a GPU the same tokens as the C
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -14,7 +15,7 @@ from edgeinfer.candidates import CandidateHead
 from edgeinfer.errors import BackendError, GenerationError
 from edgeinfer.graph_contract import GREEDY_OUTPUT
 from edgeinfer.generator import Generator
-from edgeinfer.dynamic_runner import DynamicRunner, binding_plan
+from edgeinfer.dynamic_runner import VERIFY_WIDTH, DynamicRunner, binding_plan
 from edgeinfer.package import load_manifest
 from edgeinfer.sampler import GREEDY, SamplingParams
 
@@ -107,9 +108,13 @@ def test_cuda_plan_fixes_decode_inputs_and_names_graphs(cuda_pkg):
     assert plan.cache[0] == ("past_key_values.0.key", "present.0.key") and len(plan.cache) == 2 * manifest.spec.num_layers
     assert plan.run_config(decode=True) == {"gpu_graph_id": "3"}
     assert plan.run_config(decode=False) == {"gpu_graph_id": "-1"}  # prefill: new shapes each time, never captured
-    # cuda packages take no logits_rows yet (its host-side Slice start would keep decode from being one CUDA graph):
-    # no verify runs, no verify graph.
-    assert not plan.logits_rows and plan.verify_width is None and plan.verify_graph_id is None
+    # Verify runs of the fixed width replay their own graph; logits_start feeds the Slice directly from the host (a
+    # node between them would run off the GPU and keep the steps from being captured)
+    assert plan.rows_input == "logits_start" and plan.verify_width == VERIFY_WIDTH and plan.verify_graph_id == 4
+    assert plan.run_config(decode=False, verify=True) == {"gpu_graph_id": "4"}
+    graph = onnx.load(str(cuda_pkg / "model.onnx"), load_external_data=False).graph
+    start = [n for n in graph.node if "logits_start" in n.input]
+    assert [n.op_type for n in start] == ["Slice"] and list(start[0].input).index("logits_start") == 1
     eager = binding_plan(manifest, "cuda")
     assert eager.fixed_decode_inputs and not eager.graph_capture and eager.run_config(decode=True) == {}
 
@@ -328,3 +333,21 @@ def test_gpu_logits_match_cpu_logits(cuda_pkg):
     np.testing.assert_allclose(gen.logits, reference.forward(np.array([1, 2, 3, 4]), 0), atol=2e-2)
     gen.append([9])  # a graph replay
     np.testing.assert_allclose(gen.logits, reference.forward(np.array([9]), 4), atol=2e-2)
+
+
+@needs_gpu
+def test_gpu_speculation_replays_its_verify_graph_and_keeps_the_plain_tokens(cuda_pkg):
+    """Lookup speculation on the GPU: verify runs of the fixed width replay their own CUDA graph beside the decode
+    step's (a failed capture would drop the runner to uncaptured verify runs), and greedy output is the plain one."""
+    from edgeinfer.generator import StopCriteria
+    from edgeinfer.speculative import Speculation, speculative_loop
+
+    model = edgeinfer.load(cuda_pkg, device="cuda")
+    text = "def add(a, b):\n    return a + b\n"  # the tiny tokenizer's ids are about one per character
+    prompt = model.encode_prompt(text, raw=True)
+    plain = model.generate(text, 64, GREEDY, raw=True, ignore_eos=True, speculate="off").token_ids
+    generator = model.generator(GREEDY)
+    loop = speculative_loop(generator, prompt, StopCriteria(64, ignore_eos=True), Speculation("lookup"))
+    assert list(loop) == plain
+    assert loop.timings.accepted_tokens > 0 and loop.timings.forward_passes < 64
+    assert model.engine.graph_capture and generator.runner.verify_width == VERIFY_WIDTH

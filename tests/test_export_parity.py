@@ -23,6 +23,7 @@ class OrtDecoder:
         self.rows = kv["layout"] == "SH"
         shape = (0, kv["num_kv_heads"] * kv["head_dim"]) if self.rows else (1, kv["num_kv_heads"], kv["length"], kv["head_dim"])
         self.past = {name: np.zeros(shape, np.float32) for name in graph["inputs"] if name.startswith("past_key_values.")}
+        self.inputs = set(graph["inputs"])
         self.total = 0
 
     def __call__(self, ids: list[int], rows: int = 1) -> np.ndarray:
@@ -31,9 +32,10 @@ class OrtDecoder:
             "input_ids": np.array([ids], np.int64),
             "seqlens_k": np.array([self.total - 1], np.int32),
             "total_sequence_length": np.array(self.total, np.int32),
-            "logits_rows": np.array([rows], np.int64),  # all_logits packages return every row whatever it says
             **self.past,
         }
+        if "logits_start" in self.inputs:  # all_logits packages return every row and take no start
+            feeds["logits_start"] = np.array([-rows], np.int64)
         logits, *present = self.session.run(None, feeds)
         if self.rows:
             present = [np.concatenate([past, new]) for past, new in zip(self.past.values(), present)]
@@ -182,7 +184,7 @@ def test_last_position_logits_only_by_default(qwen2_dir, tmp_path):
     assert logits.shape == (1, 272)
     full = reference_logits(reference_model(qwen2_dir), [1, 2, 3, 4, 5])
     assert np.abs(logits[0] - full[-1]).max() <= 1e-3
-    # logits_rows: the last k rows, what a speculative verify run reads
+    # logits_start -k: the last k rows, what a speculative verify run reads
     rows = OrtDecoder(package)([1, 2, 3, 4, 5], rows=3)
     assert rows.shape == (3, 272) and np.abs(rows - full[-3:]).max() <= 1e-3
 

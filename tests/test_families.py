@@ -344,7 +344,7 @@ def test_the_cuda_graph_in_fp16_agrees_with_fp32_on_the_cpu_ep(name, tmp_path):
         kv = manifest.kv_cache
         past = {n: np.zeros((1, kv["num_kv_heads"], kv["length"], kv["head_dim"]), dtype)
                 for n in manifest.graphs["decoder"]["inputs"] if n.startswith("past_key_values.")}
-        rows_input = {"logits_rows": np.array([1], np.int64)} if "logits_rows" in manifest.graphs["decoder"]["inputs"] else {}
+        rows_input = {"logits_start": np.array([-1], np.int64)} if "logits_start" in manifest.graphs["decoder"]["inputs"] else {}
         sequence, fed, picked = list(PROMPT), 0, []
         for step in range(9):
             feeds = {"input_ids": np.array([sequence[fed:]], np.int64), "seqlens_k": np.array([len(sequence) - 1], np.int32),
@@ -384,3 +384,27 @@ def test_a_manifest_with_a_damaged_family_fact_is_refused_in_one_line(families, 
     with pytest.raises(PackageError) as caught:
         edgeinfer.load(package).generate("Hi", max_new_tokens=2)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_onnxruntime_genai_runs_each_family_as_exported(families, family):
+    """Each family's package folder is an onnxruntime-genai model folder: genai's Generator, on its own view of the
+    decoder (genai_model.onnx), picks transformers' greedy tokens, as edgeinfer does."""
+    import onnxruntime_genai as og
+
+    from edgeinfer.graph_contract import GENAI_CONFIG
+
+    package = families.package(family, "cpu")
+    config = json.loads((package / GENAI_CONFIG).read_text())
+    tokens, _ = families.reference(family).greedy(PROMPT, GREEDY_TOKENS)
+    model = og.Model(str(package))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=config["search"]["max_length"])
+    generator = og.Generator(model, params)
+    generator.append_tokens(PROMPT)
+    picked = []
+    while not generator.is_done() and len(picked) < GREEDY_TOKENS:  # genai stops at an eos, transformers' greedy not
+        generator.generate_next_token()
+        picked.append(int(generator.get_next_tokens()[0]))
+    assert len(picked) > 4 and picked == tokens[: len(picked)]
+    assert len(picked) == GREEDY_TOKENS or picked[-1] in config["model"]["eos_token_id"]

@@ -103,14 +103,45 @@ def test_verify_returns_the_rows_asked_for(tiny_cpu):
         rows.runner.run(np.array(prompt[:2]), 0, rows=3)
 
 
-def test_old_packages_without_logits_rows_decode_plainly(tiny_cpu, tmp_path):
-    """A package whose graph lacks logits_rows (exported before it) runs auto as plain decoding; lookup says why not."""
+def test_old_packages_without_logits_start_decode_plainly(tiny_cpu, tmp_path):
+    """A package whose graph picks no rows (exported before speculation) runs auto as plain decoding; lookup says why
+    not."""
     model = edgeinfer.load(tiny_cpu)
     generator = model.generator(GREEDY)
     generator.runner.verify_rows = 1  # what such a package's runner reports
     assert speculative_loop(generator, [1, 2], StopCriteria(4), Speculation("auto")) is None
     with pytest.raises(GenerationError, match="re-export"):
         speculative_loop(generator, [1, 2], StopCriteria(4), Speculation("lookup"))
+
+
+def test_packages_that_take_the_row_count_still_speculate(tiny_fp32, tmp_path):
+    """cpu packages of 2026-12-01 took logits_rows (the row count, negated in the graph) where packages now take
+    logits_start: the runner feeds each its own, and speculation gives the plain tokens on both."""
+    import json
+    import shutil
+
+    import onnx
+    from onnx import helper
+
+    from edgeinfer.package import MANIFEST, describe_files
+
+    old = Path(shutil.copytree(tiny_fp32, tmp_path / "old"))
+    model = onnx.load(str(old / "model.onnx"))
+    graph = model.graph
+    start = next(i for i in graph.input if i.name == "logits_start")
+    start.name = "logits_rows"
+    graph.node.insert(0, helper.make_node("Neg", ["logits_rows"], ["logits_start"], name="last_rows/start"))
+    onnx.save(model, str(old / "model.onnx"))
+    manifest = json.loads((old / MANIFEST).read_text())
+    inputs = manifest["graphs"]["decoder"]["inputs"]
+    inputs[inputs.index("logits_start")] = "logits_rows"
+    manifest["files"] = describe_files(old, sorted(manifest["files"]))
+    (old / MANIFEST).write_text(json.dumps(manifest))
+
+    plain = edgeinfer.load(tiny_fp32).generate(CODE * 2, 40, GREEDY, raw=True, ignore_eos=True, speculate="off")
+    for folder in (tiny_fp32, old):
+        result = edgeinfer.load(folder).generate(CODE * 2, 40, GREEDY, raw=True, ignore_eos=True, speculate="lookup")
+        assert result.token_ids == plain.token_ids and result.timings.accepted_tokens > 0
 
 
 def test_speculation_settings_are_checked():
@@ -128,9 +159,45 @@ def test_budget_stops_proposing_where_proposals_fail_and_probes_now_and_then():
         budget.record(3, 0, 0.045)  # every proposal rejected at its first token, a wider run costing more
     picks = [budget.choose(7) for _ in range(3)]
     assert picks == [0, 0, 0]
-    for _ in range(DraftBudget.PROBE_EVERY):
+    assert budget.probe_every(2) == 17  # a probe of 2 costs a third of a step more: 2% of 17 steps
+    for _ in range(budget.probe_every(2)):
         budget.record(0, 0, 0.030)
     assert budget.choose(7) == 2  # a short probe
+
+
+def test_budget_of_a_fixed_width_runner_proposes_all_or_nothing_and_probes_less_often():
+    """A GPU pads every verify run to one captured width: any k > 0 costs the same (the H200's figures: 1.83 ms a
+    decode step, 3.28 ms a verify run), so a probe proposes all it can, and as rarely as keeps its cost at ~2%."""
+    budget = DraftBudget(7, fixed_width=True)
+    for _ in range(20):
+        budget.record(0, 0, 0.00183)
+        budget.record(2, 0, 0.00328)  # rejected at once
+    assert budget.cost(7) == budget.cost(1) == pytest.approx(0.00328, rel=1e-6)
+    assert budget.choose(7) == 0
+    every = budget.probe_every(7)
+    assert every == 40  # ceil((3.28 - 1.83) / (0.02 * 1.83))
+    for _ in range(every - 1):
+        budget.record(0, 0, 0.00183)
+    assert budget.choose(7) == 0
+    budget.record(0, 0, 0.00183)
+    assert budget.choose(7) == 7 and budget.choose(3) == 3
+    for _ in range(10):
+        budget.record(7, 7, 0.00328)  # now every proposal is kept
+    assert budget.choose(7) == 7 and budget.choose(5) == 5
+
+
+def test_budget_keeps_acceptance_per_evidence_and_lookup_says_its_match_length():
+    """Lookup's long matches are kept where its one-token matches fail: the budget proposes on the first, not the second."""
+    budget = DraftBudget(7)
+    for _ in range(20):
+        budget.record(0, 0, 0.030)
+        budget.record(7, 7, 0.040, evidence=4)
+        budget.record(7, 0, 0.040, evidence=1)
+    assert budget.acceptance(4) > 0.9 > 0.1 > budget.acceptance(1)
+    assert budget.choose(7, evidence=4) == 7 and budget.choose(7, evidence=1) == 0
+    lookup = PromptLookup()
+    assert lookup.propose([5, 6, 7, 8, 9, 1, 6, 7, 8], 3) == Proposal([9, 1, 6], evidence=3)
+    assert lookup.propose([5, 6, 7, 1, 7], 2).evidence == 1 and lookup.propose([1, 2, 3], 2) == Proposal([])
 
 
 def test_budget_proposes_long_where_proposals_are_kept():
@@ -164,6 +231,8 @@ class MarkovRunner(Runner):
 
 class FixedProposer:
     """Proposes draws from a fixed distribution Q of its own (q != p), returning Q with them."""
+
+    free = False
 
     def __init__(self, q: np.ndarray, rng):
         self.q, self.rng = q, rng
@@ -270,7 +339,7 @@ def test_fixed_width_verify_runs_give_the_plain_tokens(tiny_cpu):
 
     model = edgeinfer.load(tiny_cpu)
     plan = binding_plan(model.manifest, "cpu", fixed_decode_inputs=True)
-    assert plan.verify_width == VERIFY_WIDTH and plan.logits_rows
+    assert plan.verify_width == VERIFY_WIDTH and plan.rows_input == "logits_start"
     prompt = model.tokenizer.encode(CODE * 2)
     plain = model.generate(CODE * 2, 40, GREEDY, raw=True, ignore_eos=True, speculate="off").token_ids
     runner = DynamicRunner(model.engine.session, model.manifest, plan=plan)

@@ -1,6 +1,6 @@
 """Time onnxruntime-genai on one exported model; run by the peer venv's Python, prints JSON on stdout.
 
-    python bench/peers/ort_genai_driver.py MODEL_DIR --prompt-lens 128 --gen-len 64 --repeat 3 --threads 2
+    python bench/peers/ort_genai_driver.py MODEL_DIR --prompt-lens 128 --gen-len 64 --repeat 3 --threads 2 [--device cuda]
 Each run: random prompt ids, batch 1, greedy; TTFT = append_tokens + first generate_next_token,
 decode rate = (N - 1) / (time of the last token - time of the first). One warm-up run per prompt length.
 """
@@ -14,11 +14,13 @@ import onnxruntime as ort
 import onnxruntime_genai as og
 
 
-def load(model_dir: str, threads: int) -> og.Model:
+def load(model_dir: str, threads: int, device: str = "cpu") -> og.Model:
     config = og.Config(model_dir)
-    config.clear_providers()  # CPU
-    options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+    if device == "cpu":
+        config.clear_providers()
+        options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+    # cuda: the folder's own provider options (an edgeinfer cuda package asks for CUDA graphs)
     return og.Model(config)
 
 
@@ -46,8 +48,9 @@ def main() -> None:
     ap.add_argument("--gen-len", type=int, required=True)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
-    model = load(args.model_dir, args.threads)
+    model = load(args.model_dir, args.threads, args.device)
     rng = random.Random(0)
     runs = []
     for p in args.prompt_lens:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..architecture import ArchSpec
 from ..errors import ExportError
-from ..graph_contract import GREEDY_OUTPUT, LOGITS_ROWS, dynamic_io, rotary_tables
+from ..graph_contract import GREEDY_OUTPUT, LOGITS_START, dynamic_io, rotary_tables
 from .grouped_attention import GroupedAttention
 from .exact_graph import ExactBlockGraph
 from .gguf_blocks import ExactBlocks
@@ -46,11 +46,9 @@ def cache_layout(options: ExportOptions) -> str:
     return "SH" if options.attention == "grouped" else "BNSH"
 
 
-def has_logits_rows(options: ExportOptions) -> bool:
-    """Whether the graph takes logits_rows (speculation's verify runs). Not on cuda yet: the Slice start it sets is
-    computed on the host, and a node off the GPU keeps the decode step from being one CUDA graph (the H200 refused
-    capture, 2026-12-01)."""
-    return options.target != "cuda"
+def has_logits_start(options: ExportOptions) -> bool:
+    """Whether the graph takes logits_start (speculation's verify runs): every graph that returns the last rows only."""
+    return not options.all_logits
 
 
 def source_blocks(source: WeightSource, options: ExportOptions, names: list[str]) -> list[ExactBlocks] | None:
@@ -229,7 +227,7 @@ class DynamicDecoderGraph:
     # -- graph ----------------------------------------------------------------------------------------------
     def build(self, progress: bool = True) -> None:
         spec, w, t = self.spec, self.w, self.onnx_type
-        names = dynamic_io(spec.num_layers, logits_rows=has_logits_rows(self.options))
+        names = dynamic_io(spec.num_layers, logits_start=has_logits_start(self.options))
         first_past = len(names["inputs"]) - 2 * spec.num_layers
         self.grouped = GroupedAttention(w, spec, t, self.dtype) if self.options.attention == "grouped" else None
         if self.grouped:
@@ -239,7 +237,7 @@ class DynamicDecoderGraph:
         input_ids = w.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
         self.seqlens_k = w.input("seqlens_k", TensorProto.INT32, ["batch_size"])
         self.total_len = w.input("total_sequence_length", TensorProto.INT32, [])
-        logits_rows = w.input(LOGITS_ROWS, TensorProto.INT64, [1]) if has_logits_rows(self.options) else None
+        logits_start = w.input(LOGITS_START, TensorProto.INT64, [1]) if has_logits_start(self.options) else None
         w.output("logits", t, ["batch_size", "logits_length", spec.vocab_size])
         check_rotary_fits(spec)
         cos, sin = rotary_tables(spec, self.options.context_length)
@@ -267,12 +265,10 @@ class DynamicDecoderGraph:
 
         normed, _ = self._skip_norm(layer_out, residual, self.norm_weight("model.norm.weight"), "final_norm")
         if not self.options.all_logits:
-            # Logits for the last LOGITS_ROWS positions only: 1 to sample (skips a [S, vocab] matmul in prefill), k+1 to
-            # verify k proposed tokens in one run (speculative decoding).
-            start = (w.node("Neg", [logits_rows], name="last_rows/start")[0] if logits_rows
-                     else w.constant("last.start", [-1]))
+            # Logits for the last -LOGITS_START positions only: 1 to sample (skips a [S, vocab] matmul in prefill), k+1
+            # to verify k proposed tokens in one run (speculative decoding).
             normed = w.node(
-                "Slice", [normed, start, w.constant("last.end", [np.iinfo(np.int64).max]), w.constant("last.axis", [1])],
+                "Slice", [normed, logits_start, w.constant("last.end", [np.iinfo(np.int64).max]), w.constant("last.axis", [1])],
                 name="last_rows",
             )[0]
         head = "model.embed_tokens.weight" if spec.tie_word_embeddings else "lm_head.weight"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from .. import __version__
 from ..errors import ExportError
 from ..chat import chat_format_name
+from ..graph_contract import GENAI_CONFIG, GENAI_DECODER
 from ..package import MANIFEST, Manifest, describe_files
 from .atomic import STAGING_MARKER, raise_disk_error, staging_dir
 from .destination import check_destination
@@ -66,6 +68,8 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
                         "keeps_source_blocks": keeps_source_blocks(weights, options)},
                 edgeinfer_version=__version__,
             )
+            if serves_genai(options):  # the folder is also an onnxruntime-genai model folder
+                _write_genai_files(tmp, manifest, options)
             names = sorted(p.name for p in tmp.iterdir() if p.name != STAGING_MARKER)
             manifest.files = describe_files(tmp, names)
             (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
@@ -93,7 +97,7 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
 
         return build_static_graphs(weights, options, folder, progress)
     from ..graph_contract import dynamic_io
-    from .dynamic_graph import (DynamicDecoderGraph, cache_layout, has_greedy_output, has_logits_rows,
+    from .dynamic_graph import (DynamicDecoderGraph, cache_layout, has_greedy_output, has_logits_start,
                                 quantizes_from_floats)
 
     statistics = None
@@ -107,14 +111,26 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
         writer.save(folder / "model.onnx", producer=f"edgeinfer {__version__}")
     finally:
         writer.close()
-    io = dynamic_io(weights.spec.num_layers, has_greedy_output(options), has_logits_rows(options))
+    io = dynamic_io(weights.spec.num_layers, has_greedy_output(options), has_logits_start(options))
     return {"decoder": {"file": "model.onnx", **io},
             "kv_dtype": options.activation_dtype, "kv_layout": cache_layout(options)}
 
 
-def _write_tokenizer(folder: Path, tokenizer: TokenizerFiles) -> None:
-    import json
+def serves_genai(options: ExportOptions) -> bool:
+    """Whether the package is also an onnxruntime-genai model folder: dynamic graphs with genai's cache layout
+    (BNSH, past and present one buffer). Static (qnn, openvino) graphs and the grouped attention's row cache are not."""
+    return options.graph_flavour == "dynamic" and options.attention != "grouped"
 
+
+def _write_genai_files(folder: Path, manifest: Manifest, options: ExportOptions) -> None:
+    from .genai_config import genai_config
+    from .genai_graph import write_genai_graph
+
+    write_genai_graph(folder / manifest.graphs["decoder"]["file"], folder / GENAI_DECODER, options.all_logits)
+    (folder / GENAI_CONFIG).write_text(json.dumps(genai_config(manifest), indent=2), encoding="utf-8")
+
+
+def _write_tokenizer(folder: Path, tokenizer: TokenizerFiles) -> None:
     (folder / "tokenizer.json").write_text(tokenizer.tokenizer_json, encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(
         json.dumps(tokenizer.tokenizer_config(), indent=2, ensure_ascii=False), encoding="utf-8"

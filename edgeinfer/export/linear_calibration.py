@@ -18,7 +18,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..errors import ExportError
-from ..graph_contract import INPUT_IDS, LOGITS_ROWS, SEQLENS, TOTAL_LENGTH, cache_pairs
+from ..graph_contract import INPUT_IDS, LOGITS_START, SEQLENS, TOTAL_LENGTH, cache_pairs
 from .gptq import LinearInputs
 from .options import ExportOptions
 from .sources import WeightSource
@@ -90,8 +90,8 @@ def collect_linear_inputs(weights: WeightSource, options: ExportOptions, scratch
             feed = {INPUT_IDS: np.array([ids], dtype=np.int64), SEQLENS: np.array([len(ids) - 1], dtype=np.int32),
                     TOTAL_LENGTH: np.array(len(ids), dtype=np.int32)}
             feed.update({past: cache for past, _ in cache_pairs(spec.num_layers)})
-            if LOGITS_ROWS in graph_inputs:
-                feed[LOGITS_ROWS] = np.array([1], dtype=np.int64)
+            if LOGITS_START in graph_inputs:  # the last row only: calibration reads the matmuls' inputs
+                feed[LOGITS_START] = np.array([-1], dtype=np.int64)
             for name, values in zip(taps, session.run(taps, feed)):
                 inputs.add(name, values)
         del session, shared

@@ -34,7 +34,10 @@ class TokenizerFiles:
     special_tokens: dict[str, str] = field(default_factory=dict)  # role (bos/eos/pad) -> token text
 
     def tokenizer_config(self) -> dict:
-        config = {"add_bos_token": self.add_bos_token, "chat_template": self.chat_template}
+        # The package ships tokenizer.json alone: transformers' class for that is PreTrainedTokenizerFast, and
+        # onnxruntime-genai's tokenizer applies the chat template only when some tokenizer_class is named.
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": self.add_bos_token,
+                  "chat_template": self.chat_template}
         config.update({f"{role}_token": text for role, text in self.special_tokens.items()})
         return config
 
