@@ -30,6 +30,9 @@ def main() -> None:
     parser.add_argument("--uniform-bits", action="store_true", help="4 bits everywhere (no 8-bit v/down)")
     parser.add_argument("--float-embeddings", action="store_true")
     parser.add_argument("--lm-head-bits", type=int, default=8)
+    parser.add_argument("--rounding", default="nearest", choices=["gptq", "search", "nearest"],
+                        help="with --requantize: activation-aware (gptq, search) or round to nearest (the export before issue 19)")
+    parser.add_argument("--embedding-block-size", type=int, help="with --requantize (default: --block-size)")
     parser.add_argument("--context", type=int, default=DEFAULT_CONTEXT)
     parser.add_argument("--chunks", type=int, default=DEFAULT_CHUNKS)
     parser.add_argument("--json", type=Path)
@@ -38,7 +41,8 @@ def main() -> None:
     options = ExportOptions(precision="w4a16", context_length=max(1024, args.context), block_size=args.block_size,
                             accuracy_level=args.accuracy_level, symmetric=args.symmetric, requantize=args.requantize,
                             mixed_bits=not args.uniform_bits, quantize_embeddings=not args.float_embeddings,
-                            lm_head_bits=args.lm_head_bits)
+                            lm_head_bits=args.lm_head_bits, activation_aware=args.rounding != "nearest",
+                            gptq=args.rounding == "gptq", embedding_block_size=args.embedding_block_size)
     started = time.perf_counter()
     export(str(args.gguf), args.package, options, force=True)
     export_s = time.perf_counter() - started

@@ -21,12 +21,15 @@ def _export(args) -> None:
     from .export.exporter import export
     from .export.options import ExportOptions
 
+    # --rounding given: cpu/cuda weights quantized from floats round that way; qnn takes gptq or not from it.
+    # Not given: the defaults (cpu/cuda round to nearest, qnn rounds by GPTQ).
+    rounding = {} if args.rounding is None else dict(activation_aware=args.rounding != "nearest", gptq=args.rounding == "gptq")
     options = ExportOptions(
         precision=args.precision, target=args.target, context_length=args.context, block_size=args.block_size,
         symmetric=args.symmetric, mixed_bits=not args.uniform_bits, lm_head_bits=args.lm_head_bits,
         accuracy_level=args.accuracy_level, all_logits=args.all_logits,
         quantize_embeddings=not args.float_embeddings, prefill_chunk=args.prefill_chunk, attention=args.attention,
-        requantize=args.requantize,
+        requantize=args.requantize, embedding_block_size=args.embedding_block_size, **rounding,
     )
     export(args.source, args.output, options, force=args.force, follow_symlinks=args.follow_symlinks)
     if args.compile:
@@ -224,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "a GGUF Q4_K sub-block)")
     p.add_argument("--symmetric", action="store_true", help="4-bit without zero points (default: asymmetric)")
     p.add_argument("--uniform-bits", action="store_true", help="4 bits everywhere (default: 8-bit v/down in some layers)")
+    p.add_argument("--rounding", choices=["gptq", "search", "nearest"],
+                   help="w4a16 weights quantized from floats: nearest (cpu/cuda default) = round to nearest; gptq = scales "
+                        "searched for the inputs seen on real text and GPTQ's error compensation; search = the "
+                        "searched scales, rounded to nearest (gptq/search: 3x the export time, no end-to-end gain "
+                        "measured yet, bench/results/awq-qwen2.5-coder-1.5b.md)")
+    p.add_argument("--embedding-block-size", type=int,
+                   help="4-bit embedding table's block (cpu/cuda; default: --block-size; a gather reads it, so no speed cost)")
     p.add_argument("--lm-head-bits", type=int, default=8, choices=[0, 4, 8], help="lm_head weights (0 = float)")
     p.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4], help="MatMulNBits compute type (4 = int8)")
     p.add_argument("--all-logits", action="store_true", help="prefill returns logits for every position")

@@ -70,9 +70,15 @@ class PackageLogits:
         blocks = (self.model.manifest.graphs or {}).get("quantization") or {}
         if blocks.get("weights") == "MatMulNBits, float zero points":  # openvino: every linear requantized
             return f"requantized, block {blocks['block_size']}, float zero points"
-        if not options.get("requantize", True) and self.model.manifest.source.get("description", "").startswith("gguf:"):
+        source = self.model.manifest.source
+        kept = source.get("keeps_source_blocks")
+        if kept is None:  # a package from before the field: a GGUF not requantized kept its blocks
+            kept = not options.get("requantize", True) and source.get("description", "").startswith("gguf:")
+        if kept:
             return "the GGUF's own blocks"
-        return f"requantized, block {options.get('block_size')}"
+        rounding = "round to nearest" if not options.get("activation_aware", False) else (
+            "activation-aware, GPTQ" if options.get("gptq") else "activation-aware search")
+        return f"quantized, block {options.get('block_size')}, {rounding}"
 
     def tokenize(self, text: str) -> list[int]:
         return self.model.tokenizer.encode(text, parse_special=False)

@@ -76,7 +76,8 @@ def quantized_reference(hf_dir, block_size: int, symmetric: bool, lm_head_bits: 
     with torch.no_grad():
         for name, param in ref.named_parameters():
             if param.dim() == 2:
-                q = quantize_blocks(param.numpy(), block_size, symmetric, lm_head_bits if name == 'lm_head.weight' else 4)
+                head = name == "lm_head.weight" or (name == "model.embed_tokens.weight" and ref.config.tie_word_embeddings)
+                q = quantize_blocks(param.numpy(), block_size, symmetric, lm_head_bits if head else 4)
                 param.copy_(torch.from_numpy(dequantize_blocks(q, param.shape[1])))
     return ref
 
@@ -85,19 +86,96 @@ def quantized_reference(hf_dir, block_size: int, symmetric: bool, lm_head_bits: 
 def test_w4a16_export_matches_its_dequantized_weights(qwen2_dir, tmp_path, block_size, symmetric, lm_head_bits):
     """With fp32 compute (accuracy level 0) the only difference from transformers is the 4-bit rounding itself."""
     package = export_tiny(qwen2_dir, tmp_path / "pkg", precision="w4a16", all_logits=True, block_size=block_size,
-                          symmetric=symmetric, accuracy_level=0, lm_head_bits=lm_head_bits)
+                          symmetric=symmetric, accuracy_level=0, lm_head_bits=lm_head_bits,
+                          activation_aware=False, embedding_block_size=block_size)  # onnxruntime's own rounding
     ref = quantized_reference(qwen2_dir, block_size, symmetric, lm_head_bits)
     ids = list(np.random.default_rng(2).integers(0, 256, size=32))
     assert np.abs(OrtDecoder(package)(ids) - reference_logits(ref, ids)).max() <= 1e-3
 
 
+def test_tied_embedding_gathers_the_lm_head_blocks(tmp_path):
+    """A tied table is stored once: the embedding gathers the 8-bit lm_head's blocks (no 4-bit table of its own),
+    and the graph equals transformers on those 8-bit weights."""
+    import onnx
+
+    from .conftest import make_hf_checkpoint
+
+    tied = make_hf_checkpoint(tmp_path / "tied", tie_word_embeddings=True)
+    package = export_tiny(tied, tmp_path / "pkg", precision="w4a16", all_logits=True, block_size=32, accuracy_level=0,
+                          activation_aware=False)
+    graph = onnx.load(str(package / "model.onnx"), load_external_data=False).graph
+    gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in graph.node if n.name == "lm_head")
+    assert gather.input[0] == head.input[1] == "lm_head.qweight"
+    assert not any(t.name == "embed.qweight" for t in graph.initializer)
+    ids = list(np.random.default_rng(4).integers(0, 256, size=32))
+    ref = quantized_reference(tied, 32, False, lm_head_bits=8)
+    assert np.abs(OrtDecoder(package)(ids) - reference_logits(ref, ids)).max() <= 1e-3
+
+
 def test_w4a16_int8_compute_keeps_top1(qwen2_dir, tmp_path):
     """accuracy level 4 (int8 activations inside MatMulNBits) moves logits a little, not the argmax."""
-    package = export_tiny(qwen2_dir, tmp_path / "pkg", precision="w4a16", all_logits=True, accuracy_level=4, block_size=32)
+    package = export_tiny(qwen2_dir, tmp_path / "pkg", precision="w4a16", all_logits=True, accuracy_level=4, block_size=32,
+                          activation_aware=False)
     ref = quantized_reference(qwen2_dir, 32, False)  # the export defaults: asymmetric, 8-bit lm_head
     ids = list(np.random.default_rng(3).integers(0, 256, size=64))
     ours, theirs = OrtDecoder(package)(ids), reference_logits(ref, ids)
     assert np.mean(ours.argmax(-1) == theirs.argmax(-1)) >= 0.9
+
+
+def package_weights_reference(hf_dir, package):
+    """transformers' model with every matmul and the embedding table replaced by what the package stores for them."""
+    import onnx
+    import torch
+
+    from edgeinfer.export.quantize import QuantizedBlocks, dequantize_blocks
+
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(package / "model.onnx")).graph.initializer}
+    nodes = {n.name: n for n in onnx.load(str(package / "model.onnx"), load_external_data=False).graph.node}
+
+    def stored(prefix, node_name, bits=4):
+        node = nodes[node_name]
+        block = next(a.i for a in node.attribute if a.name == "block_size")
+        packed = init[f"{prefix}.qweight"]
+        rows = packed.shape[0]
+        blocks = init[f"{prefix}.scales"].size // rows
+        zeros = init.get(f"{prefix}.qzeros")
+        q = QuantizedBlocks(packed.reshape(rows, blocks, -1), init[f"{prefix}.scales"].reshape(rows, blocks),
+                            None if zeros is None else zeros.reshape(rows, -1), block, bits)
+        return torch.from_numpy(dequantize_blocks(q))
+
+    ref = reference_model(hf_dir)
+    config = ref.config
+    head = config.hidden_size // config.num_attention_heads
+    q_size, kv_size = config.num_attention_heads * head, config.num_key_value_heads * head
+    with torch.no_grad():
+        ref.model.embed_tokens.weight.copy_(stored("embed", "embed"))
+        for i, layer in enumerate(ref.model.layers):
+            p = f"model.layers.{i}."
+            qkv = stored(p + "qkv_proj", p + "qkv_proj")
+            for proj, rows in zip((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+                                  qkv.split([q_size, kv_size, kv_size])):
+                proj.weight.copy_(rows)
+            layer.self_attn.o_proj.weight.copy_(stored(p + "o_proj", p + "o_proj"))
+            gate, up = stored(p + "gate_up_proj", p + "gate_up_proj").chunk(2)
+            layer.mlp.gate_proj.weight.copy_(gate)
+            layer.mlp.up_proj.weight.copy_(up)
+            layer.mlp.down_proj.weight.copy_(stored(p + "down_proj", p + "down_proj"))
+        bits = next(a.i for a in nodes["lm_head"].attribute if a.name == "bits")
+        ref.lm_head.weight.copy_(stored("lm_head", "lm_head", bits))
+    return ref
+
+
+def test_activation_aware_export_computes_with_the_weights_it_stores(qwen2_dir, tmp_path):
+    """The searched scales, zero points and GPTQ's levels are packed as MatMulNBits and GatherBlockQuantized read
+    them: with fp32 compute the graph equals transformers on the package's own dequantized weights."""
+    package = export_tiny(qwen2_dir, tmp_path / "pkg", precision="w4a16", all_logits=True, block_size=32,
+                          accuracy_level=0, activation_aware=True)
+    ids = list(np.random.default_rng(2).integers(0, 256, size=32))
+    ref = package_weights_reference(qwen2_dir, package)
+    assert np.abs(OrtDecoder(package)(ids) - reference_logits(ref, ids)).max() <= 1e-3
+    rtn = quantized_reference(qwen2_dir, 32, False)  # and its weights are not onnxruntime's round to nearest
+    assert np.abs(reference_logits(rtn, ids) - reference_logits(ref, ids)).max() > 1e-2
 
 
 def test_last_position_logits_only_by_default(qwen2_dir, tmp_path):

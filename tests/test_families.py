@@ -159,7 +159,7 @@ def test_w4a16_matches_transformers_on_the_dequantized_weights(families, family,
 
     folder = families.checkpoint(family)
     package = export_tiny(folder, tmp_path / "w4", precision="w4a16", all_logits=True, block_size=16, accuracy_level=0,
-                          lm_head_bits=4, mixed_bits=False)
+                          lm_head_bits=4, mixed_bits=False, activation_aware=False, embedding_block_size=16)
     reference = Reference(folder)
     with torch.no_grad():
         for _, param in reference.model.named_parameters():

@@ -127,3 +127,19 @@ def test_cli_requantize_flag_keeps_the_old_path(wide_checkpoint, tmp_path):
         assert main(["export", str(gguf_path), "-o", str(out), "--context", "64", *flags]) == 0
         assert load_package(out).manifest.export_options["requantize"] == bool(flags)
         assert _matmul_blocks(out) == blocks
+
+
+def test_calibration_only_where_weights_are_quantized_from_floats(wide_checkpoint, tmp_path):
+    """A lossless import keeps every matmul's blocks: activation-aware calibration (minutes on a 1.5B) is skipped;
+    --requantize and a float GGUF quantize from floats, and a float GGUF leaves the choice of bits to the export."""
+    from edgeinfer.export.dynamic_graph import quantizes_from_floats
+    from edgeinfer.export.options import ExportOptions
+
+    q4_k_m = GGUFSource(write_gguf_from_hf(wide_checkpoint, tmp_path / "q.gguf", Q4_K_M))
+    floats = GGUFSource(write_gguf_from_hf(wide_checkpoint, tmp_path / "f.gguf"))
+    assert not quantizes_from_floats(q4_k_m, ExportOptions())
+    assert quantizes_from_floats(q4_k_m, ExportOptions(requantize=True))
+    assert quantizes_from_floats(floats, ExportOptions())
+    assert not quantizes_from_floats(floats, ExportOptions(precision="fp32"))
+    assert floats.stored_bits("model.layers.0.mlp.down_proj.weight") is None  # F32: not "32 bits, so keep 8"
+    assert q4_k_m.stored_bits("model.layers.0.self_attn.q_proj.weight") == 4

@@ -25,11 +25,13 @@ from .exact_graph import ExactBlockGraph
 from .gguf_blocks import ExactBlocks
 from .onnx_writer import GraphWriter
 from .options import ExportOptions
-from .quantize import quantize_blocks
+from .quantize import QuantizedBlocks, quantize_blocks
 from .sources import WeightSource
-from .weight_bits import weight_bits
+from .weighted_blocks import LinearStatistics, activation_aware_blocks, pack_blocks, round_blocks, search_blocks
+from .weight_bits import LAYER_LINEARS, weight_bits
 
 MS = "com.microsoft"
+EMBEDDING_ROWS = 16384  # table rows per step of the embedding's scale search
 _ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 
 
@@ -49,14 +51,39 @@ def has_logits_start(options: ExportOptions) -> bool:
     return not options.all_logits
 
 
+def source_blocks(source: WeightSource, options: ExportOptions, names: list[str]) -> list[ExactBlocks] | None:
+    """The weights in their checkpoint's own blocks (a GGUF's Q4_K, Q6_K...), for a w4a16 export that keeps them;
+    None when any of them has no exact form (or --requantize): then all are quantized again from floats.
+    CPU only for now: on CUDA the scales would round to float16 and its 8-bit MatMulNBits is unmeasured."""
+    if options.precision != "w4a16" or options.requantize or options.target != "cpu":
+        return None
+    parts = [source.exact_blocks(n) for n in names]
+    return None if any(p is None for p in parts) else parts
+
+
+def quantizes_from_floats(source: WeightSource, options: ExportOptions) -> bool:
+    """Whether any layer matmul of a w4a16 export is quantized from floats (what activation-aware calibration is
+    for); False when the source's own blocks are kept for all of them (a lossless GGUF import: calibrating would
+    add minutes for nothing)."""
+    if options.precision != "w4a16":
+        return False
+    return any(source_blocks(source, options, [f"model.layers.{i}.{linear}.weight"]) is None
+               for i in range(source.spec.num_layers) for linear, _ in LAYER_LINEARS)
+
+
 class DynamicDecoderGraph:
-    def __init__(self, writer: GraphWriter, source: WeightSource, options: ExportOptions):
+    def __init__(self, writer: GraphWriter, source: WeightSource, options: ExportOptions,
+                 statistics: LinearStatistics | None = None):
         self.w = writer
+        self.statistics = statistics  # calibration inputs of the 4-bit matmuls: activation-aware 4-bit when given
         self.source = source
         self.spec = source.spec
         self.options = options
         self.dtype = np.dtype(options.activation_dtype)
         self.onnx_type = _ONNX_TYPES[options.activation_dtype]
+        # 4-bit matmul node name -> the tensor it reads (what linear_calibration.py taps)
+        self.linear_inputs: dict[str, str] = {}
+        self.head_initializers: list[str] | None = None  # a tied lm_head's blocks, shared with the embedding
         self.exact = ExactBlockGraph(writer, self.onnx_type, self.dtype, options.accuracy_level)
 
     # -- weights --------------------------------------------------------------------------------------------
@@ -64,13 +91,7 @@ class DynamicDecoderGraph:
         return np.concatenate([self.source.tensor(n) for n in names], axis=0)
 
     def _exact(self, names: list[str]) -> list[ExactBlocks] | None:
-        """The weights in their checkpoint's own blocks (a GGUF's Q4_K, Q6_K...), for a w4a16 export that keeps them;
-        None when any of them has no exact form (or --requantize): then all are quantized again from floats.
-        CPU only for now: on CUDA the scales would round to float16 and its 8-bit MatMulNBits is unmeasured."""
-        if self.options.precision != "w4a16" or self.options.requantize or self.options.target != "cpu":
-            return None
-        parts = [self.source.exact_blocks(n) for n in names]
-        return None if any(p is None for p in parts) else parts
+        return source_blocks(self.source, self.options, names)
 
     def linear(self, x: str, name: str, weight_names: list[str], bias_names: list[str] = (), bits: int | None = None) -> str:
         """y = x W^T (+ b): MatMulNBits with BITS-bit weights for w4a16 (None keeps this one in float); the source's
@@ -80,11 +101,21 @@ class DynamicDecoderGraph:
             bias = self._weights(bias_names) if bias_names else None
             return self.exact.linear(x, name, exact, bias)
         bits = weight_bits(self.source, weight_names, self.options) if bits is None else bits
+        if bits == 4 and name != "lm_head":  # lm_head reads one row per run in calibration: too few to weigh by
+            self.linear_inputs[name] = x
+        if name == "lm_head" and self.head_initializers is not None and bits == 8:  # the embedding's table too
+            return self.w.node("MatMulNBits", [x, *self.head_initializers], name=name, domain=MS,
+                               K=self.spec.hidden_size, N=self.spec.vocab_size, bits=8,
+                               block_size=self.options.block_size, accuracy_level=self.options.accuracy_level)[0]
         weight = self._weights(weight_names)  # [N, K]
         bias = self._weights(bias_names).astype(self.dtype) if bias_names else None
         n, k = weight.shape
         if self.options.precision == "w4a16" and bits:
-            q = quantize_blocks(weight, self.options.block_size, self.options.symmetric, bits)
+            hessian = self.statistics.hessian(name) if self.statistics is not None and name in self.linear_inputs else None
+            if hessian is not None and k % self.options.block_size == 0 and not self.options.symmetric:
+                q = activation_aware_blocks(weight, hessian, self.options.block_size, self.options.gptq)
+            else:
+                q = quantize_blocks(weight, self.options.block_size, self.options.symmetric, bits)
             inputs = [
                 x,
                 self.w.initializer(f"{name}.qweight", q.packed),
@@ -119,12 +150,15 @@ class DynamicDecoderGraph:
                 scale = self.w.constant("embed.scale_factor", np.float32(self.spec.embedding_scale), dtype=self.dtype)
                 out = self.w.node("Mul", [out, scale], name="embed/scale")[0]
             return out
+        if self._shares_head_table():
+            return self._embedding_from_head(input_ids)
         # Gemma's sqrt(hidden) scale folded into the table (a tied lm_head reads the table unscaled).
         table = self.source.tensor("model.embed_tokens.weight") * np.float32(self.spec.embedding_scale)  # [V, H]
         # GatherBlockQuantized needs whole blocks along the hidden size; otherwise the table stays float.
-        whole_blocks = table.shape[1] % self.options.block_size == 0
+        block = self.options.embedding_block_size or self.options.block_size
+        whole_blocks = table.shape[1] % block == 0
         if self.options.precision == "w4a16" and self.options.quantize_embeddings and whole_blocks:
-            q = quantize_blocks(table, self.options.block_size, self.options.symmetric)
+            q = self._embedding_blocks(table, block)
             inputs = [
                 self.w.initializer("embed.qweight", q.packed.reshape(q.packed.shape[0], -1)),
                 input_ids,
@@ -134,13 +168,61 @@ class DynamicDecoderGraph:
                 inputs.append(self.w.initializer("embed.qzeros", q.zero_points))
             return self.w.node(
                 "GatherBlockQuantized", inputs, name="embed", domain=MS,
-                bits=4, block_size=self.options.block_size, gather_axis=0, quantize_axis=1,
+                bits=4, block_size=block, gather_axis=0, quantize_axis=1,
             )[0]
         stored = np.float16 if self.options.precision == "fp16" else self.dtype
         out = self.w.node("Gather", [self.w.initializer("embed.weight", table.astype(stored)), input_ids], name="embed")[0]
         if np.dtype(stored) != self.dtype:
             out = self.w.node("Cast", [out], name="embed/cast", to=self.onnx_type)[0]
         return out
+
+    def _shares_head_table(self) -> bool:
+        """Whether the embedding gathers from the tied lm_head's 8-bit blocks instead of a 4-bit table of its own:
+        one copy of the [vocab, hidden] table on disk instead of two (a tied 1.5B such as Qwen2.5-1.5B: -149 MB)
+        and 8 bits for the embedding too. (Qwen2.5-Coder's Q4_K_M GGUF stores output.weight apart: untied.)"""
+        o = self.options
+        return (o.precision == "w4a16" and o.quantize_embeddings and self.spec.tie_word_embeddings
+                and o.lm_head_bits == 8 and not o.symmetric and self.spec.hidden_size % o.block_size == 0)
+
+    def _head_initializers(self) -> list[str]:
+        """lm_head's MatMulNBits B, scales and zero points (8-bit, round to nearest), written once for both users."""
+        if self.head_initializers is None:
+            q = quantize_blocks(self.source.tensor("model.embed_tokens.weight"), self.options.block_size, False, 8)
+            self.head_initializers = [self.w.initializer("lm_head.qweight", q.packed),
+                                      self.w.initializer("lm_head.scales", q.scales.astype(self.dtype).reshape(-1)),
+                                      self.w.initializer("lm_head.qzeros", q.zero_points.reshape(-1))]
+        return self.head_initializers
+
+    def _embedding_from_head(self, input_ids: str) -> str:
+        """GatherBlockQuantized over lm_head's B as it lies, [vocab, K / block, block] codes (quantize axis 2)."""
+        w, block, hidden = self.w, self.options.block_size, self.spec.hidden_size
+        data, scales, zeros = self._head_initializers()
+        per_block = w.constant("embed/per_block", [self.spec.vocab_size, hidden // block, 1])
+        scales = w.node("Reshape", [scales, per_block], name="embed/scales")[0]
+        zeros = w.node("Reshape", [zeros, per_block], name="embed/zeros")[0]
+        out = w.node("GatherBlockQuantized", [data, input_ids, scales, zeros], name="embed", domain=MS,
+                     bits=8, block_size=block, gather_axis=0, quantize_axis=2)[0]  # [B, S, K / block, block]
+        out = w.node("Reshape", [out, w.constant("embed/flat", [0, 0, hidden])], name="embed/flat")[0]
+        if self.spec.embedding_scale != 1:
+            scale = w.constant("embed.scale_factor", np.float32(self.spec.embedding_scale), dtype=self.dtype)
+            out = w.node("Mul", [out, scale], name="embed/scale")[0]
+        return out
+
+    def _embedding_blocks(self, table: np.ndarray, block: int):
+        """The table's 4-bit blocks. With activation-aware 4-bit (and real weights), each row's scales are searched
+        with the squares of layer 0's input-norm gains as the columns' importance: what the first matmuls see of the
+        table's error (the unweighted search: 1.6e-3 of layer 0's q|k output, the weighted one 1.2e-3)."""
+        if not (self.options.activation_aware and not self.source.random_weights and not self.options.symmetric):
+            return quantize_blocks(table, block, self.options.symmetric)
+        gains = self.source.tensor(f"model.layers.0.{self.spec.family_data.norms.attention_in}.weight")
+        importance = np.square(gains, dtype=np.float32)
+        rows = []
+        for start in range(0, len(table), EMBEDDING_ROWS):  # bounds the search's temporaries
+            part = np.ascontiguousarray(table[start : start + EMBEDDING_ROWS].T, dtype=np.float32)
+            scales, zeros = search_blocks(part, importance, block)
+            rows.append(pack_blocks(round_blocks(part, scales, zeros), scales, zeros))
+        return QuantizedBlocks(np.concatenate([r.packed for r in rows]), np.concatenate([r.scales for r in rows]),
+                               np.concatenate([r.zero_points for r in rows]), block, 4)
 
     # -- graph ----------------------------------------------------------------------------------------------
     def build(self, progress: bool = True) -> None:

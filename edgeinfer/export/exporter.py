@@ -64,7 +64,8 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
                     "chat_format": chat_format_name(tokenizer.chat_template),
                 },
                 export_options=options.to_dict(),
-                source={"description": weights.description, "random_weights": weights.random_weights},
+                source={"description": weights.description, "random_weights": weights.random_weights,
+                        "keeps_source_blocks": keeps_source_blocks(weights, options)},
                 edgeinfer_version=__version__,
             )
             if serves_genai(options):  # the folder is also an onnxruntime-genai model folder
@@ -80,17 +81,33 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
     return manifest
 
 
+def keeps_source_blocks(weights: WeightSource, options: ExportOptions) -> bool:
+    """Whether every layer matmul keeps the source's own blocks (a lossless GGUF import), what `edgeinfer eval`
+    names the package by; a float GGUF is a GGUF too, and is quantized."""
+    if options.precision != "w4a16" or options.graph_flavour == "static":
+        return False
+    from .dynamic_graph import quantizes_from_floats
+
+    return not quantizes_from_floats(weights, options)
+
+
 def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, progress: bool) -> dict:
     if options.graph_flavour == "static":
         from .static_graph import build_static_graphs
 
         return build_static_graphs(weights, options, folder, progress)
     from ..graph_contract import dynamic_io
-    from .dynamic_graph import DynamicDecoderGraph, cache_layout, has_greedy_output, has_logits_start
+    from .dynamic_graph import (DynamicDecoderGraph, cache_layout, has_greedy_output, has_logits_start,
+                                quantizes_from_floats)
 
+    statistics = None
+    if options.activation_aware and not weights.random_weights and quantizes_from_floats(weights, options):
+        from .linear_calibration import CalibratedInputs, collect_linear_inputs
+
+        statistics = CalibratedInputs(*collect_linear_inputs(weights, options, folder, progress=progress))
     writer = GraphWriter(folder / "model.onnx.data")
     try:
-        DynamicDecoderGraph(writer, weights, options).build(progress)
+        DynamicDecoderGraph(writer, weights, options, statistics).build(progress)
         writer.save(folder / "model.onnx", producer=f"edgeinfer {__version__}")
     finally:
         writer.close()

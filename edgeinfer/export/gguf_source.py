@@ -193,13 +193,15 @@ class GGUFSource:
         tensor = self._tensors.get(stored) or self._tensors["model.embed_tokens.weight"]
         return tensor, stored if stored in self._tensors else "model.embed_tokens.weight", rows
 
-    def stored_bits(self, name: str) -> int:
-        """Bits per weight the GGUF stored NAME with (Q4_K -> 4, Q6_K -> 6, F16 -> 16...)."""
+    def stored_bits(self, name: str) -> int | None:
+        """Bits per weight the GGUF stored NAME with (Q4_K -> 4, Q6_K -> 6...); None for a float tensor (F32, F16,
+        BF16): a float file made no choice of bits, so the 4-bit export applies its own rule (weight_bits.py), as
+        for safetensors. (A float GGUF got 8 bits for every matmul before.)"""
         tensor = self._stored(name)[0]
         kind = tensor.tensor_type.name
         if kind.startswith(("Q", "IQ")):
             return int(kind.lstrip("IQ")[0])
-        return {"F32": 32, "F16": 16, "BF16": 16}.get(kind, 16)
+        return None
 
     def tensor(self, name: str) -> np.ndarray:
         import gguf

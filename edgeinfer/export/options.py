@@ -43,7 +43,18 @@ class ExportOptions:
     # decode; not yet measured on real weights. Without it a qnn w4a16 package does not speculate.
     shared_role_ranges: bool = False
     center_keys: bool = True  # qnn: keys minus their bias's mean (static_graph.key_center); off only to measure it
-    gptq: bool = True  # qnn w4a16: round int4 weights by GPTQ on the calibration text (export/gptq.py); off to measure
+    gptq: bool = True  # w4a16: round int4 weights by GPTQ on the calibration text (gptq.py, weighted_blocks.py)
+    # cpu/cuda w4a16: 4-bit scales and zero points searched for the inputs each matmul sees on real text, rounded by
+    # GPTQ when `gptq` (weighted_blocks.py); off: onnxruntime's round-to-nearest. Sources of random weights skip it.
+    # Off by default: on the real 1.5B (float path, 1,275 scored tokens) it moved nothing beyond noise (same top
+    # 92.00% vs 91.76%, PPL +2.65% vs +2.85%, mean KLD 0.0372 vs 0.0373) for 3.1x the export time and 3.5x its
+    # memory (bench/results/awq-qwen2.5-coder-1.5b.md).
+    activation_aware: bool = False
+    # w4a16 cpu/cuda: the 4-bit embedding table's block (a gather reads it: its block size costs no speed); None: the
+    # matmuls' block_size. 32 cut layer 0's q|k output error from the table alone from 2.8e-3 to 1.2e-3 of the output
+    # (with the activation-aware search), for 24 MB more; not the default until measured end to end
+    # (bench/results/awq-qwen2.5-coder-1.5b.md: layer-0 gains did not carry to the whole model for the matmuls).
+    embedding_block_size: int | None = None
     # qnn: smaller contexts with graphs of their own over the same weights, so a short chat attends over fewer
     # slots; None: every power of two from 512 below the context (see for_model)
     context_buckets: tuple[int, ...] | None = None
@@ -58,6 +69,8 @@ class ExportOptions:
             raise ExportError(f"unknown target {self.target!r}: choose one of {', '.join(TARGETS)}")
         if self.block_size not in (None, 16, 32, 64, 128, 256):
             raise ExportError(f"block size {self.block_size} is not supported: use 16, 32, 64, 128 or 256")
+        if self.embedding_block_size not in (None, 16, 32, 64, 128, 256):
+            raise ExportError(f"embedding block size {self.embedding_block_size} is not supported: use 16, 32, 64, 128 or 256")
         if self.lm_head_bits not in (0, 4, 8):
             raise ExportError(f"lm_head bits {self.lm_head_bits} is not supported: use 4, 8, or 0 for float")
         if self.attention not in (None, *ATTENTIONS):
