@@ -22,6 +22,7 @@ def main(gguf: Path, out: Path) -> None:
     model.config.save_pretrained(out)
     config = json.loads((out / "config.json").read_text())
     config.pop("quantization_config", None)  # written as null, which genai's builder reads as a dict
+    config["architectures"] = [type(model).__name__]  # a GGUF-loaded config names none; the builder picks by it
     (out / "config.json").write_text(json.dumps(config, indent=2))
     model.generation_config.save_pretrained(out)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors", metadata={"format": "pt"})
