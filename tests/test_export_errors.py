@@ -122,7 +122,9 @@ def test_manifest_describes_the_package(package_copy):
     for key in ("architecture", "precision", "target", "context_length", "kv_cache", "graphs", "tokenizer",
                 "export_options", "files", "edgeinfer_version"):
         assert key in manifest
-    assert set(manifest["files"]) == {"model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json"}
+    # the package's own graph and weights, its tokenizer, and onnxruntime-genai's view of it (genai_graph.py)
+    assert set(manifest["files"]) == {"model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json",
+                                      "genai_config.json", "genai_model.onnx"}
 
 
 def test_changed_file_is_refused(package_copy):
