@@ -66,6 +66,22 @@ def test_genai_picks_edgeinfer_greedy_ids_on_raw_prompts(all_logits, chatml_pkg,
         assert genai_greedy(theirs, ids) == expected
 
 
+def test_genai_runs_to_its_max_length(chatml_pkg):
+    """genai's cache is max_length rows and decode's padding row lands one past the last token: the last step fits."""
+    ours, theirs = edgeinfer.load(chatml_pkg), og.Model(str(chatml_pkg))
+    ids = ours.encode_prompt(PROMPTS[2], raw=True)
+    params = og.GeneratorParams(theirs)
+    max_length = json.loads((chatml_pkg / GENAI_CONFIG).read_text())["search"]["max_length"]
+    params.set_search_options(do_sample=False, min_length=max_length)  # no eos before max_length
+    generator = og.Generator(theirs, params)
+    generator.append_tokens(ids)
+    steps = 0
+    while not generator.is_done():
+        generator.generate_next_token()
+        steps += 1
+    assert len(ids) + steps == max_length
+
+
 @pytest.mark.parametrize("package", ["chatml", "preset"])
 def test_genai_chat_template_gives_edgeinfer_prompt_and_tokens(package, chatml_pkg, preset_pkg):
     """genai's apply_chat_template + encode give the ids edgeinfer's chat format gives, then the same greedy ids.
@@ -94,7 +110,9 @@ def test_genai_config_is_written_from_the_manifest_and_hashed(chatml_pkg):
     spec = manifest.spec
     assert (decoder["num_hidden_layers"], decoder["head_size"], decoder["num_key_value_heads"]) == \
         (spec.num_layers, spec.head_dim, spec.num_kv_heads)
-    assert written["search"]["max_length"] == written["model"]["context_length"] == manifest.context_length
+    assert written["model"]["context_length"] == manifest.context_length
+    # decode's padding row (dynamic_graph.spare_cache_rows) lands one row past the last token: genai leaves it free
+    assert written["search"]["max_length"] == manifest.context_length - manifest.kv_cache["spare_rows"]
     assert written["model"]["eos_token_id"] == manifest.tokenizer["eos_token_ids"]
     assert decoder["session_options"]["provider_options"] == []
     assert decoder["filename"] == GENAI_DECODER and manifest.files[GENAI_DECODER]["sha256"]
@@ -130,8 +148,8 @@ def test_changed_genai_config_fails_the_sha256_check(chatml_pkg, tmp_path):
 
     copy = Path(shutil.copytree(chatml_pkg, tmp_path / "pkg"))
     text = (copy / GENAI_CONFIG).read_text()
-    assert '"max_length": 256' in text
-    (copy / GENAI_CONFIG).write_text(text.replace('"max_length": 256', '"max_length": 999'))  # same size
+    assert '"max_length": 255' in text
+    (copy / GENAI_CONFIG).write_text(text.replace('"max_length": 255', '"max_length": 999'))  # same size
     with pytest.raises(PackageError, match="sha256"):
         edgeinfer.load(copy)
 
