@@ -125,7 +125,7 @@ def test_cpu_plan_is_the_plain_one(qwen2_fp32):
     assert not plan.fixed_decode_inputs and not plan.graph_capture and plan.greedy_output is None
     assert plan.decode_total_length is None and plan.run_config(decode=True) == {}
     kv = manifest.kv_cache
-    assert plan.cache_layout == "BNSH" and plan.cache_shape == (1, kv["num_kv_heads"], kv["length"] + 1, kv["head_dim"])
+    assert plan.cache_layout == "BNSH" and plan.cache_shape == (1, kv["num_kv_heads"], kv["length"], kv["head_dim"])
 
 
 def test_a_row_cache_package_plans_rows_on_the_cpu_and_is_refused_on_a_gpu(qwen2_dir, tmp_path):

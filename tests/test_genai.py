@@ -66,12 +66,16 @@ def test_genai_picks_edgeinfer_greedy_ids_on_raw_prompts(all_logits, chatml_pkg,
         assert genai_greedy(theirs, ids) == expected
 
 
-def test_genai_runs_to_its_max_length(chatml_pkg):
-    """genai's cache is max_length rows and decode's padding row lands one past the last token: the last step fits."""
-    ours, theirs = edgeinfer.load(chatml_pkg), og.Model(str(chatml_pkg))
+def test_genai_runs_to_its_max_length(qwen2_dir, tmp_path):
+    """An exact-speculation package: genai's cache is max_length rows and decode's padding row lands one past the last
+    token, so genai_config leaves one row free: the last step fits."""
+    folder = export_tiny(qwen2_dir, tmp_path / "b32", block_size=32)
+    assert load_manifest(folder).kv_cache["spare_rows"] == 1
+    ours, theirs = edgeinfer.load(folder), og.Model(str(folder))
     ids = ours.encode_prompt(PROMPTS[2], raw=True)
+    assert genai_greedy(theirs, ids) == edgeinfer_greedy(ours, ids)
     params = og.GeneratorParams(theirs)
-    max_length = json.loads((chatml_pkg / GENAI_CONFIG).read_text())["search"]["max_length"]
+    max_length = json.loads((folder / GENAI_CONFIG).read_text())["search"]["max_length"]
     params.set_search_options(do_sample=False, min_length=max_length)  # no eos before max_length
     generator = og.Generator(theirs, params)
     generator.append_tokens(ids)
@@ -79,7 +83,7 @@ def test_genai_runs_to_its_max_length(chatml_pkg):
     while not generator.is_done():
         generator.generate_next_token()
         steps += 1
-    assert len(ids) + steps == max_length
+    assert len(ids) + steps == max_length == load_manifest(folder).context_length - 1
 
 
 @pytest.mark.parametrize("package", ["chatml", "preset"])
@@ -148,8 +152,8 @@ def test_changed_genai_config_fails_the_sha256_check(chatml_pkg, tmp_path):
 
     copy = Path(shutil.copytree(chatml_pkg, tmp_path / "pkg"))
     text = (copy / GENAI_CONFIG).read_text()
-    assert '"max_length": 255' in text
-    (copy / GENAI_CONFIG).write_text(text.replace('"max_length": 255', '"max_length": 999'))  # same size
+    assert '"max_length": 256' in text
+    (copy / GENAI_CONFIG).write_text(text.replace('"max_length": 256', '"max_length": 999'))  # same size
     with pytest.raises(PackageError, match="sha256"):
         edgeinfer.load(copy)
 

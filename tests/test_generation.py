@@ -53,9 +53,7 @@ def test_cache_is_written_in_place(which, fp32_model, grouped_model):
     gen.append([1, 2, 3])
     gen.append([4])
     after = gen.runner.cache_arrays()
-    # gqa: decode's padding row (dynamic_graph.spare_cache_rows) lands in the next token's row
-    written = 4 + model.manifest.kv_cache.get("spare_rows", 0)
-    assert written == (4 if which == "grouped" else 5)
+    written = 4 + model.manifest.kv_cache.get("spare_rows", 0)  # exact-speculation packages: the padding row too
     for old, new in zip(before, after):
         assert not np.array_equal(positions(old, slice(0, 4)), positions(new, slice(0, 4)))  # present landed in the buffer
         assert np.array_equal(positions(old, slice(written, None)), positions(new, slice(written, None)))  # nothing beyond

@@ -181,6 +181,16 @@ def test_packages_that_take_the_row_count_still_speculate(tiny_fp32, tmp_path):
         assert result.token_ids == plain.token_ids and result.timings.accepted_tokens > 0
 
 
+def test_exact_speculation_is_for_cpu_group_query_attention():
+    from edgeinfer.errors import ExportError
+    from edgeinfer.export.options import ExportOptions
+
+    for target, attention in (("cuda", None), ("cpu", "grouped"), ("qnn", None)):
+        with pytest.raises(ExportError, match="exact speculation pads GroupQueryAttention on the cpu"):
+            ExportOptions(target=target, attention=attention, exact_speculation=True)
+    assert ExportOptions(target="cuda", exact_speculation=False).exact_speculation is False
+
+
 def test_speculation_settings_are_checked():
     with pytest.raises(GenerationError, match="one of"):
         Speculation("sometimes")

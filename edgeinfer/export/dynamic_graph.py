@@ -13,6 +13,8 @@ the token itself as transformers does) and q.k scale.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from onnx import TensorProto
 from tqdm import tqdm
@@ -46,8 +48,30 @@ def cache_layout(options: ExportOptions) -> str:
     return "SH" if options.attention == "grouped" else "BNSH"
 
 
+def batch_invariant_matmuls(source: WeightSource, options: ExportOptions) -> bool:
+    """Whether every matmul gives a row the same bits whatever rows run beside it, as exact speculation needs: 4-bit
+    and 8-bit MatMulNBits in blocks of 16 or 32 with int8 activations (accuracy level 4; bench/batch_invariance.py),
+    with a lossless GGUF import's small float matmuls beside them (measured bit-identical on the real Q4_K_M import).
+    Larger blocks, and float matmuls, compute a single row with other kernels than several rows."""
+    if options.precision != "w4a16" or options.accuracy_level != 4 or options.lm_head_bits == 0:
+        return False
+    if options.block_size <= 32:
+        return True
+    head = "model.embed_tokens.weight" if source.spec.tie_word_embeddings else "lm_head.weight"
+    return not quantizes_from_floats(source, options) and source_blocks(source, options, [head]) is not None
+
+
+def with_exact_speculation(source: WeightSource, options: ExportOptions) -> ExportOptions:
+    """OPTIONS with exact_speculation decided (see ExportOptions): on for cpu gqa packages whose matmuls are batch
+    invariant, unless asked otherwise."""
+    if options.exact_speculation is not None:
+        return options
+    padded = options.target == "cpu" and options.attention == "gqa" and batch_invariant_matmuls(source, options)
+    return replace(options, exact_speculation=padded)
+
+
 def spare_cache_rows(options: ExportOptions) -> int:
-    """1 where decode's attention runs with a padding query row (cpu GroupQueryAttention), else 0.
+    """1 where decode's attention runs with a padding query row (ExportOptions.exact_speculation), else 0.
 
     MLAS computes attention for one query row with a GEMV kernel and for two or more rows with GEMM kernels that give
     each row the same bits whatever rows run beside it (bench/batch_invariance.py). With a copy of the last row fed
@@ -55,7 +79,7 @@ def spare_cache_rows(options: ExportOptions) -> int:
     decoding's tokens exactly wherever the matmuls are batch invariant too (MatMulNBits in blocks of 16 or 32, as a
     GGUF import keeps them). The padding row writes its key and value one row past the last token: into the next
     token's row, or the cache's one spare row. GPUs: other kernels, unmeasured, so no padding."""
-    return 1 if options.target == "cpu" and options.attention == "gqa" else 0
+    return 1 if options.exact_speculation and options.target == "cpu" and options.attention == "gqa" else 0
 
 
 def has_logits_start(options: ExportOptions) -> bool:

@@ -34,6 +34,10 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
         how = "--context" if options.context_length else f"the default: at most {DEFAULT_CONTEXT}, the model's limit"
         print(f"context {chosen.context_length} tokens ({how}; the model has {spec.max_position_embeddings} positions)")
     options = chosen
+    if options.graph_flavour == "dynamic":
+        from .dynamic_graph import with_exact_speculation
+
+        options = with_exact_speculation(weights, options)
     started = time.perf_counter()
     try:
         with staging_dir(out, force, location) as tmp:
