@@ -379,6 +379,22 @@ def test_greedy_with_speculation_is_plain_greedy_on_qnn(static_packages, tmp_pat
     assert accepted > 0
 
 
+def test_proposals_per_step_follow_the_runner(tiny_cpu, static_packages):
+    """A cpu runner verifies any width (up to 15 proposals); fixed-width runners (a GPU's graph, qnn's prefill graph)
+    8 rows; an explicit max_proposed wins."""
+    from edgeinfer.dynamic_runner import DynamicRunner, binding_plan
+    from edgeinfer.speculative import MAX_PROPOSED, MAX_PROPOSED_ANY_WIDTH, proposals_per_step
+
+    model = edgeinfer.load(tiny_cpu)
+    fixed = DynamicRunner(model.engine.session, model.manifest, plan=binding_plan(model.manifest, "cpu", fixed_decode_inputs=True))
+    static = edgeinfer.load(static_packages["fp32"], device="qnn").generator(GREEDY).runner
+    assert proposals_per_step(model.generator(GREEDY).runner, Speculation()) == MAX_PROPOSED_ANY_WIDTH == 15
+    assert proposals_per_step(fixed, Speculation()) == proposals_per_step(static, Speculation()) == MAX_PROPOSED == 7
+    assert proposals_per_step(fixed, Speculation(max_proposed=3)) == 3
+    loop = speculative_loop(model.generator(GREEDY), [1, 2, 3], StopCriteria(4), Speculation("lookup"))
+    assert loop.budget.max_proposed == MAX_PROPOSED_ANY_WIDTH
+
+
 def test_fixed_width_verify_runs_give_the_plain_tokens(tiny_cpu):
     """The GPU path on the CPU: decode and verify read fixed buffers updated in place (what a captured CUDA graph
     replays), proposals padded to the verify width and the pad rewound; greedy output stays the plain one."""
