@@ -130,8 +130,9 @@ def edgeinfer_runs(model, task: Task, tokens: int, speculate: str) -> tuple[Run,
 
 
 def _llama(binary: Path, gguf: Path, prompt_file: Path, tokens: int, extra: list[str]) -> str:
+    # -b 2048: llama-lookup aborts on a prompt longer than its batch (get_sub_batch at index 512 of argparse's 531)
     cmd = [str(binary), "-m", str(gguf), "-f", str(prompt_file), "-n", str(tokens), "--temp", "0", "--ignore-eos",
-           "-t", "2", "-c", "4096", "-b", "512", *extra]
+           "-t", "2", "-c", "4096", "-b", "2048", *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise RuntimeError(f"{binary.name} failed ({done.returncode}): {done.stderr[-800:]}")
