@@ -248,8 +248,13 @@ def main() -> None:
                 ids = model.encode_prompt(messages)
                 prompt_file = Path(tmp) / f"{task.name}.txt"
                 prompt_file.write_text(model.tokenizer.decode(ids, skip_special=False), encoding="utf-8")
-                llama_runs = [llama_plain(args.llama_bin, args.gguf, prompt_file, task, args.tokens, len(ids))]
-                llama_runs += [llama_lookup(args.llama_bin, args.gguf, prompt_file, task, args.tokens, len(ids), d) for d in args.draft_max]
+                try:
+                    llama_runs = [llama_plain(args.llama_bin, args.gguf, prompt_file, task, args.tokens, len(ids))]
+                    llama_runs += [llama_lookup(args.llama_bin, args.gguf, prompt_file, task, args.tokens, len(ids), d)
+                                   for d in args.draft_max]
+                except RuntimeError as exc:  # a peer's failure costs its figure for this task, not the run
+                    print(f"      llama.cpp failed on {task.name}: {str(exc)[:300]}", flush=True)
+                    llama_runs = []
                 runs += llama_runs
                 print("      " + "  ".join(f"{r.side} {r.decode_tokens_per_s:6.1f}" +
                                            (f" (acc {r.acceptance_rate:.0%})" if r.acceptance_rate is not None else "")
