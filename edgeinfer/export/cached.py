@@ -31,6 +31,8 @@ def resolve_package(model: str | None, target: str, precision: str = "w4a16", co
         manifest = load_manifest(folder, verify=False)  # sizes checked here; sha256 when the model loads
         # The options as the export resolved them (context, the target's block size) against what it recorded.
         expected = replace(options, context_length=context or manifest.context_length).for_model(manifest.spec.max_position_embeddings)
+        # exact_speculation is decided from the weights (dynamic_graph.with_exact_speculation): the recorded choice
+        expected = replace(expected, exact_speculation=manifest.export_options.get("exact_speculation"))
         if manifest.export_options == expected.to_dict():
             return folder
     except (PackageError, ExportError):
