@@ -56,8 +56,10 @@ def stored_bytes(shape: tuple[int, int], bits: int, block: int) -> int:
 class Allocation:
     """name -> (bits, block); bits 0 keeps the float weight."""
 
-    def __init__(self, layers: int, default_rule: bool = True, head_bits: int = 8, embed_block: int = 128):
+    def __init__(self, layers: int, default_rule: bool = True, head_bits: int = 8, embed_block: int = 128,
+                 fused: bool = False):
         self.layers = layers
+        self.fused = fused  # as the export stores them: q|k|v one matmul, gate|up one (so one bits for each)
         self.bits: dict[str, tuple[int, int]] = {}
         for name in linear_names(layers):
             eight = default_rule and name.endswith(("v_proj.weight", "down_proj.weight")) and \
@@ -70,6 +72,20 @@ class Allocation:
         for n in names:
             self.bits[n] = (bits, block)
         return self
+
+    def resolved(self) -> dict[str, tuple[int, int]]:
+        """The bits each tensor gets; fused: the most any member of q|k|v (gate|up) asks for (float where one is)."""
+        if not self.fused:
+            return dict(self.bits)
+        out = dict(self.bits)
+        for i in range(self.layers):
+            for members in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
+                names = [n for n in out if layer_of(n) == i and n.split(".")[-2] in members]
+                bits = [out[n][0] for n in names]
+                top = 0 if 0 in bits else max(bits)
+                for n in names:
+                    out[n] = (top, out[n][1])
+        return out
 
 
 def group(layers: int, what: str) -> list[str]:
@@ -108,6 +124,17 @@ def configs(layers: int) -> dict[str, Allocation]:
     for i in range(layers):
         out[f"default, down:{i} 8"] = Allocation(layers).set(group(layers, f"down:{i}"), 8)
     out["all down 8"] = Allocation(layers).set(group(layers, "down_proj"), 8)
+    # as the export stores them (q|k|v and gate|up fused: 8-bit v makes q|k|v 8-bit)
+    out["export default"] = Allocation(layers, fused=True)
+    out["export default, head 4"] = Allocation(layers, fused=True, head_bits=4)
+    out["export all4+head8"] = Allocation(layers, fused=True, default_rule=False)
+    attn = group(layers, "attn") + group(layers, "v_proj")
+    out["export head 4, qkvo 8"] = Allocation(layers, fused=True, head_bits=4).set(attn, 8)
+    out["export head 4, qkvo 8, down 8"] = Allocation(layers, fused=True, head_bits=4).set(attn + group(layers, "down_proj"), 8)
+    out["export head 8, qkvo 8"] = Allocation(layers, fused=True).set(attn, 8)
+    out["default, head 4"] = Allocation(layers, head_bits=4)
+    out["all4+head4"] = Allocation(layers, default_rule=False, head_bits=4)
+    out["all down 8, head 4"] = Allocation(layers, head_bits=4).set(group(layers, "down_proj"), 8)
     return out
 
 
@@ -148,7 +175,7 @@ class Probe:
         return self.cache[key]
 
     def apply(self, alloc: Allocation) -> None:
-        for name, want in alloc.bits.items():
+        for name, want in alloc.resolved().items():
             if self.current[name] == want:
                 continue
             bits, block = want
@@ -218,7 +245,7 @@ def main() -> None:
         probe.apply(alloc)
         parts = [score(probe.logprobs(ch, first), ref, torch.tensor(ch[first + 1 :])) for ch, ref in zip(chunks, refs)]
         s = summary(parts)
-        s["bytes"] = sum(stored_bytes(probe.shapes[n], b, blk) for n, (b, blk) in alloc.bits.items())
+        s["bytes"] = sum(stored_bytes(probe.shapes[n], b, blk) for n, (b, blk) in alloc.resolved().items())
         s["rotate"] = args.rotate
         results[name + (" (rotated)" if args.rotate else "")] = s
         out.write_text(json.dumps(results, indent=1))

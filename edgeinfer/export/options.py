@@ -13,6 +13,7 @@ STATIC_TARGETS = ("qnn", "openvino")  # static-shape graphs (static_graph.py): N
 # openvino: 32, the GGUF Q4_K sub-block, which float zero points then keep exactly (quantize.quantize_blocks_float_zero)
 DEFAULT_BLOCKS = {"cpu": 128, "cuda": 128, "qnn": 16, "openvino": 32}
 ATTENTIONS = ("gqa", "grouped")
+EIGHT_BIT_RULES = ("q4km", "attention-down")  # see weight_bits.py
 # cpu: "gqa" until bench/decode_depth.py's run on real weights (decode at depths 128 and 4064, prefill) says whether
 # "grouped" wins at every depth; cuda: onnxruntime's GroupQueryAttention runs flash attention on an fp16 cache.
 DEFAULT_ATTENTION = {"cpu": "gqa", "cuda": "gqa"}
@@ -27,6 +28,9 @@ class ExportOptions:
     block_size: int | None = None  # 4-bit block along the input dimension; None: the target's (see for_model)
     symmetric: bool = False  # asymmetric 4-bit (with zero points): closer to the weights than symmetric
     mixed_bits: bool = True  # 8-bit attn_v and ffn_down where Q4_K_M keeps 6 bits (see weight_bits.py; qnn too)
+    # which matmuls of a float source keep 8 bits when mixed_bits (weight_bits.py): "q4km", v and down_proj in llama.cpp
+    # Q4_K_M's layers; "attention-down", q|k|v, o and down_proj in every layer (only gate|up at 4 bits)
+    eight_bit_rule: str = "q4km"
     accuracy_level: int = 4  # MatMulNBits compute type on CPU: 4 = int8 dot products (fastest on AVX2)
     all_logits: bool = False  # prefill returns logits for every position, not just the last
     quantize_embeddings: bool = True  # w4a16 only: 4-bit embedding table (GatherBlockQuantized)
@@ -71,6 +75,8 @@ class ExportOptions:
             raise ExportError(f"block size {self.block_size} is not supported: use 16, 32, 64, 128 or 256")
         if self.embedding_block_size not in (None, 16, 32, 64, 128, 256):
             raise ExportError(f"embedding block size {self.embedding_block_size} is not supported: use 16, 32, 64, 128 or 256")
+        if self.eight_bit_rule not in EIGHT_BIT_RULES:
+            raise ExportError(f"unknown 8-bit rule {self.eight_bit_rule!r}: choose one of {', '.join(EIGHT_BIT_RULES)}")
         if self.lm_head_bits not in (0, 4, 8):
             raise ExportError(f"lm_head bits {self.lm_head_bits} is not supported: use 4, 8, or 0 for float")
         if self.attention not in (None, *ATTENTIONS):

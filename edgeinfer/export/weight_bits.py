@@ -11,6 +11,9 @@ LAYER_LINEARS = (("self_attn.q_proj", "q_proj"), ("self_attn.k_proj", "k_proj"),
                  ("mlp.down_proj", "down_proj"))
 
 
+ATTENTION_AND_DOWN = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "down_proj.weight")
+
+
 def more_bits_layer(layer: int, num_layers: int) -> bool:
     """llama.cpp's Q4_K_M rule (use_more_bits): the first and last eighth of layers, and every third between."""
     eighth = num_layers // 8
@@ -25,6 +28,8 @@ def weight_bits(source: WeightSource, names: list[str], options: ExportOptions) 
     stored = [source.stored_bits(n) for n in names]
     if any(bits is not None for bits in stored):
         return 8 if any(bits is not None and bits > 4 for bits in stored) else 4
+    if options.eight_bit_rule == "attention-down":
+        return 8 if any(n.endswith(ATTENTION_AND_DOWN) for n in names) else 4
     sensitive = [n for n in names if n.endswith(("v_proj.weight", "down_proj.weight"))]
     layers = [int(n.split(".")[2]) for n in sensitive]
     return 8 if any(more_bits_layer(i, source.spec.num_layers) for i in layers) else 4
