@@ -43,3 +43,17 @@ def eight_bit_graph_weights(source: WeightSource, options: ExportOptions) -> set
             if weight_bits(source, [f"model.layers.{layer}.{hf_name}.weight"], options) == 8:
                 names.add(f"model.layers.{layer}.{graph_name}.weight")
     return names
+
+
+def head_bits(source: WeightSource, options: ExportOptions) -> int:
+    """lm_head's bits (0: float): options.lm_head_bits when given; otherwise 4 for an untied float source under the
+    attention-down rule (its bytes pay for 8-bit attention and down_proj: on the real 1.5B an 8-bit lm_head measured
+    as good as float, and 4 bits cost less than what the 8-bit attention buys back), 8 elsewhere (a GGUF's own
+    choice, or a tied table that the embedding shares at 8 bits)."""
+    if options.lm_head_bits is not None:
+        return options.lm_head_bits
+    head = "model.embed_tokens.weight" if source.spec.tie_word_embeddings else "lm_head.weight"
+    from_floats = source.stored_bits(head) is None
+    if options.mixed_bits and options.eight_bit_rule == "attention-down" and from_floats and not source.spec.tie_word_embeddings:
+        return 4
+    return 8
