@@ -73,7 +73,7 @@ def package_probe(package: Path, k: int) -> None:
     inputs = {i.name for i in session.get_inputs()}
     kv = manifest["kv_cache"]
     rows_layout = kv["layout"] == "SH"
-    empty = (0, kv["num_kv_heads"] * kv["head_dim"]) if rows_layout else (1, kv["num_kv_heads"], kv["length"], kv["head_dim"])
+    empty = (0, kv["num_kv_heads"] * kv["head_dim"]) if rows_layout else (1, kv["num_kv_heads"], kv["length"] + kv.get("spare_rows", 0), kv["head_dim"])
     past_names = [n for n in inputs if n.startswith("past_key_values.")]
 
     def run(tokens: list[int], total: int, past: dict, rows: int) -> tuple[dict, dict]:

@@ -1,8 +1,10 @@
 """Decode speed with a long context in the cache: edgeinfer's attention paths before/after, llama.cpp beside them.
 
     /work/heavy python bench/decode_depth.py [GGUF] [--depths 128,4064] [--steps 64] [--repeat 3] [--profile]
+                                             [--package NAME=PATH ...]
 
-Exports the GGUF twice into --workdir (once per attention path, kept for later runs): "gqa" (onnxruntime's
+With --package (repeated), times those packages instead (the first is "before", each other one an "after"). Without
+it, exports the GGUF twice into --workdir (once per attention path, kept for later runs): "gqa" (onnxruntime's
 GroupQueryAttention over a [1, kv heads, context, head dim] cache: every cpu package before grouped attention) and
 "grouped" (export/grouped_attention.py over row-major cache rows). Each package's cache is filled with random values
 (every page touched, as a real prefill leaves it; untouched pages would all read one shared zero page), then
@@ -123,14 +125,15 @@ def agreement(packages: dict[str, Path], new_tokens: int = 32, prompt_tokens: in
     """Both paths on a real prompt (this file's source as text, ~600 tokens): greedy tokens equal, logits apart."""
     import edgeinfer
 
-    models = {p: edgeinfer.load(pkg, verify=False) for p, pkg in packages.items()}
-    prompt = models["gqa"].tokenizer.encode(Path(__file__).read_text())[:prompt_tokens]
+    before, after = list(packages)[:2]
+    models = {p: edgeinfer.load(packages[p], verify=False) for p in (before, after)}
+    prompt = models[before].tokenizer.encode(Path(__file__).read_text())[:prompt_tokens]
     gens = {p: m.generator(edgeinfer.GREEDY) for p, m in models.items()}
     for gen in gens.values():
         gen.append(prompt)
-    first = float(np.abs(gens["gqa"].logits - gens["grouped"].logits).max())
+    first = float(np.abs(gens[before].logits - gens[after].logits).max())
     tokens = {p: gen.extend(new_tokens) for p, gen in gens.items()}
-    same = next((i for i, (a, b) in enumerate(zip(tokens["gqa"], tokens["grouped"])) if a != b), new_tokens)
+    same = next((i for i, (a, b) in enumerate(zip(tokens[before], tokens[after])) if a != b), new_tokens)
     return {"prompt_tokens": len(prompt), "new_tokens": new_tokens, "equal_greedy_tokens": same,
             "max_abs_logit_diff_after_prompt": first}
 
@@ -163,7 +166,7 @@ def median(values: list[float]) -> float:
 
 def markdown(result: dict) -> str:
     depths = result["settings"]["depths"]
-    rows = [("edgeinfer " + p, LABELS[p], result["edgeinfer"][p]) for p in PATHS if p in result["edgeinfer"]]
+    rows = [("edgeinfer " + p, LABELS.get(p, result["packages"][p]), rates) for p, rates in result["edgeinfer"].items()]
     if result["llama_cpp"]["rates"]:
         rows.append(("llama.cpp", result["llama_cpp"]["notes"], result["llama_cpp"]["rates"]))
     else:
@@ -206,6 +209,8 @@ def main() -> None:
     parser.add_argument("--llama-bin", type=Path, default=DEFAULT_LLAMA_BIN)
     parser.add_argument("--llama-repeat", type=int, default=2, help="llama-bench -r (each repeat prefills DEPTH tokens anew)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--package", action="append", default=[], metavar="NAME=PATH",
+                        help="time this package (repeat; the first is the before): no export")
     parser.add_argument("--tag", default="xeon-2c")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
@@ -214,14 +219,20 @@ def main() -> None:
     if max(depths) + args.steps > args.context:
         parser.error(f"depth {max(depths)} + {args.steps} steps does not fit the context {args.context}")
 
-    packages = {path: export_package(gguf, args.workdir, path, args.context) for path in PATHS}
+    if args.package:
+        packages = dict(item.split("=", 1) for item in args.package)
+        packages = {name: Path(path) for name, path in packages.items()}
+    else:
+        packages = {path: export_package(gguf, args.workdir, path, args.context) for path in PATHS}
+    if len(packages) < 2:
+        parser.error("give two or more packages to compare (--package NAME=PATH, repeated)")
     rates = edgeinfer_rates(packages, depths, args.steps, args.repeat, args.threads)
     llama, notes = llama_rates(gguf, args.llama_bin, depths, args.steps, args.llama_repeat, args.threads)
     deepest = max(depths)
-    ratios = {f"after/before d{d}": median(rates["grouped"][d]) / median(rates["gqa"][d]) for d in depths}
+    before, *afters = packages
+    ratios = {f"{name}/{before} d{d}": median(rates[name][d]) / median(rates[before][d]) for name in afters for d in depths}
     if llama:
-        ratios.update({f"after/llama.cpp d{d}": median(rates["grouped"][d]) / median(llama[d]) for d in depths})
-        ratios.update({f"before/llama.cpp d{d}": median(rates["gqa"][d]) / median(llama[d]) for d in depths})
+        ratios.update({f"{name}/llama.cpp d{d}": median(rates[name][d]) / median(llama[d]) for name in packages for d in depths})
     result = {
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),

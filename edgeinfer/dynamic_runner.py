@@ -30,7 +30,8 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import GenerationError, PackageError, check_fits
-from .graph_contract import GREEDY_OUTPUT, INPUT_IDS, LOGITS, LOGITS_ROWS, LOGITS_START, SEQLENS, TOTAL_LENGTH, cache_pairs
+from .graph_contract import (GREEDY_OUTPUT, INPUT_IDS, LOGITS, LOGITS_ROWS, LOGITS_START, SEQLENS, TOTAL_LENGTH, cache_pairs,
+                             cache_rows)
 from .package import Manifest, Package
 from .runner import Engine, Runner
 
@@ -98,8 +99,9 @@ def binding_plan(manifest: Manifest, device: str = "cpu", graph_id: int | None =
     if layout == "SH" and on_device:
         raise GenerationError(f"this package's cache layout SH runs on the cpu only: run it with --device cpu, or "
                               f"re-export it for {device} (--target cuda)")
-    shape = ((kv["length"], kv["num_kv_heads"] * kv["head_dim"]) if layout == "SH"
-             else (1, kv["num_kv_heads"], kv["length"], kv["head_dim"]))
+    rows = cache_rows(kv)
+    shape = ((rows, kv["num_kv_heads"] * kv["head_dim"]) if layout == "SH"
+             else (1, kv["num_kv_heads"], rows, kv["head_dim"]))
     rows_input = next((name for name in (LOGITS_START, LOGITS_ROWS) if name in inputs), None)
     rows = rows_input is not None
     return BindingPlan(

@@ -101,6 +101,12 @@ def static_io(layers: tuple[int, int], first: bool, last: bool) -> dict[str, lis
     }
 
 
+def cache_rows(kv_cache: dict) -> int:
+    """Rows of a dynamic package's cache buffer (manifest kv_cache): the context, and the spare rows that decode's
+    padding row lands in (export/dynamic_graph.spare_cache_rows)."""
+    return kv_cache["length"] + kv_cache.get("spare_rows", 0)
+
+
 def rotary_tables(spec: "ArchSpec", length: int) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin of [ropes, length, rotary_dims / 2]: one table per RoPE the layers use (spec.ropes(), rope.py), of the
     non-interleaved (GPT-NeoX) rotary that Hugging Face's Llama-family models use."""

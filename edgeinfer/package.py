@@ -166,6 +166,7 @@ def check_manifest(folder: Path, m: Manifest) -> None:
     for key, value in (("num_layers", spec.num_layers), ("num_kv_heads", spec.num_kv_heads),
                        ("head_dim", spec.head_dim), ("length", m.context_length)):
         need(kv.get(key) == value, f"kv_cache {key} is {kv.get(key)!r}, the architecture and context say {value}")
+    need(kv.get("spare_rows", 0) in (0, 1), f"kv_cache spare_rows {kv.get('spare_rows')!r} is not 0 or 1")
     need(m.export_options.get("context_length", m.context_length) == m.context_length,
          "export_options and context_length disagree")
     if m.graph_flavour == "static":

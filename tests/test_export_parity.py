@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from edgeinfer.graph_contract import cache_rows
 from edgeinfer.package import load_manifest
 
 from .conftest import export_tiny, reference_logits, reference_model
@@ -21,7 +22,7 @@ class OrtDecoder:
         self.session = ort.InferenceSession(str(package / graph["file"]), providers=["CPUExecutionProvider"])
         kv = self.manifest.kv_cache
         self.rows = kv["layout"] == "SH"
-        shape = (0, kv["num_kv_heads"] * kv["head_dim"]) if self.rows else (1, kv["num_kv_heads"], kv["length"], kv["head_dim"])
+        shape = (0, kv["num_kv_heads"] * kv["head_dim"]) if self.rows else (1, kv["num_kv_heads"], cache_rows(kv), kv["head_dim"])
         self.past = {name: np.zeros(shape, np.float32) for name in graph["inputs"] if name.startswith("past_key_values.")}
         self.inputs = set(graph["inputs"])
         self.total = 0

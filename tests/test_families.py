@@ -336,13 +336,14 @@ def test_the_cuda_graph_in_fp16_agrees_with_fp32_on_the_cpu_ep(name, tmp_path):
     and 8 decode steps on the fp32 package's greedy tokens, through onnxruntime directly."""
     import onnxruntime as ort
 
+    from edgeinfer.graph_contract import cache_rows
     from edgeinfer.package import load_manifest
 
     def logits(package: Path, dtype, tokens: list[int] | None = None) -> tuple[list[np.ndarray], list[int]]:
         manifest, rows = load_manifest(package), []
         session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
         kv = manifest.kv_cache
-        past = {n: np.zeros((1, kv["num_kv_heads"], kv["length"], kv["head_dim"]), dtype)
+        past = {n: np.zeros((1, kv["num_kv_heads"], cache_rows(kv), kv["head_dim"]), dtype)
                 for n in manifest.graphs["decoder"]["inputs"] if n.startswith("past_key_values.")}
         rows_input = {"logits_start": np.array([-1], np.int64)} if "logits_start" in manifest.graphs["decoder"]["inputs"] else {}
         sequence, fed, picked = list(PROMPT), 0, []

@@ -66,6 +66,26 @@ def test_genai_picks_edgeinfer_greedy_ids_on_raw_prompts(all_logits, chatml_pkg,
         assert genai_greedy(theirs, ids) == expected
 
 
+def test_genai_runs_to_its_max_length(qwen2_dir, tmp_path):
+    """An exact-speculation package: genai's cache is max_length rows and decode's padding row lands one past the last
+    token, so genai_config leaves one row free: the last step fits."""
+    folder = export_tiny(qwen2_dir, tmp_path / "b32", block_size=32)
+    assert load_manifest(folder).kv_cache["spare_rows"] == 1
+    ours, theirs = edgeinfer.load(folder), og.Model(str(folder))
+    ids = ours.encode_prompt(PROMPTS[2], raw=True)
+    assert genai_greedy(theirs, ids) == edgeinfer_greedy(ours, ids)
+    params = og.GeneratorParams(theirs)
+    max_length = json.loads((folder / GENAI_CONFIG).read_text())["search"]["max_length"]
+    params.set_search_options(do_sample=False, min_length=max_length)  # no eos before max_length
+    generator = og.Generator(theirs, params)
+    generator.append_tokens(ids)
+    steps = 0
+    while not generator.is_done():
+        generator.generate_next_token()
+        steps += 1
+    assert len(ids) + steps == max_length == load_manifest(folder).context_length - 1
+
+
 @pytest.mark.parametrize("package", ["chatml", "preset"])
 def test_genai_chat_template_gives_edgeinfer_prompt_and_tokens(package, chatml_pkg, preset_pkg):
     """genai's apply_chat_template + encode give the ids edgeinfer's chat format gives, then the same greedy ids.
@@ -94,7 +114,9 @@ def test_genai_config_is_written_from_the_manifest_and_hashed(chatml_pkg):
     spec = manifest.spec
     assert (decoder["num_hidden_layers"], decoder["head_size"], decoder["num_key_value_heads"]) == \
         (spec.num_layers, spec.head_dim, spec.num_kv_heads)
-    assert written["search"]["max_length"] == written["model"]["context_length"] == manifest.context_length
+    assert written["model"]["context_length"] == manifest.context_length
+    # decode's padding row (dynamic_graph.spare_cache_rows) lands one row past the last token: genai leaves it free
+    assert written["search"]["max_length"] == manifest.context_length - manifest.kv_cache["spare_rows"]
     assert written["model"]["eos_token_id"] == manifest.tokenizer["eos_token_ids"]
     assert decoder["session_options"]["provider_options"] == []
     assert decoder["filename"] == GENAI_DECODER and manifest.files[GENAI_DECODER]["sha256"]

@@ -99,6 +99,31 @@ def test_lossless_package_computes_the_gguf_weights(types, wide_checkpoint, tmp_
     assert np.abs(_logits(requantized, ids) - reference).max() > 1e-2 * scale
 
 
+def test_lossless_packages_verify_exactly_and_requantized_ones_skip_the_padding(wide_checkpoint, tmp_path):
+    """A Q4_K_M import keeps blocks of 16/32 (batch invariant), so decode's attention takes its padding row and a
+    verify run's rows are the decode steps' logits to the bit; requantized blocks of 128 are not batch invariant, so
+    their packages skip the padding (it would cost decode time for nothing), as --no-exact-speculation does."""
+    import edgeinfer
+    from edgeinfer.sampler import GREEDY
+
+    gguf_path = write_gguf_from_hf(wide_checkpoint, tmp_path / "m.gguf", Q4_K_M)
+    exact = export_tiny(gguf_path, tmp_path / "exact")
+    for folder, spare in ((exact, 1), (export_tiny(gguf_path, tmp_path / "requantized", requantize=True), 0),
+                          (export_tiny(gguf_path, tmp_path / "off", exact_speculation=False), 0)):
+        manifest = edgeinfer.load(folder).manifest
+        assert manifest.kv_cache["spare_rows"] == spare and manifest.export_options["exact_speculation"] == bool(spare)
+    model, ids = edgeinfer.load(exact), list(range(3, 40))
+    steps, one = [], model.generator(GREEDY)
+    one.append(ids[:-5])
+    for token in ids[-5:]:
+        one.append([token])
+        steps.append(one.logits.copy())
+    rows = model.generator(GREEDY)
+    rows.append(ids[:-5])
+    rows.verify(ids[-5:], rows=5)
+    assert np.array_equal(rows.row_logits(), np.array(steps))
+
+
 def test_gguf_source_gives_blocks_for_quantized_tensors_only(wide_checkpoint, tmp_path):
     source = GGUFSource(write_gguf_from_hf(wide_checkpoint, tmp_path / "m.gguf", {"attn_v.weight": "Q6_K"}))
     v = source.exact_blocks("model.layers.0.self_attn.v_proj.weight")

@@ -103,6 +103,43 @@ def test_verify_returns_the_rows_asked_for(tiny_cpu):
         rows.runner.run(np.array(prompt[:2]), 0, rows=3)
 
 
+@pytest.fixture(scope="module")
+def tiny_b32(tmp_path_factory) -> Path:
+    """4-bit blocks of 32, the blocks a GGUF import keeps (Q4_K): MatMulNBits is batch invariant there."""
+    return export_tiny("preset:tiny-qwen2", tmp_path_factory.mktemp("spec") / "b32", block_size=32)
+
+
+def test_decode_steps_and_verify_rows_agree_bit_for_bit(tiny_b32):
+    """Decode's attention runs with a padding row, so MLAS computes it with the kernels a verify run uses: row i of a
+    verify run is the decode step's logits to the bit (without the padding row they differ in the last bits), also
+    where the context is full and the padding row lands in the cache's spare row."""
+    model = edgeinfer.load(tiny_b32)
+    assert model.manifest.kv_cache["spare_rows"] == 1
+    capacity = model.manifest.context_length
+    for start in (37, capacity):
+        prompt = [3 + (7 * i) % 90 for i in range(start)]
+        steps, one = [], model.generator(GREEDY)
+        one.append(prompt[:-6])
+        for token in prompt[-6:]:
+            one.append([token])
+            steps.append(one.logits.copy())
+        rows = model.generator(GREEDY)
+        rows.append(prompt[:-6])
+        rows.verify(prompt[-6:], rows=6)
+        assert np.array_equal(rows.row_logits(), np.array(steps)), start
+    assert one.position == capacity  # the last step wrote its padding row into the spare row
+
+
+def test_greedy_speculation_fills_the_context_with_the_plain_tokens(tiny_b32):
+    model = edgeinfer.load(tiny_b32)
+    prompt = CODE * 2
+    kept = model.manifest.context_length - len(model.tokenizer.encode(prompt))
+    plain = model.generate(prompt, kept + 10, GREEDY, raw=True, ignore_eos=True, speculate="off")
+    fast = model.generate(prompt, kept + 10, GREEDY, raw=True, ignore_eos=True, speculate="lookup")
+    assert plain.finish_reason == fast.finish_reason == "context"
+    assert fast.token_ids == plain.token_ids and fast.timings.accepted_tokens > 0
+
+
 def test_old_packages_without_logits_start_decode_plainly(tiny_cpu, tmp_path):
     """A package whose graph picks no rows (exported before speculation) runs auto as plain decoding; lookup says why
     not."""
@@ -142,6 +179,16 @@ def test_packages_that_take_the_row_count_still_speculate(tiny_fp32, tmp_path):
     for folder in (tiny_fp32, old):
         result = edgeinfer.load(folder).generate(CODE * 2, 40, GREEDY, raw=True, ignore_eos=True, speculate="lookup")
         assert result.token_ids == plain.token_ids and result.timings.accepted_tokens > 0
+
+
+def test_exact_speculation_is_for_cpu_group_query_attention():
+    from edgeinfer.errors import ExportError
+    from edgeinfer.export.options import ExportOptions
+
+    for target, attention in (("cuda", None), ("cpu", "grouped"), ("qnn", None)):
+        with pytest.raises(ExportError, match="exact speculation pads GroupQueryAttention on the cpu"):
+            ExportOptions(target=target, attention=attention, exact_speculation=True)
+    assert ExportOptions(target="cuda", exact_speculation=False).exact_speculation is False
 
 
 def test_speculation_settings_are_checked():

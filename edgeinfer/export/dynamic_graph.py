@@ -13,6 +13,8 @@ the token itself as transformers does) and q.k scale.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from onnx import TensorProto
 from tqdm import tqdm
@@ -44,6 +46,40 @@ def cache_layout(options: ExportOptions) -> str:
     """The manifest's kv_cache layout: "BNSH" [1, kv heads, context, head dim] for GroupQueryAttention, "SH"
     [context, kv heads * head dim] rows for grouped attention (the runner binds a prefix of them)."""
     return "SH" if options.attention == "grouped" else "BNSH"
+
+
+def batch_invariant_matmuls(source: WeightSource, options: ExportOptions) -> bool:
+    """Whether every matmul gives a row the same bits whatever rows run beside it, as exact speculation needs: 4-bit
+    and 8-bit MatMulNBits in blocks of 16 or 32 with int8 activations (accuracy level 4; bench/batch_invariance.py),
+    with a lossless GGUF import's small float matmuls beside them (measured bit-identical on the real Q4_K_M import).
+    Larger blocks, and float matmuls, compute a single row with other kernels than several rows."""
+    if options.precision != "w4a16" or options.accuracy_level != 4 or options.lm_head_bits == 0:
+        return False
+    if options.block_size <= 32:
+        return True
+    head = "model.embed_tokens.weight" if source.spec.tie_word_embeddings else "lm_head.weight"
+    return not quantizes_from_floats(source, options) and source_blocks(source, options, [head]) is not None
+
+
+def with_exact_speculation(source: WeightSource, options: ExportOptions) -> ExportOptions:
+    """OPTIONS with exact_speculation decided (see ExportOptions): on for cpu gqa packages whose matmuls are batch
+    invariant, unless asked otherwise."""
+    if options.exact_speculation is not None:
+        return options
+    padded = options.target == "cpu" and options.attention == "gqa" and batch_invariant_matmuls(source, options)
+    return replace(options, exact_speculation=padded)
+
+
+def spare_cache_rows(options: ExportOptions) -> int:
+    """1 where decode's attention runs with a padding query row (ExportOptions.exact_speculation), else 0.
+
+    MLAS computes attention for one query row with a GEMV kernel and for two or more rows with GEMM kernels that give
+    each row the same bits whatever rows run beside it (bench/batch_invariance.py). With a copy of the last row fed
+    beside it, a decode step does the same arithmetic as a speculative verify run, so greedy speculation gives plain
+    decoding's tokens exactly wherever the matmuls are batch invariant too (MatMulNBits in blocks of 16 or 32, as a
+    GGUF import keeps them). The padding row writes its key and value one row past the last token: into the next
+    token's row, or the cache's one spare row. GPUs: other kernels, unmeasured, so no padding."""
+    return 1 if options.exact_speculation and options.target == "cpu" and options.attention == "gqa" else 0
 
 
 def has_logits_start(options: ExportOptions) -> bool:
@@ -240,7 +276,14 @@ class DynamicDecoderGraph:
         logits_start = w.input(LOGITS_START, TensorProto.INT64, [1]) if has_logits_start(self.options) else None
         w.output("logits", t, ["batch_size", "logits_length", spec.vocab_size])
         check_rotary_fits(spec)
-        cos, sin = rotary_tables(spec, self.options.context_length)
+        self.padding_row = spare_cache_rows(self.options) == 1
+        if self.padding_row:  # GroupQueryAttention counts the padding row: one more token in the cache
+            one = w.constant("attn_pad/one", np.int32(1), dtype=np.int32)
+            self.seqlens_k = w.node("Add", [self.seqlens_k, one], name="attn_pad/seqlens_k")[0]
+            self.total_len = w.node("Add", [self.total_len, one], name="attn_pad/total_sequence_length")[0]
+            self.pad_slices = {key: w.constant(f"attn_pad/{key}", [value]) for key, value in
+                               (("zero", 0), ("last", -1), ("end", np.iinfo(np.int64).max), ("axis", 1))}
+        cos, sin = rotary_tables(spec, self.options.context_length + spare_cache_rows(self.options))
         self.rotary = [(w.initializer(f"rotary.cos.{r}", cos[r].astype(self.dtype)),
                         w.initializer(f"rotary.sin.{r}", sin[r].astype(self.dtype)), 2 * cos.shape[-1]) for r in range(len(cos))]
 
@@ -302,12 +345,24 @@ class DynamicDecoderGraph:
         if self.grouped:
             return self.grouped.build(*inputs, layer, past, present, self.rotary[rope] if rope is not None else None)
         cos, sin = self.rotary[rope][:2] if rope is not None else ("", "")
-        return w.node(
+        if self.padding_row:
+            inputs = [self._with_padding_row(x, f"{p}attn_pad/{j}") if x else x for j, x in enumerate(inputs)]
+        out = w.node(
             "GroupQueryAttention", [*inputs, *past, self.seqlens_k, self.total_len, cos, sin],
             [f"{p}attn/out", *present], name=f"{p}attn", domain=MS,
             num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads, do_rotary=int(rope is not None),
             rotary_interleaved=0, scale=spec.query_scale, local_window_size=window or -1,
         )[0]
+        if self.padding_row:  # every row but the padding one
+            c = self.pad_slices
+            out = w.node("Slice", [out, c["zero"], c["last"], c["axis"]], name=f"{p}attn_pad/out")[0]
+        return out
+
+    def _with_padding_row(self, x: str, name: str) -> str:
+        """X [B, S, D] with its last row repeated: [B, S + 1, D] (spare_cache_rows says why)."""
+        w, c = self.w, self.pad_slices
+        last = w.node("Slice", [x, c["last"], c["end"], c["axis"]], name=f"{name}/last")[0]
+        return w.node("Concat", [x, last], name=f"{name}/concat", axis=1)[0]
 
     def mlp(self, x: str, p: str) -> str:
         """gate|up in one matmul, act(gate) * up, down."""

@@ -34,6 +34,10 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
         how = "--context" if options.context_length else f"the default: at most {DEFAULT_CONTEXT}, the model's limit"
         print(f"context {chosen.context_length} tokens ({how}; the model has {spec.max_position_embeddings} positions)")
     options = chosen
+    if options.graph_flavour == "dynamic":
+        from .dynamic_graph import with_exact_speculation
+
+        options = with_exact_speculation(weights, options)
     started = time.perf_counter()
     try:
         with staging_dir(out, force, location) as tmp:
@@ -54,6 +58,8 @@ def export(source: str | WeightSource, out: str | Path, options: ExportOptions =
                     "num_kv_heads": spec.num_kv_heads,
                     "head_dim": spec.head_dim,
                     "length": options.context_length,
+                    # rows the buffer holds beyond the context (dynamic_graph.spare_cache_rows)
+                    "spare_rows": graphs.pop("kv_spare_rows", 0),
                 },
                 graphs=graphs,
                 tokenizer={
@@ -98,7 +104,7 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
         return build_static_graphs(weights, options, folder, progress)
     from ..graph_contract import dynamic_io
     from .dynamic_graph import (DynamicDecoderGraph, cache_layout, has_greedy_output, has_logits_start,
-                                quantizes_from_floats)
+                                quantizes_from_floats, spare_cache_rows)
 
     statistics = None
     if options.activation_aware and not weights.random_weights and quantizes_from_floats(weights, options):
@@ -113,7 +119,8 @@ def _build_graphs(weights: WeightSource, options: ExportOptions, folder: Path, p
         writer.close()
     io = dynamic_io(weights.spec.num_layers, has_greedy_output(options), has_logits_start(options))
     return {"decoder": {"file": "model.onnx", **io},
-            "kv_dtype": options.activation_dtype, "kv_layout": cache_layout(options)}
+            "kv_dtype": options.activation_dtype, "kv_layout": cache_layout(options),
+            "kv_spare_rows": spare_cache_rows(options)}
 
 
 def serves_genai(options: ExportOptions) -> bool:

@@ -45,7 +45,9 @@ def genai_config(manifest: Manifest) -> dict:
             },
         },
         "search": {
-            "max_length": manifest.context_length,
+            # genai's cache is max_length rows: leave the package's spare rows free for decode's padding row
+            # (dynamic_graph.spare_cache_rows), which lands one row past the last token
+            "max_length": manifest.context_length - manifest.kv_cache.get("spare_rows", 0),
             # GroupQueryAttention appends to the cache in place: past and present are one context-long buffer.
             "past_present_share_buffer": True,
             "do_sample": False, "num_beams": 1, "num_return_sequences": 1, "min_length": 0, "early_stopping": True,

@@ -56,7 +56,7 @@ def collect_linear_inputs(weights: WeightSource, options: ExportOptions, scratch
     import onnxruntime as ort
 
     from .calibration import SharedWeights
-    from .dynamic_graph import DynamicDecoderGraph
+    from .dynamic_graph import DynamicDecoderGraph, spare_cache_rows
     from .onnx_writer import GraphWriter
 
     started = time.perf_counter()
@@ -86,7 +86,7 @@ def collect_linear_inputs(weights: WeightSource, options: ExportOptions, scratch
         session = ort.InferenceSession(str(folder / "float.onnx"), so, providers=["CPUExecutionProvider"])
         graph_inputs = {i.name for i in session.get_inputs()}
         for ids in sequences:
-            cache = np.zeros((1, spec.num_kv_heads, length, spec.head_dim), dtype=np.float32)
+            cache = np.zeros((1, spec.num_kv_heads, length + spare_cache_rows(float_options), spec.head_dim), dtype=np.float32)
             feed = {INPUT_IDS: np.array([ids], dtype=np.int64), SEQLENS: np.array([len(ids) - 1], dtype=np.int32),
                     TOTAL_LENGTH: np.array(len(ids), dtype=np.int32)}
             feed.update({past: cache for past, _ in cache_pairs(spec.num_layers)})

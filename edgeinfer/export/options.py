@@ -72,6 +72,12 @@ class ExportOptions:
     # cpu/cuda: "gqa" (onnxruntime's GroupQueryAttention over a [1, kvh, context, D] cache) or "grouped" (cpu only:
     # grouped_attention.py over a row-major cache prefix); None: the target's default (see for_model)
     attention: str | None = None
+    # cpu gqa: decode's attention runs with a padding row (dynamic_graph.spare_cache_rows), so that greedy speculation
+    # gives plain decoding's tokens bit for bit. It costs decode about 2% at 128 cached tokens and 11-16% at 4064 (a
+    # GEMM instead of a GEMV over the cache; bench/results/decode-depth-cpu-xeon-2c-padding-row.md). None: on where
+    # every matmul is batch invariant too (dynamic_graph.batch_invariant_matmuls: a GGUF's own blocks, or blocks of
+    # 16/32), the only packages where it buys exactness; off elsewhere.
+    exact_speculation: bool | None = None
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -90,6 +96,9 @@ class ExportOptions:
             raise ExportError(f"unknown attention {self.attention!r}: choose one of {', '.join(ATTENTIONS)}")
         if self.attention == "grouped" and self.target != "cpu":
             raise ExportError(f"--attention grouped is for --target cpu (a {self.target} package uses gqa): drop it")
+        if self.exact_speculation and not (self.target == "cpu" and self.attention in (None, "gqa")):
+            raise ExportError("exact speculation pads GroupQueryAttention on the cpu: drop it for "
+                              f"--target {self.target}" + (" --attention grouped" if self.attention == "grouped" else ""))
         if self.context_buckets is not None:
             object.__setattr__(self, "context_buckets", tuple(sorted(set(self.context_buckets))))  # JSON gives lists
         if self.context_length is None:
