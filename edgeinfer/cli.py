@@ -27,6 +27,7 @@ def _export(args) -> None:
     options = ExportOptions(
         precision=args.precision, target=args.target, context_length=args.context, block_size=args.block_size,
         symmetric=args.symmetric, mixed_bits=not args.uniform_bits, lm_head_bits=args.lm_head_bits,
+        eight_bit_rule=args.eight_bit,
         accuracy_level=args.accuracy_level, all_logits=args.all_logits,
         quantize_embeddings=not args.float_embeddings, prefill_chunk=args.prefill_chunk, attention=args.attention,
         requantize=args.requantize, embedding_block_size=args.embedding_block_size, **rounding,
@@ -202,7 +203,7 @@ def _table(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .backends import backend_names
-    from .export.options import ATTENTIONS, PRECISIONS, TARGETS
+    from .export.options import ATTENTIONS, EIGHT_BIT_RULES, PRECISIONS, TARGETS
     from .bench.cli import add_speculate_argument
     from .sampler import SamplingParams
 
@@ -235,7 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "measured yet, bench/results/awq-qwen2.5-coder-1.5b.md)")
     p.add_argument("--embedding-block-size", type=int,
                    help="4-bit embedding table's block (cpu/cuda; default: --block-size; a gather reads it, so no speed cost)")
-    p.add_argument("--lm-head-bits", type=int, default=8, choices=[0, 4, 8], help="lm_head weights (0 = float)")
+    p.add_argument("--eight-bit", choices=EIGHT_BIT_RULES,
+                   help="w4a16 from floats: which matmuls keep 8 bits (q4km: v/down in llama.cpp Q4_K_M's layers; "
+                        "attention-down: q|k|v, o and down in every layer, lm_head 4-bit; default: attention-down on "
+                        "cpu, q4km elsewhere)")
+    p.add_argument("--lm-head-bits", type=int, choices=[0, 4, 8],
+                   help="lm_head weights (0 = float; default: 4 under attention-down from a float source, else 8)")
     p.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4], help="MatMulNBits compute type (4 = int8)")
     p.add_argument("--all-logits", action="store_true", help="prefill returns logits for every position")
     p.add_argument("--requantize", action="store_true",

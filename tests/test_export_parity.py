@@ -67,8 +67,9 @@ def test_fp32_export_matches_transformers(family, attention, qwen2_dir, llama_di
     assert_parity(hf_dir, package)
 
 
-def quantized_reference(hf_dir, block_size: int, symmetric: bool, lm_head_bits: int = 8):
-    """transformers' model with every 4-bit tensor replaced by what its quantized form stands for."""
+def quantized_reference(hf_dir, block_size: int, symmetric: bool, lm_head_bits: int = 8, eight_bit: tuple[str, ...] = ()):
+    """transformers' model with every quantized tensor replaced by what its quantized form stands for: 4 bits, or 8
+    for lm_head (LM_HEAD_BITS) and the weights whose names end with one of EIGHT_BIT."""
     import torch
 
     from edgeinfer.export.quantize import dequantize_blocks, quantize_blocks
@@ -78,18 +79,24 @@ def quantized_reference(hf_dir, block_size: int, symmetric: bool, lm_head_bits: 
         for name, param in ref.named_parameters():
             if param.dim() == 2:
                 head = name == "lm_head.weight" or (name == "model.embed_tokens.weight" and ref.config.tie_word_embeddings)
-                q = quantize_blocks(param.numpy(), block_size, symmetric, lm_head_bits if head else 4)
+                q = quantize_blocks(param.numpy(), block_size, symmetric,
+                                    lm_head_bits if head else 8 if name.endswith(eight_bit) else 4)
                 param.copy_(torch.from_numpy(dequantize_blocks(q, param.shape[1])))
     return ref
 
 
-@pytest.mark.parametrize("block_size,symmetric,lm_head_bits", [(32, True, 4), (16, False, 4), (32, False, 8)])
-def test_w4a16_export_matches_its_dequantized_weights(qwen2_dir, tmp_path, block_size, symmetric, lm_head_bits):
-    """With fp32 compute (accuracy level 0) the only difference from transformers is the 4-bit rounding itself."""
+@pytest.mark.parametrize("block_size,symmetric,lm_head_bits,rule", [(32, True, 4, "q4km"), (16, False, 4, "q4km"),
+                                                                     (32, False, 8, "q4km"), (32, False, None, None)])
+def test_w4a16_export_matches_its_dequantized_weights(qwen2_dir, tmp_path, block_size, symmetric, lm_head_bits, rule):
+    """With fp32 compute (accuracy level 0) the only difference from transformers is the rounding itself. (q4km gives
+    a 2-layer model no 8-bit layer; the default, attention-down, makes q|k|v, o and down 8-bit, lm_head 4-bit.)"""
+    from edgeinfer.export.weight_bits import ATTENTION_AND_DOWN
+
     package = export_tiny(qwen2_dir, tmp_path / "pkg", precision="w4a16", all_logits=True, block_size=block_size,
-                          symmetric=symmetric, accuracy_level=0, lm_head_bits=lm_head_bits,
+                          symmetric=symmetric, accuracy_level=0, lm_head_bits=lm_head_bits, eight_bit_rule=rule,
                           activation_aware=False, embedding_block_size=block_size)  # onnxruntime's own rounding
-    ref = quantized_reference(qwen2_dir, block_size, symmetric, lm_head_bits)
+    eight_bit = () if rule == "q4km" else ATTENTION_AND_DOWN
+    ref = quantized_reference(qwen2_dir, block_size, symmetric, 4 if lm_head_bits is None else lm_head_bits, eight_bit)
     ids = list(np.random.default_rng(2).integers(0, 256, size=32))
     assert np.abs(OrtDecoder(package)(ids) - reference_logits(ref, ids)).max() <= 1e-3
 
@@ -110,15 +117,17 @@ def test_tied_embedding_gathers_the_lm_head_blocks(tmp_path):
     assert gather.input[0] == head.input[1] == "lm_head.qweight"
     assert not any(t.name == "embed.qweight" for t in graph.initializer)
     ids = list(np.random.default_rng(4).integers(0, 256, size=32))
-    ref = quantized_reference(tied, 32, False, lm_head_bits=8)
+    from edgeinfer.export.weight_bits import ATTENTION_AND_DOWN
+
+    ref = quantized_reference(tied, 32, False, lm_head_bits=8, eight_bit=ATTENTION_AND_DOWN)  # the default rule
     assert np.abs(OrtDecoder(package)(ids) - reference_logits(ref, ids)).max() <= 1e-3
 
 
 def test_w4a16_int8_compute_keeps_top1(qwen2_dir, tmp_path):
     """accuracy level 4 (int8 activations inside MatMulNBits) moves logits a little, not the argmax."""
     package = export_tiny(qwen2_dir, tmp_path / "pkg", precision="w4a16", all_logits=True, accuracy_level=4, block_size=32,
-                          activation_aware=False)
-    ref = quantized_reference(qwen2_dir, 32, False)  # the export defaults: asymmetric, 8-bit lm_head
+                          activation_aware=False, eight_bit_rule="q4km")
+    ref = quantized_reference(qwen2_dir, 32, False)  # asymmetric, 4-bit layers (q4km in 2 layers), 8-bit lm_head
     ids = list(np.random.default_rng(3).integers(0, 256, size=64))
     ours, theirs = OrtDecoder(package)(ids), reference_logits(ref, ids)
     assert np.mean(ours.argmax(-1) == theirs.argmax(-1)) >= 0.9
@@ -171,7 +180,7 @@ def test_activation_aware_export_computes_with_the_weights_it_stores(qwen2_dir, 
     """The searched scales, zero points and GPTQ's levels are packed as MatMulNBits and GatherBlockQuantized read
     them: with fp32 compute the graph equals transformers on the package's own dequantized weights."""
     package = export_tiny(qwen2_dir, tmp_path / "pkg", precision="w4a16", all_logits=True, block_size=32,
-                          accuracy_level=0, activation_aware=True)
+                          accuracy_level=0, activation_aware=True, eight_bit_rule="q4km")  # 4-bit layers
     ids = list(np.random.default_rng(2).integers(0, 256, size=32))
     ref = package_weights_reference(qwen2_dir, package)
     assert np.abs(OrtDecoder(package)(ids) - reference_logits(ref, ids)).max() <= 1e-3
@@ -245,3 +254,54 @@ def test_mixed_bits_follow_q4_k_m_and_the_gguf():
                          max_position_embeddings=512)
     for wrapped in (FiniteWeights(gguf), RotatedResidual(FiniteWeights(gguf))):
         assert weight_bits(wrapped, qkv, ExportOptions()) == 8 and weight_bits(wrapped, down(5), ExportOptions()) == 4
+
+
+def test_attention_down_rule_keeps_8_bits_for_all_but_gate_up(qwen2_dir, tmp_path):
+    """--eight-bit attention-down: q|k|v, o and down_proj at 8 bits in every layer of a float source, gate|up at 4,
+    lm_head as --lm-head-bits says (in the graph the exporter writes)."""
+    import onnx
+
+    from types import SimpleNamespace
+
+    from edgeinfer.errors import ExportError
+    from edgeinfer.export.options import ExportOptions
+    from edgeinfer.export.weight_bits import weight_bits
+
+    hf = SimpleNamespace(spec=SimpleNamespace(num_layers=28), stored_bits=lambda name: None)
+    rule = ExportOptions(eight_bit_rule="attention-down")
+    for i in (3, 6):  # layers outside Q4_K_M's rule too
+        for proj, bits in (("self_attn.q_proj", 8), ("self_attn.o_proj", 8), ("mlp.down_proj", 8), ("mlp.gate_proj", 4)):
+            assert weight_bits(hf, [f"model.layers.{i}.{proj}.weight"], rule) == bits
+    assert weight_bits(hf, ["model.layers.6.mlp.down_proj.weight"], ExportOptions(eight_bit_rule="attention-down", mixed_bits=False)) == 4
+    with pytest.raises(ExportError, match="8-bit rule"):
+        ExportOptions(eight_bit_rule="all")
+    assert ExportOptions().for_model(4096).eight_bit_rule == "attention-down"
+    assert ExportOptions(target="qnn").for_model(4096).eight_bit_rule == "q4km"
+    assert ExportOptions(target="cuda").for_model(4096).eight_bit_rule == "q4km"
+    from edgeinfer.export.weight_bits import head_bits
+
+    def source(tied: bool, stored):
+        return SimpleNamespace(spec=SimpleNamespace(num_layers=28, tie_word_embeddings=tied), stored_bits=lambda name: stored)
+
+    cpu = ExportOptions().for_model(4096)
+    assert head_bits(source(False, None), cpu) == 4  # its bytes pay for the 8-bit attention
+    assert head_bits(source(True, None), cpu) == 8  # a tied table is shared with the embedding at 8 bits
+    assert head_bits(source(False, 6), cpu) == 8  # a GGUF's own choice (--requantize)
+    assert head_bits(source(False, None), ExportOptions(target="qnn").for_model(4096)) == 8
+    assert head_bits(source(False, None), ExportOptions(lm_head_bits=0).for_model(4096)) == 0
+    package = export_tiny(qwen2_dir, tmp_path / "pkg", eight_bit_rule="attention-down", lm_head_bits=4)
+    graph = onnx.load(package / "model.onnx", load_external_data=False).graph
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits"}
+    for layer in range(2):
+        p = f"model.layers.{layer}."
+        assert (bits[p + "qkv_proj"], bits[p + "o_proj"], bits[p + "down_proj"], bits[p + "gate_up_proj"]) == (8, 8, 8, 4)
+    assert bits["lm_head"] == 4
+
+
+def test_lm_head_bits_0_keeps_lm_head_float(qwen2_dir, tmp_path):
+    """--lm-head-bits 0 means a float lm_head (it once fell through to the 4-bit rule)."""
+    import onnx
+
+    package = export_tiny(qwen2_dir, tmp_path / "pkg", lm_head_bits=0)
+    graph = onnx.load(package / "model.onnx", load_external_data=False).graph
+    assert next(n for n in graph.node if n.name == "lm_head").op_type == "MatMul"

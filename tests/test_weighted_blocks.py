@@ -78,8 +78,9 @@ def test_export_calibrates_the_four_bit_matmuls(qwen2_dir, tmp_path):
     from edgeinfer.export.exporter import export
     from edgeinfer.export.options import ExportOptions
 
-    aware = export(str(qwen2_dir), tmp_path / "aware", ExportOptions(block_size=32, activation_aware=True), progress=False)
-    nearest = export(str(qwen2_dir), tmp_path / "nearest", ExportOptions(block_size=32), progress=False)
+    aware = export(str(qwen2_dir), tmp_path / "aware", ExportOptions(block_size=32, activation_aware=True, eight_bit_rule="q4km"),
+                   progress=False)  # q4km: down_proj at 4 bits, which the calibration rounds
+    nearest = export(str(qwen2_dir), tmp_path / "nearest", ExportOptions(block_size=32, eight_bit_rule="q4km"), progress=False)
     assert aware.export_options["activation_aware"] and not nearest.export_options["activation_aware"]
 
     def weights(folder):

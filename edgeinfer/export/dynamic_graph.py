@@ -30,7 +30,7 @@ from .options import ExportOptions
 from .quantize import QuantizedBlocks, quantize_blocks
 from .sources import WeightSource
 from .weighted_blocks import LinearStatistics, activation_aware_blocks, pack_blocks, round_blocks, search_blocks
-from .weight_bits import LAYER_LINEARS, weight_bits
+from .weight_bits import LAYER_LINEARS, head_bits, weight_bits
 
 MS = "com.microsoft"
 EMBEDDING_ROWS = 16384  # table rows per step of the embedding's scale search
@@ -218,7 +218,7 @@ class DynamicDecoderGraph:
         and 8 bits for the embedding too. (Qwen2.5-Coder's Q4_K_M GGUF stores output.weight apart: untied.)"""
         o = self.options
         return (o.precision == "w4a16" and o.quantize_embeddings and self.spec.tie_word_embeddings
-                and o.lm_head_bits == 8 and not o.symmetric and self.spec.hidden_size % o.block_size == 0)
+                and head_bits(self.source, o) == 8 and not o.symmetric and self.spec.hidden_size % o.block_size == 0)
 
     def _head_initializers(self) -> list[str]:
         """lm_head's MatMulNBits B, scales and zero points (8-bit, round to nearest), written once for both users."""
@@ -315,7 +315,7 @@ class DynamicDecoderGraph:
                 name="last_rows",
             )[0]
         head = "model.embed_tokens.weight" if spec.tie_word_embeddings else "lm_head.weight"
-        logits = self.linear(normed, "lm_head", [head], bits=self.options.lm_head_bits or None)
+        logits = self.linear(normed, "lm_head", [head], bits=head_bits(self.source, self.options))  # 0: float
         w.node("Identity", [logits], ["logits"], name="logits/identity")
         if has_greedy_output(self.options):
             w.node("ArgMax", [logits], [GREEDY_OUTPUT], name="greedy", axis=-1, keepdims=0)

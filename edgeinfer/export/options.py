@@ -13,6 +13,7 @@ STATIC_TARGETS = ("qnn", "openvino")  # static-shape graphs (static_graph.py): N
 # openvino: 32, the GGUF Q4_K sub-block, which float zero points then keep exactly (quantize.quantize_blocks_float_zero)
 DEFAULT_BLOCKS = {"cpu": 128, "cuda": 128, "qnn": 16, "openvino": 32}
 ATTENTIONS = ("gqa", "grouped")
+EIGHT_BIT_RULES = ("q4km", "attention-down")  # see weight_bits.py
 # cpu: "gqa" until bench/decode_depth.py's run on real weights (decode at depths 128 and 4064, prefill) says whether
 # "grouped" wins at every depth; cuda: onnxruntime's GroupQueryAttention runs flash attention on an fp16 cache.
 DEFAULT_ATTENTION = {"cpu": "gqa", "cuda": "gqa"}
@@ -27,6 +28,14 @@ class ExportOptions:
     block_size: int | None = None  # 4-bit block along the input dimension; None: the target's (see for_model)
     symmetric: bool = False  # asymmetric 4-bit (with zero points): closer to the weights than symmetric
     mixed_bits: bool = True  # 8-bit attn_v and ffn_down where Q4_K_M keeps 6 bits (see weight_bits.py; qnn too)
+    # which matmuls of a float source keep 8 bits when mixed_bits (weight_bits.py): "q4km", v and down_proj in llama.cpp
+    # Q4_K_M's layers; "attention-down", q|k|v, o and down_proj in every layer (only gate|up at 4 bits), with lm_head at
+    # 4 bits unless lm_head_bits says otherwise. None: attention-down on cpu, q4km elsewhere (cuda's 8-bit MatMulNBits
+    # speed is unmeasured; the static targets' 8-bit weights are another kernel).
+    # attention-down on the real 1.5B's float path (bench/results/float-path-qwen2.5-coder-1.5b.md): per weight, q/k/o
+    # are the most sensitive (~2.5x down_proj, ~3.5x gate|up), and an 8-bit lm_head is as good as float but 4 bits
+    # cost little, so lm_head's 117 MB go to attention and down within the same bytes.
+    eight_bit_rule: str | None = None
     accuracy_level: int = 4  # MatMulNBits compute type on CPU: 4 = int8 dot products (fastest on AVX2)
     all_logits: bool = False  # prefill returns logits for every position, not just the last
     quantize_embeddings: bool = True  # w4a16 only: 4-bit embedding table (GatherBlockQuantized)
@@ -34,7 +43,9 @@ class ExportOptions:
     # (Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K, export/gguf_blocks.py; the rest is requantized); True dequantizes everything
     # and quantizes it again to block_size (the path before lossless import)
     requantize: bool = False
-    lm_head_bits: int = 8  # w4a16 only: 8 (default: the most sensitive matmul), 4, or 0 to keep it float
+    # w4a16 only: 8, 4, or 0 to keep it float; None: 4 from a float source under the attention-down rule (untied), else
+    # 8 (weight_bits.head_bits)
+    lm_head_bits: int | None = None
     prefill_chunk: int = 128  # static graphs (qnn): tokens per prefill run
     rotate: bool = True  # qnn w4a16: rotate the residual stream (export/rotation.py); off only to measure it
     # qnn w4a16: prefill and decode quantize each activation on one grid, so speculation's verify runs (the prefill
@@ -77,7 +88,9 @@ class ExportOptions:
             raise ExportError(f"block size {self.block_size} is not supported: use 16, 32, 64, 128 or 256")
         if self.embedding_block_size not in (None, 16, 32, 64, 128, 256):
             raise ExportError(f"embedding block size {self.embedding_block_size} is not supported: use 16, 32, 64, 128 or 256")
-        if self.lm_head_bits not in (0, 4, 8):
+        if self.eight_bit_rule not in (None, *EIGHT_BIT_RULES):
+            raise ExportError(f"unknown 8-bit rule {self.eight_bit_rule!r}: choose one of {', '.join(EIGHT_BIT_RULES)}")
+        if self.lm_head_bits not in (None, 0, 4, 8):
             raise ExportError(f"lm_head bits {self.lm_head_bits} is not supported: use 4, 8, or 0 for float")
         if self.attention not in (None, *ATTENTIONS):
             raise ExportError(f"unknown attention {self.attention!r}: choose one of {', '.join(ATTENTIONS)}")
@@ -116,6 +129,9 @@ class ExportOptions:
         accuracy is what W4A16 there lacks)."""
         if self.block_size is None:
             return replace(self, block_size=DEFAULT_BLOCKS[self.target]).for_model(max_positions)
+        if self.eight_bit_rule is None:
+            rule = "attention-down" if self.target == "cpu" else "q4km"  # cuda's 8-bit MatMulNBits is unmeasured
+            return replace(self, eight_bit_rule=rule).for_model(max_positions)
         if self.attention is None and self.graph_flavour == "dynamic":
             return replace(self, attention=DEFAULT_ATTENTION[self.target]).for_model(max_positions)
         if self.context_length is None:

@@ -485,7 +485,8 @@ def build_static_graphs(weights: WeightSource, options: ExportOptions, folder: P
         eight_bit = eight_bit_graph_weights(weights, options)  # asked of the source itself (GGUF: how it stored each)
     blocks = None
     if options.target == "openvino" and options.precision == "w4a16":
-        blocks = WeightBlocks(options.block_size, frozenset(eight_bit), options.lm_head_bits, options.accuracy_level)
+        blocks = WeightBlocks(options.block_size, frozenset(eight_bit), 8 if options.lm_head_bits is None else options.lm_head_bits,
+                              options.accuracy_level)
     # A sandwich norm (Gemma) leaves no matmul to fold its gain into: those families keep their residual stream.
     # Only for the QDQ graphs (qnn): the rotation spreads the massive channels that 16-bit activations cannot hold.
     rotate = options.target == "qnn" and options.precision == "w4a16" and options.rotate and weights.spec.family_data.rotatable
