@@ -106,3 +106,18 @@ def reference_logits(model, ids: list[int]) -> np.ndarray:
 
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def decode_and_verify_rows(model, ids: list[int], last: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits after each of IDS' LAST tokens, fed one decode step at a time and as one verify run (rows, steps)."""
+    from edgeinfer.sampler import GREEDY
+
+    steps, one = [], model.generator(GREEDY)
+    one.append(ids[:-last])
+    for token in ids[-last:]:
+        one.append([token])
+        steps.append(one.logits.copy())
+    rows = model.generator(GREEDY)
+    rows.append(ids[:-last])
+    rows.verify(ids[-last:], rows=last)
+    return rows.row_logits(), np.array(steps)

@@ -10,7 +10,7 @@ import pytest
 from edgeinfer.export.gguf_blocks import EXACT_KINDS, exact_blocks
 from edgeinfer.export.gguf_source import GGUFSource
 
-from .conftest import export_tiny, make_hf_checkpoint
+from .conftest import decode_and_verify_rows, export_tiny, make_hf_checkpoint
 from .gguf_fixtures import quantized_raw, write_gguf_from_hf
 
 # Formats with mins add (code shift) * scale - min per block: one float32 rounding more than gguf-py's d*q - m.
@@ -104,7 +104,6 @@ def test_lossless_packages_verify_exactly_and_requantized_ones_skip_the_padding(
     verify run's rows are the decode steps' logits to the bit; requantized blocks of 128 are not batch invariant, so
     their packages skip the padding (it would cost decode time for nothing), as --no-exact-speculation does."""
     import edgeinfer
-    from edgeinfer.sampler import GREEDY
 
     gguf_path = write_gguf_from_hf(wide_checkpoint, tmp_path / "m.gguf", Q4_K_M)
     exact = export_tiny(gguf_path, tmp_path / "exact")
@@ -112,16 +111,8 @@ def test_lossless_packages_verify_exactly_and_requantized_ones_skip_the_padding(
                           (export_tiny(gguf_path, tmp_path / "off", exact_speculation=False), 0)):
         manifest = edgeinfer.load(folder).manifest
         assert manifest.kv_cache["spare_rows"] == spare and manifest.export_options["exact_speculation"] == bool(spare)
-    model, ids = edgeinfer.load(exact), list(range(3, 40))
-    steps, one = [], model.generator(GREEDY)
-    one.append(ids[:-5])
-    for token in ids[-5:]:
-        one.append([token])
-        steps.append(one.logits.copy())
-    rows = model.generator(GREEDY)
-    rows.append(ids[:-5])
-    rows.verify(ids[-5:], rows=5)
-    assert np.array_equal(rows.row_logits(), np.array(steps))
+    rows, steps = decode_and_verify_rows(edgeinfer.load(exact), list(range(3, 40)), 5)
+    assert np.array_equal(rows, steps)
 
 
 def test_gguf_source_gives_blocks_for_quantized_tensors_only(wide_checkpoint, tmp_path):

@@ -18,7 +18,7 @@ from edgeinfer.runner import Runner
 from edgeinfer.sampler import GREEDY, SamplingParams, logits_to_probs
 from edgeinfer.speculative import DraftBudget, Speculation, SpeculativeLoop, accept_sampled, speculative_loop
 
-from .conftest import STATIC_CHUNK, export_tiny
+from .conftest import STATIC_CHUNK, decode_and_verify_rows, export_tiny
 
 CODE = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n"
 
@@ -116,18 +116,9 @@ def test_decode_steps_and_verify_rows_agree_bit_for_bit(tiny_b32):
     model = edgeinfer.load(tiny_b32)
     assert model.manifest.kv_cache["spare_rows"] == 1
     capacity = model.manifest.context_length
-    for start in (37, capacity):
-        prompt = [3 + (7 * i) % 90 for i in range(start)]
-        steps, one = [], model.generator(GREEDY)
-        one.append(prompt[:-6])
-        for token in prompt[-6:]:
-            one.append([token])
-            steps.append(one.logits.copy())
-        rows = model.generator(GREEDY)
-        rows.append(prompt[:-6])
-        rows.verify(prompt[-6:], rows=6)
-        assert np.array_equal(rows.row_logits(), np.array(steps)), start
-    assert one.position == capacity  # the last step wrote its padding row into the spare row
+    for start in (37, capacity):  # capacity: the last decode step writes its padding row into the spare row
+        rows, steps = decode_and_verify_rows(model, [3 + (7 * i) % 90 for i in range(start)], 6)
+        assert np.array_equal(rows, steps), start
 
 
 def test_greedy_speculation_fills_the_context_with_the_plain_tokens(tiny_b32):
