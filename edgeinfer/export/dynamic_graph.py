@@ -78,8 +78,9 @@ def spare_cache_rows(options: ExportOptions) -> int:
     beside it, a decode step does the same arithmetic as a speculative verify run, so greedy speculation gives plain
     decoding's tokens exactly wherever the matmuls are batch invariant too (MatMulNBits in blocks of 16 or 32, as a
     GGUF import keeps them). The padding row writes its key and value one row past the last token: into the next
-    token's row, or the cache's one spare row. GPUs: other kernels, unmeasured, so no padding."""
-    return 1 if options.exact_speculation and options.target == "cpu" and options.attention == "gqa" else 0
+    token's row, or the cache's one spare row. GPUs: other kernels, unmeasured, so no padding (ExportOptions refuses
+    exact_speculation beyond cpu GroupQueryAttention)."""
+    return 1 if options.exact_speculation else 0
 
 
 def has_logits_start(options: ExportOptions) -> bool:

@@ -49,26 +49,34 @@ class InverseHessian:
 def gptq_int4_blocks(weight_kn: np.ndarray, inverse: InverseHessian, block: int) -> tuple[np.ndarray, np.ndarray]:
     """WEIGHT [K, N] -> (q int8 [K, N] in -7..7, scales [K // BLOCK, N]), the encoding of int4_blocks with the
     rounding chosen by GPTQ for the inputs INVERSE describes."""
-    rows, columns = weight_kn.shape
     scales = lpbq_scales(weight_kn, block)
+    return gptq_round(weight_kn, inverse, scales, np.zeros_like(scales), -INT4_MAX, INT4_MAX, np.int8), scales
+
+
+def gptq_round(weight_kn: np.ndarray, inverse: InverseHessian, scales: np.ndarray, zeros: np.ndarray,
+               low: int, high: int, dtype) -> np.ndarray:
+    """WEIGHT [K, N] rounded by GPTQ on fixed SCALES and ZEROS [K // BLOCK, N] ("static groups"): levels of DTYPE
+    [K, N] in LOW..HIGH, a weight being (level - zero) * scale."""
+    rows, columns = weight_kn.shape
+    block = rows // scales.shape[0]
     w = np.array(weight_kn, dtype=np.float32)
     w[inverse.dead] = 0.0
     w = w[inverse.order]
-    row_scales = scales[inverse.order // block]  # [K, N]: each row keeps its own block's scale
+    row_scales, row_zeros = scales[inverse.order // block], zeros[inverse.order // block]  # [K, N]: each row's block's
     u = inverse.u
-    q = np.empty((rows, columns), dtype=np.int8)
+    q = np.empty((rows, columns), dtype=dtype)
     for start in range(0, rows, BATCH):
         stop = min(start + BATCH, rows)
         errors = np.empty((stop - start, columns), dtype=np.float32)
         for i in range(start, stop):
-            level = np.clip(np.rint(w[i] / row_scales[i]), -INT4_MAX, INT4_MAX)
+            level = np.clip(np.rint(w[i] / row_scales[i]) + row_zeros[i], low, high)
             q[i] = level
-            errors[i - start] = (w[i] - level * row_scales[i]) / u[i, i]
+            errors[i - start] = (w[i] - (level - row_zeros[i]) * row_scales[i]) / u[i, i]
             w[i + 1 : stop] -= np.outer(u[i, i + 1 : stop], errors[i - start])
         w[stop:] -= u[start:stop, stop:].T @ errors
     restored = np.empty_like(q)
     restored[inverse.order] = q
-    return restored, scales
+    return restored
 
 
 class LinearInputs:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .gptq import BATCH, InverseHessian
+from .gptq import InverseHessian, gptq_round
 from .quantize import QuantizedBlocks
 
 LEVELS = 15  # unsigned 4-bit 0..15 about an integer zero point
@@ -95,26 +95,7 @@ def round_blocks(weight_kn: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -
 
 def gptq_blocks(weight_kn: np.ndarray, inverse: InverseHessian, scales: np.ndarray, zeros: np.ndarray) -> np.ndarray:
     """WEIGHT [K, N] rounded by GPTQ on fixed SCALES and ZEROS [K // BLOCK, N]: uint8 [K, N] in 0..15."""
-    rows, columns = weight_kn.shape
-    block = rows // scales.shape[0]
-    w = np.array(weight_kn, dtype=np.float32)
-    w[inverse.dead] = 0.0
-    w = w[inverse.order]
-    row_scales, row_zeros = scales[inverse.order // block], zeros[inverse.order // block]  # [K, N] each
-    u = inverse.u
-    q = np.empty((rows, columns), dtype=np.uint8)
-    for start in range(0, rows, BATCH):
-        stop = min(start + BATCH, rows)
-        errors = np.empty((stop - start, columns), dtype=np.float32)
-        for i in range(start, stop):
-            level = np.clip(np.rint(w[i] / row_scales[i]) + row_zeros[i], 0, LEVELS)
-            q[i] = level
-            errors[i - start] = (w[i] - (level - row_zeros[i]) * row_scales[i]) / u[i, i]
-            w[i + 1 : stop] -= np.outer(u[i, i + 1 : stop], errors[i - start])
-        w[stop:] -= u[start:stop, stop:].T @ errors
-    restored = np.empty_like(q)
-    restored[inverse.order] = q
-    return restored
+    return gptq_round(weight_kn, inverse, scales, zeros, 0, LEVELS, np.uint8)
 
 
 def pack_blocks(q_kn: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -> QuantizedBlocks:
