@@ -3,7 +3,10 @@
 A linear is MatMulNBits over the file's codes with the scales computed in the graph from the file's fields (float16
 times a small integer: exact in float32; onnxruntime folds these constant subgraphs once at load, so MatMulNBits
 still sees constant scales and prepacks them). Formats with mins add sum(x over each block) @ offset, a small
-float matmul (K / 32 inputs). Weights of different GGUF types in one fused matmul (Q4_K_M's q|k Q4_K beside a
+float matmul (K / 32 inputs; 8% of a Q4_K_M decode step). Tried and measured slower on the real Q4_K_M: the K-quants'
+mins as an 8-bit MatMulNBits over the block sums (6-bit m as codes, a superblock's 8 sums padded to a block of 16,
+-dmin as its scale: 24 bytes read where the float offsets read 32), 0.92x decode and 0.86x prefill
+(bench/results/lossless-forms-cpu.md). Weights of different GGUF types in one fused matmul (Q4_K_M's q|k Q4_K beside a
 Q6_K v) become one MatMulNBits per type, joined by a Concat.
 """
 

@@ -9,8 +9,10 @@ Every format here is weight = scale * (code - 2**(bits-1)) + offset per block, w
   graph computes it exactly from the file's own fields (constant-folded by onnxruntime at load, which keeps the
   package near the GGUF's size: a float32 scale per 32 weights would cost a bit per weight);
 - offset, for the formats with mins (Q4_1, Q4_K, Q5_K): (code's shift) * scale - min, a float per block added as
-  sum(x over the block) * offset. MatMulNBits could take it as a float zero point, but onnxruntime's CPU kernels
-  then dequantize the whole matrix every call (measured: 109 ms against 4-7 ms for a 1536x8960 decode matmul).
+  sum(x over the block) * offset. MatMulNBits could take it as a float zero point, but onnxruntime 1.32's CPU
+  kernels then dequantize the whole matrix every call (bench/lossless_forms.py: 131 ms against 3.1 ms for the
+  1536x17920 gate|up decode matmul), and a float zero point (offset / scale) cannot hold a sub-block whose scale is
+  0 under a nonzero min (16 of the real Q4_K_M's 42 million).
 
 `ExactBlocks.dequantize` computes the weights as the graph does; tests compare it with gguf-py's own dequantize.
 Other types (Q2_K, Q3_K, IQ*, Q5_0...) have no such mapping here: the exporter requantizes them.
