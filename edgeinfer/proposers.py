@@ -33,7 +33,7 @@ class Proposal:
     tokens: list[int]
     probs: list[np.ndarray] | None = None  # the proposer's distribution each token was drawn from; None: point masses
     # How strong the evidence behind the guess is, as a small class the budget keeps acceptance figures for
-    # (lookup: the matched n-gram's length; a draft model: 0)
+    # (lookup: the matched n-gram's length rounded down to a power of two; a draft model: 0)
     evidence: int = 0
 
     def __len__(self) -> int:
