@@ -24,8 +24,9 @@ FT=/root/ft           # this branch's edgeinfer
 SELF=/root/fulltext_device.sh
 GGUF_SHA256=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
 PIECES=19
-EVAL_THREADS_BATCHED=${EVAL_THREADS_BATCHED:-12}
-EVAL_THREADS_DECODE=${EVAL_THREADS_DECODE:-4}
+EVAL_THREADS_BATCHED=${EVAL_THREADS_BATCHED:-10}  # 10 + 2 + 4 = the 16 cores
+EVAL_THREADS_DECODE=${EVAL_THREADS_DECODE:-2}
+LLAMA_THREADS=${LLAMA_THREADS:-4}
 export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH PYTHONUNBUFFERED=1 EDGEINFER_CACHE=/root/cache
 
 stamp() { echo "$(date -u +%H:%M:%S) $*"; }
@@ -39,7 +40,7 @@ start() {
     tar -xzf $G/llama.tgz -C /root && mv /root/llama.cpp $L || exit 1
     setsid nohup bash $SELF build cpu > $LOG/build-cpu.log 2>&1 < /dev/null &
     setsid nohup bash $SELF build cuda > $LOG/build-cuda.log 2>&1 < /dev/null &
-    sleep 5; tail -3 $LOG/build-*.log
+    sleep 5; tail -n 3 $LOG/build-*.log
 }
 
 build() {  # cpu | cuda: llama-quantize and llama-perplexity
@@ -69,6 +70,8 @@ piece() {
 go() {
     cp .ft/* $G/ && cp .ft/fulltext_device.sh $SELF
     status
+    local build; build=$(pgrep -f "fulltext_device.sh build cuda" | head -1)
+    [[ -f $LOG/build-cuda.done || -z $build ]] || { kill -- -$build; echo "stopped the CUDA build (session $build)"; }
     local n; n=$(ls $G | grep -c '^g\.')
     [[ $n == "$PIECES" ]] || { echo "only $n of $PIECES pieces: carry the missing ones first"; exit 1; }
     cat $(ls $G/g.* | sort) > $W/G.gguf && rm -f $G/g.*
@@ -122,10 +125,12 @@ wait_for() {  # FILE SECONDS
 }
 
 llama_side() {  # llama-perplexity's KL divergence against the F32 GGUF, on the GPU when the CUDA build is there
-    local Q=$L/build-cpu/bin/llama-quantize P=$L/build-cpu/bin/llama-perplexity where="-t 4" t
+    local Q=$L/build-cpu/bin/llama-quantize P=$L/build-cpu/bin/llama-perplexity where="-t $LLAMA_THREADS" t
     $Q $W/F32.gguf $W/q4_0-from-f32.gguf Q4_0 4 > $LOG/quant-q4_0.log 2>&1
     $Q $W/F32.gguf $W/q4_k_m-from-f32.gguf Q4_K_M 4 > $LOG/quant-q4_k_m.log 2>&1
-    if wait_for $LOG/build-cuda.done 240 && [[ -x $L/build-cuda/bin/llama-perplexity ]]; then
+    # 2026-12-01: the CUDA build (283 steps) had done 101 when the pieces were in (fattn template instances):
+    # stopped, llama.cpp ran on the CPU cores beside the eval
+    if [[ -f $LOG/build-cuda.done && -x $L/build-cuda/bin/llama-perplexity ]]; then
         P=$L/build-cuda/bin/llama-perplexity where="-ngl 99 -t 4"
     fi
     stamp "llama-perplexity: $P $where"
