@@ -78,7 +78,7 @@ go() {
     echo "$GGUF_SHA256  $W/G.gguf" | sha256sum -c - || exit 1
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $SITE $G/*.whl || exit 1
     mkdir -p $FT && tar -xzf $G/code.tgz -C $FT || exit 1
-    PYTHONPATH=$SITE:$FT python3 -c "import onnxruntime, gguf, edgeinfer.eval as e; print('onnxruntime', onnxruntime.__version__, e.__file__)" || exit 1
+    (cd $FT && PYTHONPATH=$SITE:$FT python3 -c "import onnxruntime, gguf, edgeinfer.eval as e; print('onnxruntime', onnxruntime.__version__, e.__file__)") || exit 1
     setsid nohup bash $SELF pipeline > $LOG/pipeline.log 2>&1 < /dev/null &
     watch_pipeline 520
 }
@@ -143,6 +143,9 @@ llama_side() {  # llama-perplexity's KL divergence against the F32 GGUF, on the 
 }
 
 pipeline() {
+    # python puts the working directory ahead of PYTHONPATH: from the checkout it imports the checkout's edgeinfer
+    # (on 2026-12-01 the batched eval failed so, on main's eval.py, and was started again by hand from $FT)
+    cd $FT || exit 1
     export PYTHONPATH=$SITE:$FT
     local E="python3 -m edgeinfer.cli" text=$G/eval-text.txt
     stamp "pipeline starts; $(grep -m1 'model name' /proc/cpuinfo)"
