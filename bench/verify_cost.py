@@ -27,14 +27,14 @@ import edgeinfer  # noqa: E402
 from edgeinfer.sampler import GREEDY  # noqa: E402
 
 
-def widths_cost(model, depth: int, repeat: int) -> tuple[dict[int, float], bool]:
+def widths_cost(model, depth: int, repeat: int, max_width: int = 8) -> tuple[dict[int, float], bool]:
     """Median ms of a verify run per width, and whether the runner still verifies at its fixed width afterwards (a GPU
     that could not capture or replay that graph falls back to uncaptured runs)."""
     generator = model.generator(GREEDY)
     generator.append(list(range(1, depth + 1)))
     width_max = generator.runner.verify_rows if generator.runner.verify_width is None else generator.runner.verify_width
     out = {}
-    for width in range(1, min(8, width_max) + 1):
+    for width in range(1, min(max_width, width_max) + 1):
         times = []
         for i in range(repeat + 2):  # two warm-ups (a GPU captures its graphs in the first)
             ids = [(7 * i + j) % 1000 + 10 for j in range(width)]

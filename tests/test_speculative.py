@@ -234,7 +234,11 @@ def test_budget_keeps_acceptance_per_evidence_and_lookup_says_its_match_length()
     assert budget.acceptance(4) > 0.9 > 0.1 > budget.acceptance(1)
     assert budget.choose(7, evidence=4) == 7 and budget.choose(7, evidence=1) == 0
     lookup = PromptLookup()
-    assert lookup.propose([5, 6, 7, 8, 9, 1, 6, 7, 8], 3) == Proposal([9, 1, 6], evidence=3)
+    # a 3-token match is class 2, a 5-token one class 4 (match lengths rounded down to powers of two)
+    assert lookup.propose([5, 6, 7, 8, 9, 1, 6, 7, 8], 3) == Proposal([9, 1, 6], evidence=2)
+    assert lookup.propose([1, 2, 3, 4, 5, 6, 0, 2, 3, 4, 5], 2) == Proposal([6, 0], evidence=4)
+    copy = list(range(20, 40))
+    assert lookup.propose(copy + [7] + copy[:12], 3) == Proposal(copy[12:15], evidence=8)  # 12 matched, at most 8 looked at
     assert lookup.propose([5, 6, 7, 1, 7], 2).evidence == 1 and lookup.propose([1, 2, 3], 2) == Proposal([])
 
 
