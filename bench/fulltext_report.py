@@ -139,7 +139,8 @@ def markdown(data: dict) -> str:
     out.append("|---|---|---|---|---|---|---|---|---|---|")
     for n, top, se, cse, sp, ppl, ratio, rse, kld, kse, p99, kmax in rows:
         out.append(f"| {n} | **{top:.2f}%** | {se:.2f} | {cse:.2f} | {sp} | {ppl:.4f} | {ratio:.4f} ± {rse:.4f} "
-                   f"({100 * (ratio - 1):+.2f}%) | {kld:.5f} ± {kse:.5f} | {p99:.4f} | {kmax:.3f} |")
+                   f"({100 * (ratio - 1):+.2f}%) | {kld:.{6 if kld < 1e-3 else 5}f} ± {kse:.{6 if kld < 1e-3 else 5}f} | {p99:.4f} "
+                   f"| {kmax:.3f} |")
     out.append("")
 
     # paired by chunk against llama.cpp's Q4_0: the chunks' own difficulty cancels
