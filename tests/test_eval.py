@@ -62,3 +62,30 @@ def test_several_packages_score_the_same_chunks_as_one(qwen2_fp32, qwen2_w4, all
     alone = evaluate(qwen2_w4, TEXT, "fox", reference=all_logits_fp32, context=64, chunks=2, progress=False)
     assert both[0].kld_mean == pytest.approx(alone.kld_mean) and both[0].perplexity == pytest.approx(alone.perplexity)
     assert both[1].same_top_pct > both[0].same_top_pct - 1e-9  # the float package is the reference's twin
+
+
+def test_batched_scoring_gives_the_decode_steps_rows_to_the_bit(qwen2_dir, tmp_path):
+    """Blocks of 32 are batch invariant and decode runs with its padding row: one run over the scored half computes
+    what 255 decode steps do (blocks of 128 are not batch invariant: there the two differ in the last bits)."""
+    b32 = export_tiny(qwen2_dir, tmp_path / "b32", precision="w4a16", block_size=32)
+    ids = PackageLogits(b32).tokenize(TEXT)[:64]
+    stepped = PackageLogits(b32).scored_logits(ids, 32)
+    batched = PackageLogits(b32, batched=True).scored_logits(ids, 32)
+    assert batched.shape == stepped.shape == (31, stepped.shape[1])
+    assert np.array_equal(batched, stepped)
+    assert "scored in one run per chunk" in PackageLogits(b32, batched=True).description
+
+
+def test_per_chunk_figures_add_up_to_the_whole(qwen2_w4, all_logits_fp32, capsys):
+    report = evaluate(qwen2_w4, TEXT, "fox", reference=all_logits_fp32, context=64, chunks=3, batched=True)
+    progress = capsys.readouterr().err.splitlines()
+    assert len(progress) == 3 and f"this chunk: perplexity {report.per_chunk[2].perplexity:.4f}" in progress[2]
+    assert [c.chunk for c in report.per_chunk] == [0, 1, 2]
+    # equal chunks: the whole text's figures are the chunks' means (perplexity: of their logs)
+    assert np.mean([c.same_top_pct for c in report.per_chunk]) == pytest.approx(report.same_top_pct)
+    assert np.mean([c.kld_mean for c in report.per_chunk]) == pytest.approx(report.kld_mean)
+    assert np.exp(np.mean(np.log([c.perplexity for c in report.per_chunk]))) == pytest.approx(report.perplexity)
+    p, n = report.same_top_pct / 100, report.scored_tokens
+    assert report.same_top_stderr_pct == pytest.approx(100 * np.sqrt(p * (1 - p) / (n - 1)))
+    assert np.exp(report.ln_perplexity_ratio) == pytest.approx(report.perplexity_ratio)
+    assert report.ln_perplexity_ratio_stderr > 0 and report.kld_stderr > 0
