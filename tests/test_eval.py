@@ -89,3 +89,5 @@ def test_per_chunk_figures_add_up_to_the_whole(qwen2_w4, all_logits_fp32, capsys
     assert report.same_top_stderr_pct == pytest.approx(100 * np.sqrt(p * (1 - p) / (n - 1)))
     assert np.exp(report.ln_perplexity_ratio) == pytest.approx(report.perplexity_ratio)
     assert report.ln_perplexity_ratio_stderr > 0 and report.kld_stderr > 0
+    tops = [c.same_top_pct for c in report.per_chunk]
+    assert report.same_top_chunk_stderr_pct == pytest.approx(np.std(tops, ddof=1) / np.sqrt(3))
