@@ -88,3 +88,18 @@ def test_run_json_reports_speculation(preset_pkg, capsys):
         assert (timings["proposed_tokens"] > 0) == (name != "off")
     assert main(["run", str(preset_pkg), prompt, "--speculate", "draft"]) == 2
     assert "draft PKG" in capsys.readouterr().err
+
+
+def test_draft_max_caps_each_steps_proposals(preset_pkg, capsys):
+    prompt = "abc abc abc abc abc abc abc abc"
+    args = ["run", str(preset_pkg), prompt, "--raw", "--temperature", "0", "--max-new-tokens", "24", "--ignore-eos",
+            "--json", "--speculate", "lookup"]
+    per_step = {}
+    for most in ("1", "6"):
+        assert main([*args, "--draft-max", most]) == 0
+        timings = json.loads(capsys.readouterr().out)["timings"]
+        per_step[most] = timings["proposed_tokens"] / timings["forward_passes"]
+    assert 0 < per_step["1"] <= 1 < per_step["6"] <= 6
+    assert main([*args, "--draft-max", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--draft-max 0" in err and "Traceback" not in err

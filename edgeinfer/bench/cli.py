@@ -41,6 +41,9 @@ def add_speculate_argument(p: argparse.ArgumentParser, default: list[str], note:
     p.add_argument("--speculate", nargs="+", default=default, metavar="MODE",
                    help=f"speculative decoding: auto (adaptive prompt lookup, greedy only), off, lookup, or draft PKG "
                         f"(a smaller package with the same tokenizer); default {default[0]}: {note}")
+    p.add_argument("--draft-max", type=int, default=None, metavar="N",
+                   help="at most N proposed tokens a step (llama.cpp's --draft-max; default: 15 on cpu, 7 where verify "
+                        "runs have a fixed width of 8 rows); auto still picks fewer where they do not pay")
 
 
 def speculation_from(args, device: str, options):
@@ -50,11 +53,14 @@ def speculation_from(args, device: str, options):
     mode, *rest = getattr(args, "speculate", None) or ["auto"]
     if mode not in MODES or len(rest) != (mode == "draft"):
         raise EdgeInferError(f"--speculate {' '.join([mode, *rest])}: pass one of auto, off, lookup, or draft PKG")
+    most = getattr(args, "draft_max", None)
+    if most is not None and not 1 <= most <= 64:
+        raise EdgeInferError(f"--draft-max {most}: pass a number of proposed tokens from 1 to 64")
     if mode != "draft":
-        return Speculation(mode)
+        return Speculation(mode, max_proposed=most)
     from ..model import load
 
-    return Speculation("draft", draft=load(rest[0], device=device, options=options))
+    return Speculation("draft", draft=load(rest[0], device=device, options=options), max_proposed=most)
 
 
 def run_bench(args) -> None:
