@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import edgeinfer  # noqa: E402
 from edgeinfer.proposers import PromptLookup  # noqa: E402
 from edgeinfer.speculative import DraftBudget  # noqa: E402
+from speculative import tasks  # noqa: E402
 from verify_cost import widths_cost  # noqa: E402
 
 KINDS = ("edit", "quote", "free")
@@ -93,7 +94,7 @@ def main() -> None:
         return float(np.interp(width, widths, [cost_ms[w] for w in widths])) / 1000
 
     runs = json.loads(args.result.read_text())["runs"]
-    cases = [(r["kind"], model.encode_prompt([{"role": "user", "content": _message(r, args.result)}]),
+    cases = [(r["kind"], model.encode_prompt([{"role": "user", "content": _message(r)}]),
               model.tokenizer.encode(r["extra"]["text"])) for r in runs if r["side"] == "edgeinfer-plain"]
     plain_rate = 1 / cost_s(1)
     rows = {}
@@ -115,9 +116,8 @@ def main() -> None:
         args.out.with_suffix(".md").write_text(text)
 
 
-def _message(run: dict, result: Path) -> str:
-    from speculative import tasks  # the same prompts the result was made from
-
+def _message(run: dict) -> str:
+    """The prompt RUN was made from: bench/speculative.py's task of that name."""
     return next(t.message for t in tasks() if t.name == run["task"])
 
 
