@@ -34,6 +34,7 @@ MAX_PROPOSED = 7  # proposals per step where verify runs have 8 rows (a GPU's ca
 # cpu, where a verify run takes any width: replaying the H200's greedy replies to the 12 real prompts offline, lookup
 # capped at 15 rather than 7 passes 7.9 rather than 5.3 tokens per run on the edit kind, and the same on the others
 MAX_PROPOSED_ANY_WIDTH = 15
+PROPOSED_LIMIT = 64  # the most a caller may ask for (Speculation.max_proposed, --draft-max)
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ class Speculation:
             raise GenerationError("speculate=draft needs a draft model (and only draft takes one): pass draft=load(PKG)")
         if self.max_proposed is None:
             return
-        if isinstance(self.max_proposed, bool) or not isinstance(self.max_proposed, int) or not 1 <= self.max_proposed <= 64:
-            raise GenerationError(f"max_proposed must be a whole number in [1, 64], got {self.max_proposed!r}")
+        if isinstance(self.max_proposed, bool) or not isinstance(self.max_proposed, int) or not 1 <= self.max_proposed <= PROPOSED_LIMIT:
+            raise GenerationError(f"max_proposed must be a whole number in [1, {PROPOSED_LIMIT}], got {self.max_proposed!r}")
 
 
 OFF = Speculation("off")

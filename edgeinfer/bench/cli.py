@@ -48,14 +48,14 @@ def add_speculate_argument(p: argparse.ArgumentParser, default: list[str], note:
 
 def speculation_from(args, device: str, options):
     """The Speculation --speculate names; a draft package is loaded on DEVICE."""
-    from ..speculative import MODES, Speculation
+    from ..speculative import MODES, PROPOSED_LIMIT, Speculation
 
     mode, *rest = getattr(args, "speculate", None) or ["auto"]
     if mode not in MODES or len(rest) != (mode == "draft"):
         raise EdgeInferError(f"--speculate {' '.join([mode, *rest])}: pass one of auto, off, lookup, or draft PKG")
     most = getattr(args, "draft_max", None)
-    if most is not None and not 1 <= most <= 64:
-        raise EdgeInferError(f"--draft-max {most}: pass a number of proposed tokens from 1 to 64")
+    if most is not None and not 1 <= most <= PROPOSED_LIMIT:
+        raise EdgeInferError(f"--draft-max {most}: pass a number of proposed tokens from 1 to {PROPOSED_LIMIT}")
     if mode != "draft":
         return Speculation(mode, max_proposed=most)
     from ..model import load
